@@ -228,8 +228,12 @@ def known_keys(dataclass_types: tuple[type, ...]) -> set[str]:
 
 
 def _suggest(key: str, valid: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else ""
+    close = difflib.get_close_matches(key, sorted(valid), n=5, cutoff=0.6)
+    if not close:
+        return ""
+    # Among similar spellings prefer the same family of settings: `lora_rank` means `lora_r`, not `local_rank`.
+    family = [c for c in close if c.split("_")[0] == key.split("_")[0]]
+    return f"; did you mean `{(family or close)[0]}`?"
 
 
 def build_dataclasses(
