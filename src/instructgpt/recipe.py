@@ -121,9 +121,14 @@ def _coerce(value: Any, annotation: Any, from_cli: bool) -> Any:
     if annotation is Any or annotation is object:
         return _parse_cli_scalar(value) if from_cli else value
     if origin in (typing.Union, types.UnionType):
-        if value is None or (from_cli and isinstance(value, str) and value.lower() in {"none", "null"}):
-            if type(None) in args:
+        if type(None) in args:
+            if value is None:
                 return None
+            # On the command line `null` means None; so does `none`, unless the field also takes strings, where
+            # "none" is a real value (transformers' `report_to: none`).
+            if from_cli and isinstance(value, str):
+                if value.lower() in {"null", "~"} or (value.lower() == "none" and str not in args):
+                    return None
         errors = []
         # Try the non-str members first so "5" becomes 5 for `int | str`, but fall back to str.
         ordered = sorted((a for a in args if a is not type(None)), key=lambda a: a is str)
