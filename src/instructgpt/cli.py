@@ -35,6 +35,9 @@ TOOLS = {
 
 def run_cli(fn: Callable[[], None]) -> None:
     """Run an entry point; bad input ends with its one-line message and exit code 2, not a traceback."""
+    from instructgpt.processes import join_cpu_processes
+
+    join_cpu_processes()
     try:
         fn()
     except InstructGPTError as err:

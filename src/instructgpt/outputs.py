@@ -80,10 +80,10 @@ def prepare_output_dir(output_dir: str | Path, if_exists: IfOutputExists, source
 
     With several processes, the main process acts first and the others then see the same state.
     """
-    from accelerate import PartialState
+    from instructgpt.processes import process_state
 
     output_dir = Path(output_dir)
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():
         if not output_dir.exists() or not any(output_dir.iterdir()):
             return None

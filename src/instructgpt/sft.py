@@ -22,6 +22,7 @@ from instructgpt.errors import InstructGPTError
 from instructgpt.losses import IGNORE_INDEX, masked_token_nll
 from instructgpt.modeling import (
     check_model_path,
+    eos_mismatch,
     load_tokenizer,
     lora_config,
     model_context_length,
@@ -131,6 +132,22 @@ def build_trainer_class():
     return InstructSFTTrainer
 
 
+def save_final_model(trainer: Any, output_dir: str) -> None:
+    """Save a standard causal LM that every later stage and ``AutoModelForCausalLM`` load as it is.
+
+    With LoRA, the adapter is merged into a full model in ``output_dir`` (the RM and PPO stages start from a
+    complete model) and the adapter alone is kept in ``output_dir/adapter`` for ``PeftModel.from_pretrained``.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(output_dir)  # handles sharded (FSDP / ZeRO-3) weights
+        return
+    trainer.save_model(f"{output_dir}/adapter")
+    if trainer.is_world_process_zero():
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+
+
 def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Run one SFT stage as the recipe describes; returns the final metrics."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -163,6 +180,14 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         prompt_template=script_args.prompt_template,
         pad_token=script_args.pad_token,
     )
+    if training_args.eos_token is None and (end_of_turn := eos_mismatch(tokenizer)) is not None:
+        # Chat bases (Qwen's <|im_end|>, Llama 3's <|eot_id|>) end an answer with a token that is not their EOS;
+        # the model learns to write it, so it is where generation in later stages must stop. TRL makes it the EOS.
+        print(
+            f"[instructgpt] the chat template ends an answer with {end_of_turn}, not the EOS {tokenizer.eos_token}: "
+            f"using {end_of_turn} as EOS (set `eos_token` to choose another)"
+        )
+        training_args.eos_token = end_of_turn
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     context = model_context_length(config)
     if context is not None and (training_args.max_length is None or training_args.max_length > context):
@@ -178,7 +203,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
             )
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code)
+        model_path, **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code, source=source)
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -195,16 +220,22 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(model_args, "CAUSAL_LM"),
+        peft_config=lora_config(
+            model_args, "CAUSAL_LM", source=source, trust_remote_code=training_args.trust_remote_code
+        ),
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = dict(result.metrics)
+    accelerator = trainer.accelerator
+    metrics["num_processes"] = accelerator.num_processes
+    metrics["global_step"] = trainer.state.global_step
+    print(f"[instructgpt] process {accelerator.process_index}/{accelerator.num_processes}: {trainer.state.global_step} optimizer steps")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if losses:
         metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
-    trainer.save_model(training_args.output_dir)
+    save_final_model(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
         mark_complete(training_args.output_dir, "sft", recipe.data, metrics)

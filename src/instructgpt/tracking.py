@@ -48,9 +48,9 @@ def start_wandb(
     """
     if not wants_wandb(report_to):
         return None
-    from accelerate import PartialState
+    from instructgpt.processes import process_state
 
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return None
     import wandb
 
