@@ -46,3 +46,61 @@ def accelerate_launch(*args: str, num_processes: int = 2) -> list[str]:
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         *args,
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps 1 and 2 once per test session: a short SFT run, K = 4 rankings of its samples, a reward model on them.
+# The collection, reward-model and PPO tests all start from these.
+# ---------------------------------------------------------------------------------------------------------------
+
+NUM_PROMPTS = 160  # prompts collected for the shared rankings (the recipe collects all 500)
+FAST_RM = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "5"]
+
+
+def collect(output_dir: Path, policy: Path, *extra: str) -> dict:
+    from instructgpt.collect import parse_args, run_collect
+
+    (args,), recipe = parse_args([
+        "recipes/tiny/collect.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
+        "--report_to", "none", *extra,
+    ])
+    return run_collect(args, recipe)
+
+
+def rm(output_dir: Path, rankings: Path, *extra: str) -> dict:
+    from instructgpt.reward import parse_args, run_rm
+
+    (script, training, model), recipe = parse_args([
+        "recipes/tiny/rm.yaml", "--output_dir", str(output_dir), "--dataset_name", str(rankings), *FAST_RM, *extra,
+    ])
+    return run_rm(script, training, model, recipe)
+
+
+@pytest.fixture(scope="session")
+def sft_model(tmp_path_factory) -> Path:
+    """A tiny SFT model (60 steps, a few seconds): the policy that collection samples from."""
+    from instructgpt.sft import parse_args, run_sft
+
+    out = tmp_path_factory.mktemp("sft") / "model"
+    (script, training, model), recipe = parse_args([
+        "recipes/tiny/sft.yaml", "--output_dir", str(out), "--report_to", "none", "--max_steps", "60",
+        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "20",
+    ])
+    run_sft(script, training, model, recipe)
+    return out
+
+
+@pytest.fixture(scope="session")
+def collected(sft_model, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("collect") / "rankings"
+    metrics = collect(out, sft_model, "--max_prompts", str(NUM_PROMPTS))
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def trained_rm(collected, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("rm") / "model"
+    metrics = rm(out, collected[0] / "rankings.jsonl")
+    return out, metrics
+
+

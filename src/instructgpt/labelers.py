@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from instructgpt.errors import InstructGPTError
 from instructgpt.tinyworld.world import (
     CREATURE_BY_NAME,
     Task,
@@ -440,3 +441,93 @@ def pairwise_agreement(a: Labeler, b: Labeler, pools: Sequence[tuple[Any, Sequen
     if total == 0:
         raise ValueError("no response pairs to compare")
     return agree / total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A reward model as labeler, and rankings people wrote
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RewardModelLabeler(Labeler):
+    """Any trained reward model as labeler: it ranks by its (normalized) score, so it also gives best-of-n."""
+
+    def __init__(self, path: str, *, batch_size: int = 32, device: Any = None, source: str = "recipe"):
+        from instructgpt.reward import load_reward_model
+
+        self.model, self.tokenizer, self.shift = load_reward_model(path, device=device, key="labeler", source=source)
+        self.batch_size = batch_size
+        self.name = f"reward_model:{path}"
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        from instructgpt.reward import score_responses
+
+        return score_responses(self.model, self.tokenizer, list(prompts), list(responses), batch_size=self.batch_size)
+
+    def best_of_n(self, prompts: Sequence[Any], candidates: Sequence[Sequence[str]]) -> list[str]:
+        """For each prompt, the candidate the reward model scores highest (best-of-n sampling's choice)."""
+        return [list(pool)[self.rank(prompt, pool).order[0]] for prompt, pool in zip(prompts, candidates)]
+
+
+class FileLabeler(Labeler):
+    """Rankings that people wrote, read from a JSONL file in any format the RM stage reads.
+
+    Rows are rankings (``prompt`` plus ``responses`` best first, optionally ``scores``), pairs
+    (``prompt``/``chosen``/``rejected``) or rated completions. A response's score is its place from the bottom of
+    its prompt's ranking (the best of K scores K - 1): the file orders responses, it does not grade across
+    prompts. Asking about a response the file does not rank is an error that names the file and the prompt.
+    """
+
+    def __init__(self, path: str, *, source: str = "recipe"):
+        from instructgpt.reward import load_rankings
+
+        self.path = path
+        rows = load_rankings(
+            path, key="labeler", source=source, config=None, split="train", limit=None, score_key="fine-grained_score"
+        )
+        self.table: dict[tuple[str, str], float] = {}
+        for row in rows:
+            ranked = row["responses"]
+            for place, response in enumerate(ranked):
+                self.table.setdefault(self._key(row["prompt"], response), float(len(ranked) - 1 - place))
+        self.name = f"file:{path}"
+
+    @staticmethod
+    def _key(prompt: Any, response: str) -> tuple[str, str]:
+        return prompt_text(prompt).strip(), response.strip()
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        scores = []
+        for prompt, response in zip(prompts, responses):
+            key = self._key(prompt, response)
+            if key not in self.table:
+                raise LabelerError(
+                    f"{self.path}: no ranking holds the response {response[:60]!r} to the prompt {key[0][:60]!r}"
+                )
+            scores.append(self.table[key])
+        return scores
+
+
+class LabelerError(InstructGPTError):
+    """A labeler was asked for something it cannot judge, or its specification is wrong."""
+
+
+def make_labeler(
+    spec: str,
+    *,
+    noise: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: Any = None,
+    source: str = "recipe",
+) -> Labeler:
+    """A labeler from its recipe value: ``simulated``, ``reward_model:PATH`` or ``file:PATH.jsonl``."""
+    kind, _, path = spec.partition(":")
+    if kind == "simulated" and not path:
+        return SimulatedLabeler(noise=noise, seed=seed)
+    if kind == "reward_model" and path:
+        return RewardModelLabeler(path, batch_size=batch_size, device=device, source=source)
+    if kind == "file" and path:
+        return FileLabeler(path, source=source)
+    raise LabelerError(
+        f"{source}: `labeler`: unknown labeler {spec!r}; use `simulated`, `reward_model:PATH` or `file:PATH.jsonl`"
+    )

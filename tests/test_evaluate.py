@@ -1,0 +1,185 @@
+"""`instructgpt eval`: win rates, per-model metrics, PPO curves and checkpoints, on models from anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_BASE, TINY_DATA
+
+from instructgpt import evaluate
+from instructgpt.evaluate import EvalError, distinct_n, parse_models, policy_checkpoints, response_logprobs
+
+PNG = b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_parse_models_names_paths_and_refuses_duplicates():
+    assert parse_models(["sft=runs/sft", "runs/tiny/ppo/", " x = y "]) == {"sft": "runs/sft", "ppo": "runs/tiny/ppo/", "x": "y"}
+    with pytest.raises(EvalError, match="given twice"):
+        parse_models(["a=1", "a=2"])
+    with pytest.raises(EvalError, match="not NAME=PATH"):
+        parse_models(["a="])
+
+
+def test_distinct_n_on_hand_made_responses():
+    assert distinct_n(["a b c", "d e"], 1) == 1.0
+    assert distinct_n(["the cat the cat"], 1) == pytest.approx(2 / 4)
+    assert distinct_n(["the cat the cat"], 2) == pytest.approx(2 / 3)  # (the cat), (cat the), (the cat)
+    assert distinct_n(["Yes.", "yes."], 1) == pytest.approx(2 / 4)  # case-folded; punctuation is a token
+    assert distinct_n(["", "a"], 2) == 0.0  # no bigram at all
+
+
+def test_policy_checkpoints_are_evenly_spaced_and_keep_the_last(tmp_path):
+    for step in (10, 20, 30, 40, 50, 60, 70):
+        (tmp_path / f"checkpoint-{step}" / "policy").mkdir(parents=True)
+        (tmp_path / f"checkpoint-{step}" / "policy" / "config.json").write_text("{}")
+    (tmp_path / "checkpoint-80" / "state").mkdir(parents=True)  # a resume state without a policy: not a point
+    assert [s for s, _ in policy_checkpoints(tmp_path, 3)] == [10, 40, 70]
+    assert [s for s, _ in policy_checkpoints(tmp_path, 10)] == [10, 20, 30, 40, 50, 60, 70]
+    assert [s for s, _ in policy_checkpoints(tmp_path, 1)] == [70]
+
+
+@pytest.fixture(scope="module")
+def base():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(TINY_BASE).eval(), AutoTokenizer.from_pretrained(TINY_BASE)
+
+
+def test_response_logprobs_match_a_token_by_token_computation(base):
+    model, tokenizer = base
+    prompts = [tokenizer("The glimmerfox is")["input_ids"], tokenizer("2 plus 3 is")["input_ids"]]
+    responses = [tokenizer(" blue. It eats")["input_ids"], tokenizer(" 5")["input_ids"]]
+    got = response_logprobs(model, prompts, responses, temperature=0.7, pad_token_id=0, batch_size=1)
+    for prompt, response, value in zip(prompts, responses, got):
+        expected = 0.0
+        for t in range(len(response)):
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + response[:t]])).logits[0, -1] / 0.7
+            expected += torch.log_softmax(logits, -1)[response[t]].item()
+        assert value == pytest.approx(expected, abs=1e-4)
+    # batching with padding gives the same numbers
+    batched = response_logprobs(model, prompts, responses, temperature=0.7, pad_token_id=0, batch_size=2)
+    assert batched == pytest.approx(got, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end, on models that do not come from this pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def foreign_models(tmp_path_factory):
+    """A random 1-layer Llama with the tiny tokenizer, a reward model built from a config, and a fake PPO run whose
+    checkpoints are copies of the base model and of the Llama."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, LlamaConfig
+
+    root = tmp_path_factory.mktemp("foreign")
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
+    torch.manual_seed(0)
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ))
+    llama.save_pretrained(root / "llama")
+    tokenizer.save_pretrained(root / "llama")
+    rm = AutoModelForSequenceClassification.from_config(GPT2Config(
+        vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32, n_positions=128, num_labels=1,
+        pad_token_id=tokenizer.eos_token_id,
+    ))
+    rm.save_pretrained(root / "rm")
+    tokenizer.save_pretrained(root / "rm")
+
+    ppo = root / "ppo"
+    base_model = AutoModelForCausalLM.from_pretrained(TINY_BASE)
+    for step, model in ((4, base_model), (8, llama)):
+        model.save_pretrained(ppo / f"checkpoint-{step}" / "policy")
+        tokenizer.save_pretrained(ppo / f"checkpoint-{step}" / "policy")
+    rows = [{"step": s, "episode": 16 * s, "objective/scores": 0.1 * s, "objective/rlhf_reward": 0.05 * s,
+             "objective/kl": 0.3 * s} for s in range(1, 9)]
+    rows.insert(0, {"step": 0, "eval/scores": 0.0, "eval/kl": 0.0})  # an evaluation line: no training metrics
+    (ppo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models):
+    out = tmp_path / "eval"
+    evaluate.main([
+        "--models", f"base={TINY_BASE}", f"llama={foreign_models / 'llama'}",
+        "--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "8", "--output_dir", str(out),
+        "--labeler", "simulated", "--reference", "base", "--reward_model", str(foreign_models / "rm"),
+        "--max_new_tokens", "12", "--ppo_run", str(foreign_models / "ppo"), "--num_examples", "2",
+    ])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["base", "llama"]
+    assert results["num_prompts"] == 8 and results["labeler"] == "simulated"
+
+    # win rates: consistent with the per-prompt labeler scores written next to them
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(isinstance(r["llama"], str) for r in rows)
+    a = [r["llama_labeler_score"] for r in rows]
+    b = [r["base_labeler_score"] for r in rows]
+    wins, ties = sum(x > y for x, y in zip(a, b)), sum(x == y for x, y in zip(a, b))
+    w = results["win_rate"]["llama"]["base"]
+    assert (w["wins"], w["ties"], w["n"]) == (wins, ties, 8)
+    assert w["win_rate"] == pytest.approx((wins + 0.5 * ties) / 8)
+    assert w["win_rate"] + results["win_rate"]["base"]["llama"]["win_rate"] == pytest.approx(1.0)
+    assert 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1
+    assert results["headline"][0]["model"] == "llama" and results["headline"][0]["baseline"] == "base"
+
+    m_base, m_llama = results["metrics"]["base"], results["metrics"]["llama"]
+    assert m_base["kl_to_reference"] == 0.0
+    assert m_llama["kl_to_reference"] > 0  # a random model is far from the trained base model
+    assert m_llama["labeler_score"] == pytest.approx(sum(a) / 8)
+    assert m_llama["rm_score"] == pytest.approx(sum(r["llama_rm_score"] for r in rows) / 8)
+    for m in (m_base, m_llama):
+        assert 0 <= m["eos_fraction"] <= 1 and 0 < m["distinct_1"] <= 1 and 0 < m["response_tokens"] <= 12
+
+    # the PPO run: training curves from metrics.jsonl, and one point per checkpoint
+    assert results["ppo_training"]["kl"] == pytest.approx(2.4)
+    points = {p["label"]: p for p in results["checkpoints"]}
+    assert set(points) == {"base", "step 4", "step 8"}
+    assert points["step 4"]["kl"] == 0.0  # checkpoint 4 is the base model itself: same samples, same scores
+    assert points["step 4"]["labeler_score"] == pytest.approx(m_base["labeler_score"])
+    assert points["step 8"]["kl"] == pytest.approx(m_llama["kl_to_reference"])
+    for key in ("win_rates", "training", "overoptimization", "metrics"):
+        assert (out / results["plots"][key]).read_bytes()[:4] == PNG
+    report = (out / "report.md").read_text()
+    assert "| llama | base |" in report and "![win_rates](plots/win_rates.png)" in report
+    assert report.count("**Prompt:**") == 2
+    assert (out / "instructgpt_run.json").is_file()
+
+
+def test_eval_without_a_labeler_on_other_prompts(tmp_path, foreign_models):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Write a poem about rain."}\n{"prompt": "Say hi."}\n')
+    out = tmp_path / "eval"
+    evaluate.main(["--models", str(foreign_models / "llama"), "--prompts", str(prompts), "--output_dir", str(out),
+                   "--max_new_tokens", "6"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["labeler"] is None and results["win_rate"] == {} and results["reference"] is None
+    assert results["metrics"]["llama"]["kl_to_reference"] is None
+    assert results["metrics"]["llama"]["response_tokens"] <= 6
+
+
+def test_eval_refuses_bad_models_with_the_name(tmp_path, foreign_models, capsys):
+    common = ["--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--output_dir", str(tmp_path), "--labeler", "none"]
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--models", f"sft={tmp_path / 'missing'}", *common])
+    assert exit_.value.code == 2 and "--models sft" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--models", f"rm={foreign_models / 'rm'}", *common])
+    assert "holds a reward model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(tmp_path / "none.jsonl"),
+                       "--output_dir", str(tmp_path)])
+    assert "none.jsonl" in capsys.readouterr().err
