@@ -198,12 +198,12 @@ class PPOTrainer:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         sa, args, source = self.script_args, self.args, self.source
-        init = model_init_kwargs(self.model_args, trust_remote_code=self.args.trust_remote_code)
+        init = model_init_kwargs(self.model_args, trust_remote_code=self.args.trust_remote_code, source=source)
         for key, path in (("reward_model_path", sa.reward_model_path), ("value_model_path", self.value_path)):
             check_same_tokenizer(self.tokenizer, load_tokenizer(path), key, path)
 
         policy = AutoModelForCausalLM.from_pretrained(self.policy_path, **init)
-        peft_config = lora_config(self.model_args, "CAUSAL_LM")
+        peft_config = lora_config(self.model_args, "CAUSAL_LM", source=source, trust_remote_code=args.trust_remote_code)
         self.ref_model = None
         if peft_config is None:
             self.ref_model = freeze(AutoModelForCausalLM.from_pretrained(self.policy_path, **init))
@@ -212,13 +212,20 @@ class PPOTrainer:
 
             # the reference is the policy with its adapter disabled: no second copy of the SFT weights
             peft_config.base_model_name_or_path = str(Path(self.policy_path).resolve()) if Path(self.policy_path).exists() else self.policy_path
+            if getattr(policy, "is_quantized", False):  # QLoRA: fp32 norms and input grads for the frozen 4/8-bit base
+                from peft import prepare_model_for_kbit_training
+
+                policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=args.gradient_checkpointing)
             policy = get_peft_model(policy, peft_config)
         self.reward_model = freeze(AutoModelForSequenceClassification.from_pretrained(sa.reward_model_path, **init))
         self.reward_shift = reward_shift(self.reward_model)
         self.reward_pad_id = self.reward_model.config.pad_token_id
         if self.reward_pad_id is None:
             self.reward_pad_id = self.tokenizer.pad_token_id
-        value_model = load_sequence_classifier(self.value_path, self.model_args, self.args.trust_remote_code)
+        # the value model is trained in full, so it is never loaded quantized
+        value_model = load_sequence_classifier(
+            self.value_path, self.model_args, self.args.trust_remote_code, quantize=False, source=source
+        )
         for model in (policy, value_model, self.reward_model, self.ref_model):
             if model is not None:
                 disable_dropout(model)
@@ -268,9 +275,10 @@ class PPOTrainer:
             if self.ref_model is not None:
                 self.ref_model = prepare_deepspeed(self.ref_model, acc)
         else:
-            self.reward_model.to(device)
-            if self.ref_model is not None:
-                self.ref_model.to(device)
+            for frozen in (self.reward_model, self.ref_model):
+                # bitsandbytes models refuse .to(); their device_map already placed them
+                if frozen is not None and not getattr(frozen, "is_quantized", False):
+                    frozen.to(device)
 
     # ----------------------------------------------------------------------------------------------------------
     # Rollout
