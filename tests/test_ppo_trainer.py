@@ -187,3 +187,17 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
     summary = run_ppo(script, config, model, recipe)
     assert summary["global_step"] == 1 and summary["eval/num_prompts"] == 16  # the whole test_gen split
     assert (out / "model.safetensors").is_file()
+
+
+def test_fused_gelu_changes_speed_not_results():
+    from transformers import AutoModelForCausalLM
+
+    from conftest import TINY_BASE
+    from instructgpt.ppo.models import fuse_tanh_gelu
+
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE).double()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    before = model(ids).logits
+    assert fuse_tanh_gelu(model) == model.config.n_layer  # one MLP activation per block
+    torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-10)
+    assert fuse_tanh_gelu(model) == 0

@@ -211,3 +211,23 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+def fuse_tanh_gelu(model: nn.Module) -> int:
+    """Swap transformers' ``NewGELUActivation`` (GPT-2's ``gelu_new``) for PyTorch's fused tanh-approximate GELU.
+
+    Both compute 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); ``NewGELUActivation`` spells it out in eight
+    elementwise ops whose intermediates autograd keeps, the fused kernel is one op forward and one backward. The
+    results agree to float rounding (≤ 4e-16 in float64), so this is a speed change only; a PPO update on the tiny
+    GPT-2 spends about a quarter of its time there. Nothing is saved differently: activations have no weights and
+    the config still says ``gelu_new``. Returns how many activations were swapped.
+    """
+    from transformers.activations import NewGELUActivation
+
+    swapped = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, nn.GELU(approximate="tanh"))
+                swapped += 1
+    return swapped

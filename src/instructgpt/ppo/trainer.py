@@ -192,7 +192,7 @@ class PPOTrainer:
     def _load_models(self) -> None:
         from instructgpt.modeling import load_tokenizer, lora_config, model_init_kwargs
         from instructgpt.ppo.models import (
-            PolicyAndValue, check_same_tokenizer, disable_dropout, freeze, score_parts,
+            PolicyAndValue, check_same_tokenizer, disable_dropout, freeze, fuse_tanh_gelu, score_parts,
         )
         from instructgpt.reward import load_sequence_classifier, reward_shift
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -229,6 +229,7 @@ class PPOTrainer:
         for model in (policy, value_model, self.reward_model, self.ref_model):
             if model is not None:
                 disable_dropout(model)
+                fuse_tanh_gelu(model)
         for model in (policy, value_model):
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.rm_parts = score_parts(self.reward_model, "reward_model_path", sa.reward_model_path)
