@@ -67,11 +67,12 @@ def collect(output_dir: Path, policy: Path, *extra: str) -> dict:
     return run_collect(args, recipe)
 
 
-def rm(output_dir: Path, rankings: Path, *extra: str) -> dict:
+def rm(output_dir: Path, rankings: Path, policy: Path, *extra: str) -> dict:
     from instructgpt.reward import parse_args, run_rm
 
     (script, training, model), recipe = parse_args([
-        "recipes/tiny/rm.yaml", "--output_dir", str(output_dir), "--dataset_name", str(rankings), *FAST_RM, *extra,
+        "recipes/tiny/rm.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
+        "--dataset_name", str(rankings), *FAST_RM, *extra,
     ])
     return run_rm(script, training, model, recipe)
 
@@ -98,9 +99,9 @@ def collected(sft_model, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def trained_rm(collected, tmp_path_factory) -> tuple[Path, dict]:
+def trained_rm(collected, sft_model, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("rm") / "model"
-    metrics = rm(out, collected[0] / "rankings.jsonl")
+    metrics = rm(out, collected[0] / "rankings.jsonl", sft_model)
     return out, metrics
 
 

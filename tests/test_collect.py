@@ -187,7 +187,7 @@ def test_collect_and_rm_under_two_process_accelerate_launch(sft_model, tmp_path)
 
     rm_dir = tmp_path / "rm"
     result = run_cli(accelerate_launch(
-        "-m", "instructgpt", "recipes/tiny/rm.yaml", "--output_dir", str(rm_dir),
+        "-m", "instructgpt", "recipes/tiny/rm.yaml", "--model_name_or_path", str(sft_model), "--output_dir", str(rm_dir),
         "--dataset_name", str(collect_dir / RANKINGS_FILE), *FAST_RM,
     ))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,5 +203,5 @@ def test_console_entry_points_report_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2 and "`model_name_or_path`: no model directory" in result.stderr
     assert "Traceback" not in result.stderr
     result = run_cli(["instructgpt-rm", "recipes/tiny/rm.yaml", "--output_dir", str(tmp_path / "y"),
-                      "--dataset_name", str(tmp_path / "none.jsonl")])
+                      "--model_name_or_path", "data/tiny/base-model", "--dataset_name", str(tmp_path / "none.jsonl")])
     assert result.returncode == 2 and "none.jsonl not found" in result.stderr
