@@ -220,3 +220,25 @@ def test_bad_arguments():
         SimulatedLabeler(on_unknown="ignore")
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         LABELER.score(["What is 2 plus 3?"] * 2, ["5"])
+
+
+def test_file_labeler_ranks_as_people_wrote_and_names_what_it_lacks(tmp_path):
+    import json
+
+    from instructgpt.labelers import LabelerError, make_labeler
+
+    path = tmp_path / "human.jsonl"
+    rows = [
+        {"prompt": "Add 2 and 3.", "responses": ["5.", "2 plus 3 is 5.", "6."]},
+        {"prompt": "Describe the fernotter.", "responses": ["It is huge.", "It is a cat."]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labeler = make_labeler(f"file:{path}")
+    assert labeler.name == f"file:{path}"
+    ranking = labeler.rank("Add 2 and 3.", ["6.", "5.", "2 plus 3 is 5."])
+    assert ranking.order == [1, 2, 0] and ranking.scores == [0.0, 2.0, 1.0]
+    assert labeler.score(["Describe the fernotter."] * 2, [" It is a cat.", "It is huge. "]) == [0.0, 1.0]
+    with pytest.raises(LabelerError, match=r"human\.jsonl: no ranking holds the response '7\.' to the prompt 'Add 2 and 3\.'"):
+        labeler.score(["Add 2 and 3."], ["7."])
+    with pytest.raises(LabelerError, match=r"`labeler`: unknown labeler 'oracle'"):
+        make_labeler("oracle")
