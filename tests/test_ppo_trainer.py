@@ -201,3 +201,15 @@ def test_fused_gelu_changes_speed_not_results():
     assert fuse_tanh_gelu(model) == model.config.n_layer  # one MLP activation per block
     torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-10)
     assert fuse_tanh_gelu(model) == 0
+
+
+def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):
+    from conftest import FIXTURES
+    from instructgpt.errors import InstructGPTError
+
+    prompts = FIXTURES / "ultrafeedback_binarized"
+    with pytest.raises(InstructGPTError, match=r"`dataset_name` \(.*ultrafeedback_binarized\) has 40 prompts, fewer "
+                       r"than one rollout batch of 64 episodes"):
+        ppo(tmp_path / "few", sft_model, trained_rm[0], "--dataset_name", str(prompts), "--dataset_train_split",
+            "train_gen", "--eval_num_prompts", "0", "--total_episodes", "64")
+    assert not (tmp_path / "few" / RUN_MARKER).exists()

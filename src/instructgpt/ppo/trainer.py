@@ -245,6 +245,12 @@ class PPOTrainer:
 
         args, acc = self.args, self.accelerator
         self.batch_size = args.batch_size(acc.num_processes)
+        if len(self.prompts) < self.batch_size:
+            raise InstructGPTError(
+                f"{self.source}: `dataset_name` ({self.script_args.dataset_name}) has {len(self.prompts)} prompts, fewer "
+                f"than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
+                "gradient_accumulation_steps x processes); use more prompts or a smaller batch"
+            )
         self.num_total_batches = args.num_total_batches(len(self.prompts), acc.num_processes)
         # weight decay on matrices only, not on biases and norms (nanoGPT's rule)
         params = [p for p in self.model.parameters() if p.requires_grad]
