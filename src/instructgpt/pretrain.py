@@ -1,6 +1,6 @@
 """Step 0 (tiny world only): a tokenizer and a GPT-2-architecture base model trained from scratch on a corpus.
 
-    instructgpt-pretrain recipes/tiny/pretrain.yaml [--key value ...]
+    instructgpt recipes/tiny/pretrain.yaml [--key value ...]
     python -m instructgpt recipes/tiny/pretrain.yaml
 
 InstructGPT starts from GPT-3, a model that knows a lot but was never taught to follow instructions. No machine of
