@@ -139,18 +139,6 @@ def sample_responses(
     return Samples(response=response[:, :width], mask=mask[:, :width], logprobs=logprobs[:, :width], ended=ended)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` of ragged token lists, padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = True
-    return ids.to(device), mask.to(device)
-
-
 def pad_columns(tensors: Sequence[torch.Tensor], value: float | int | bool, side: str = "right") -> torch.Tensor:
     """Concatenate ``(b_i, w_i)`` chunks along the batch after padding them to the widest ``w``."""
     width = max(t.shape[1] for t in tensors)

@@ -331,14 +331,16 @@ class PPOTrainer:
         """Sample responses to ``prompt_ids`` and score them, in chunks of ``local_rollout_forward_batch_size``."""
         from trl.models.utils import unwrap_model_for_generation
 
-        from instructgpt.ppo.rollout import left_pad, pad_columns, sample_responses
+        from instructgpt.generation import left_pad
+        from instructgpt.ppo.rollout import pad_columns, sample_responses
 
         args, acc = self.args, self.accelerator
         pad_id = self.tokenizer.pad_token_id
         chunks: list[dict[str, torch.Tensor]] = []
         self.model.eval()
         for start in range(0, len(prompt_ids), args.local_rollout_forward_batch_size):
-            query, query_mask = left_pad(prompt_ids[start:start + args.local_rollout_forward_batch_size], pad_id, acc.device)
+            query, query_mask = left_pad(prompt_ids[start:start + args.local_rollout_forward_batch_size], pad_id)
+            query, query_mask = query.to(acc.device), query_mask.bool().to(acc.device)
             with unwrap_model_for_generation(
                 self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
             ) as unwrapped, acc.autocast():
