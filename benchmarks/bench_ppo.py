@@ -12,8 +12,8 @@ hyper-parameters (``SETTINGS`` below, the tiny recipe's). Reported per trainer:
 - **episodes/s**: episodes / wall time of ``train()`` (model loading excluded, as TRL's own ``eps`` metric);
 - **peak memory**: the worker process's peak resident set size (``ru_maxrss``);
 - **RM-score gain**: mean normalised reward-model score of the trained policy minus the SFT policy's on the
-  held-out prompts, both sampled and scored by the same code (``instructgpt.generation`` /
-  ``instructgpt.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples alongside.
+  held-out prompts, both sampled and scored by the same code (``instructgpt.sampling`` /
+  ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples alongside.
 
 Differences that are settings, not speed levers, are aligned: no gradient checkpointing (TRL's default is on), no
 sample-generation tables, no checkpoints, no W&B, and no gradient clipping in ours (TRL's PPO loop never clips).
@@ -69,7 +69,7 @@ def _finish(result: dict, path: str) -> None:
 
 
 def worker_ours(cfg: dict) -> None:
-    from instructgpt.ppo.trainer import PPOTrainer, parse_args
+    from instructgpt.stages.ppo.trainer import PPOTrainer, parse_args
 
     overrides = {
         "model_name_or_path": cfg["sft"], "reward_model_path": cfg["rm"], "output_dir": cfg["output_dir"],
@@ -153,9 +153,9 @@ def tokenize_prompts(sft: str, prompts_file: str, out: Path, response_length: in
     """Token ids of every prompt, formatted with the SFT model's chat template, shared by both trainers."""
     from transformers import AutoConfig
 
-    from instructgpt.generation import encode_prompts
+    from instructgpt.sampling import encode_prompts
     from instructgpt.modeling import load_tokenizer, model_context_length
-    from instructgpt.ppo.data import load_prompts
+    from instructgpt.data.formats import load_prompts
 
     tokenizer = load_tokenizer(sft)
     prompts = load_prompts(prompts_file, key="--prompts", source="bench_ppo")
@@ -188,10 +188,10 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
     import torch
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.generation import generate_responses
+    from instructgpt.sampling import generate_responses
     from instructgpt.modeling import format_prompt, load_tokenizer
-    from instructgpt.ppo.data import load_prompts
-    from instructgpt.reward import load_reward_model, score_responses
+    from instructgpt.data.formats import load_prompts
+    from instructgpt.modeling.reward import load_reward_model, score_responses
 
     prompts = load_prompts(eval_prompts, key="--eval_prompts", source="bench_ppo")
     reward_model, rm_tokenizer, _ = load_reward_model(rm)

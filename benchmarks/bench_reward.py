@@ -6,7 +6,7 @@
 One process, one model, the same rankings. For K = 4 and K = 9 it samples K responses per prompt from the policy,
 has the simulated labeler rank them, then trains two reward models from the same initial weights for one epoch:
 
-- **grouped** (``instructgpt.reward``): one batch element per prompt, each response forwarded once, the loss over
+- **grouped** (``instructgpt.stages.rm``): one batch element per prompt, each response forwarded once, the loss over
   all :math:`\\binom{K}{2}` pairs of the prompt (Ouyang et al. 2022, section 3.5) - K sequences per ranking;
 - **pairs** (``trl.RewardTrainer``): the same rankings expanded to their :math:`\\binom{K}{2}` (chosen, rejected)
   pairs, shuffled as independent examples - :math:`2\\binom{K}{2} = K(K-1)` sequences per ranking.
@@ -51,7 +51,7 @@ def parse() -> argparse.Namespace:
 
 
 def quick_sft(output_dir: Path) -> Path:
-    from instructgpt.sft import parse_args, run_sft
+    from instructgpt.stages.sft import parse_args, run_sft
 
     (script, training, model), recipe = parse_args([
         str(REPO / "recipes/tiny/sft.yaml"), "--output_dir", str(output_dir), "--report_to", "none",
@@ -65,8 +65,8 @@ def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, 
     """K distinct responses per prompt (up to 4 rounds of resampling); prompts that never reach K are left out."""
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.collect import add_distinct
-    from instructgpt.generation import generate_responses
+    from instructgpt.stages.collect import add_distinct
+    from instructgpt.sampling import generate_responses
     from instructgpt.modeling import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(policy).eval()
@@ -85,7 +85,7 @@ def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, 
 
 def rank(pools: list[tuple[str, list[str]]], k: int, noise: float, seed: int) -> list[dict]:
     """Rankings of the first ``k`` responses of each pool by the simulated labeler, best first."""
-    from instructgpt.labelers import SimulatedLabeler
+    from instructgpt.tinyworld.labeler import SimulatedLabeler
 
     labeler = SimulatedLabeler(noise=noise, seed=seed)
     rows = []
@@ -112,7 +112,8 @@ def train(kind: str, policy: Path, tokenizer, dataset, batch_size: int, args, ou
     from transformers import set_seed
     from trl import ModelConfig, RewardConfig, RewardTrainer
 
-    from instructgpt.reward import RankingCollator, build_trainer_class, load_sequence_classifier
+    from instructgpt.modeling.reward import load_sequence_classifier
+    from instructgpt.stages.rm import RankingCollator, build_trainer_class
 
     config = RewardConfig(
         output_dir=str(output_dir), report_to="none", bf16=False, activation_checkpointing=False, num_train_epochs=1,
@@ -140,7 +141,9 @@ def main() -> None:
     import torch
 
     from instructgpt.modeling import load_tokenizer
-    from instructgpt.reward import evaluate_rankings, split_by_prompt, tokenize_rankings
+    from instructgpt.data.rankings import split_by_prompt
+    from instructgpt.modeling.reward import evaluate_rankings
+    from instructgpt.stages.rm import tokenize_rankings
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="bench_reward-"))

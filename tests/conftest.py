@@ -58,7 +58,7 @@ FAST_RM = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "5
 
 
 def collect(output_dir: Path, policy: Path, *extra: str) -> dict:
-    from instructgpt.collect import parse_args, run_collect
+    from instructgpt.stages.collect import parse_args, run_collect
 
     (args,), recipe = parse_args([
         "recipes/tiny/collect.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
@@ -68,7 +68,7 @@ def collect(output_dir: Path, policy: Path, *extra: str) -> dict:
 
 
 def rm(output_dir: Path, rankings: Path, policy: Path, *extra: str) -> dict:
-    from instructgpt.reward import parse_args, run_rm
+    from instructgpt.stages.rm import parse_args, run_rm
 
     (script, training, model), recipe = parse_args([
         "recipes/tiny/rm.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
@@ -80,7 +80,7 @@ def rm(output_dir: Path, rankings: Path, policy: Path, *extra: str) -> dict:
 @pytest.fixture(scope="session")
 def sft_model(tmp_path_factory) -> Path:
     """A tiny SFT model (60 steps, a few seconds): the policy that collection samples from."""
-    from instructgpt.sft import parse_args, run_sft
+    from instructgpt.stages.sft import parse_args, run_sft
 
     out = tmp_path_factory.mktemp("sft") / "model"
     (script, training, model), recipe = parse_args([

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_BASE, TINY_DATA
-from instructgpt.errors import InstructGPTError
+from instructgpt.infra.errors import InstructGPTError
 from instructgpt.modeling import (
     ModelLoadError,
     QuantizationError,
@@ -36,7 +36,7 @@ from instructgpt.modeling import (
     quantization_config,
     read_model_config,
 )
-from instructgpt.recipe import load_yaml, recipe_stage
+from instructgpt.infra.parser import load_yaml, recipe_stage
 from instructgpt.tinyworld.architectures import IM_END, PAD_TOKEN, TinyArchitecture, build_tiny_model
 
 import os  # DEV-ONLY
@@ -78,7 +78,7 @@ def test_recipe_parses_and_validates_without_downloading(path):
     parsed = _stage_module(stage).parse_args([_rel(path)])
     if stage != "pipeline":
         return
-    from instructgpt.pipeline import Planner, build_eval_args
+    from instructgpt.stages.pipeline import Planner, build_eval_args
 
     args, recipe, _ = parsed
     stages, eval_settings = Planner(args, recipe, {}).plan()
@@ -165,9 +165,9 @@ QUIET = {"report_to": "none", "eval_strategy": "no", "save_strategy": "no", "log
 
 
 def run_stage(stage: str, recipe_dir: Path, name: str, settings: dict) -> dict:
-    from instructgpt.ppo.trainer import run_ppo
-    from instructgpt.reward import run_rm
-    from instructgpt.sft import run_sft
+    from instructgpt.stages.ppo.trainer import run_ppo
+    from instructgpt.stages.rm import run_rm
+    from instructgpt.stages.sft import run_sft
 
     recipe = _write_recipe(recipe_dir / f"{name}.yaml", {"stage": stage, **QUIET, **settings})
     (a, b, c), parsed = _stage_module(stage).parse_args([recipe])
@@ -329,7 +329,7 @@ def test_sft_with_lora_uses_the_llama_default_targets(tiny_llama, tmp_path):
 def test_reward_model_from_pairs_on_llama(reward_model, sft_model):
     from transformers import AutoModelForSequenceClassification
 
-    from instructgpt.reward import NORMALIZATION_FILE, load_reward_model, score_responses
+    from instructgpt.modeling.reward import NORMALIZATION_FILE, load_reward_model, score_responses
 
     out, metrics = reward_model
     assert metrics["global_step"] == 2 and math.isfinite(metrics["last_logged_loss"])
@@ -366,7 +366,7 @@ def test_kway_reward_model_with_lora_on_llama(sft_model, preference_files, tmp_p
 def test_ppo_on_llama(use_peft, sft_model, reward_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from instructgpt.ppo.trainer import VALUE_MODEL_DIR
+    from instructgpt.stages.ppo.trainer import VALUE_MODEL_DIR
 
     out = tmp_path / "out"
     extra = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0} if use_peft else {}
@@ -385,7 +385,7 @@ def test_ppo_on_llama(use_peft, sft_model, reward_model, tmp_path):
 
 def test_collection_on_llama(sft_model, tmp_path):
     """K samples per prompt from a policy with its own pad token, ranked by the tiny world's labeler."""
-    from instructgpt.collect import run_collect
+    from instructgpt.stages.collect import run_collect
 
     (args,), parsed = _stage_module("collect").parse_args([_write_recipe(tmp_path / "collect.yaml", {
         "stage": "collect", "model_name_or_path": str(sft_model[0]), "dataset_name": str(TINY_DATA / "rm_prompts.jsonl"),
@@ -400,7 +400,7 @@ def test_collection_on_llama(sft_model, tmp_path):
 
 def test_evaluation_on_llama(sft_model, reward_model, tiny_llama, tmp_path):
     """Sampling with left padding by <|pad|>, stopping at <|im_end|>, RM scores and the exact KL to the SFT model."""
-    from instructgpt.evaluate import EvalArguments, run_eval
+    from instructgpt.stages.eval import EvalArguments, run_eval
 
     results = run_eval(EvalArguments(
         models=[f"base={tiny_llama}", f"sft={sft_model[0]}"], prompts=str(TINY_DATA / "eval_prompts.jsonl"),
@@ -417,9 +417,9 @@ def test_ppo_reads_the_reward_where_the_reward_model_was_trained_to_give_it(rewa
     """The RM stage scores ``chat_template(prompt + response)``; PPO scores ``[prompt | sampled tokens up to EOS]``.
     With ChatML the template writes a newline after <|im_end|>, so unless the reward texts stop at the EOS, the two
     read the score head at different tokens."""
-    from instructgpt.generation import encode_prompts
-    from instructgpt.ppo.models import Sequences, score_parts, sequence_scores
-    from instructgpt.reward import load_reward_model, score_responses
+    from instructgpt.sampling import encode_prompts
+    from instructgpt.stages.ppo.models import Sequences, score_parts, sequence_scores
+    from instructgpt.modeling.reward import load_reward_model, score_responses
 
     model, tokenizer, shift = load_reward_model(str(reward_model[0]))
     prompt, response = "Describe the rustbeetle.", "The rustbeetle is large."
@@ -524,7 +524,7 @@ def test_quantization_errors_name_the_missing_piece(monkeypatch):
 def test_sft_stage_with_load_in_4bit_on_a_cpu_machine_exits_with_the_key(tiny_llama, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from instructgpt.sft import main
+    from instructgpt.stages.sft import main
 
     recipe = _write_recipe(tmp_path / "sft.yaml", {"stage": "sft", **QUIET, **sft_settings(
         tiny_llama, tmp_path / "out", use_peft=True, load_in_4bit=True, max_train_samples=8)})

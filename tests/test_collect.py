@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect, rm, run_cli
-from instructgpt.collect import RANKINGS_FILE, parse_args as collect_args, run_collect
+from instructgpt.stages.collect import RANKINGS_FILE, parse_args as collect_args, run_collect
 from instructgpt.data import DataError
-from instructgpt.errors import InstructGPTError
-from instructgpt.outputs import RUN_MARKER, OutputDirError
-from instructgpt.reward import RewardModelError, load_reward_model, parse_args as rm_args, run_rm, score_responses
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.modeling.reward import RewardModelError, load_reward_model, score_responses
+from instructgpt.stages.rm import parse_args as rm_args, run_rm
 
 # The end-to-end margin: the reward model must order held-out comparisons of the (noisy) simulated labeler
 # correctly at least this often, against 50% for a reward model that learned nothing.
@@ -33,7 +34,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_batched_left_padded_generation_matches_one_prompt_at_a_time(sft_model):
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.generation import generate_responses
+    from instructgpt.sampling import generate_responses
     from instructgpt.modeling import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(sft_model)
@@ -55,7 +56,7 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(sft_model):
 
 
 def test_collection_writes_distinct_best_first_rankings(collected):
-    from instructgpt.labelers import SimulatedLabeler
+    from instructgpt.tinyworld.labeler import SimulatedLabeler
 
     out, metrics = collected
     rows = read_jsonl(out / RANKINGS_FILE)
@@ -127,7 +128,7 @@ def test_bad_collection_inputs_are_refused_before_anything_is_written(sft_model,
         collect(tmp_path / "b", sft_model, "--labeler", "oracle")
     with pytest.raises(RewardModelError, match=r"`labeler`: .* holds a GPT2LMHeadModel \(a causal language model"):
         collect(tmp_path / "c", sft_model, "--labeler", f"reward_model:{sft_model}")
-    from instructgpt.recipe import RecipeError
+    from instructgpt.infra.parser import RecipeError
 
     with pytest.raises(RecipeError, match="num_responses must be at least 2"):
         collect(tmp_path / "d", sft_model, "--num_responses", "1")

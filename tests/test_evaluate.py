@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY_BASE, TINY_DATA
 
-from instructgpt import evaluate
-from instructgpt.evaluate import EvalError, distinct_n, parse_models, policy_checkpoints, response_logprobs
+from instructgpt.stages import eval as evaluate
+from instructgpt.metrics.text import distinct_n
+from instructgpt.stages.eval import EvalError, parse_models, policy_checkpoints, response_logprobs
 
 PNG = b"\x89PNG"
 
@@ -69,6 +70,26 @@ def test_response_logprobs_match_a_token_by_token_computation(base):
     # batching with padding gives the same numbers
     batched = response_logprobs(model, prompts, responses, temperature=0.7, pad_token_id=0, batch_size=2)
     assert batched == pytest.approx(got, abs=1e-5)
+
+
+def test_eval_scores_the_tokens_it_sampled(base):
+    """The ids, the finished flags and the KL come from the sampler, never from the text tokenized again."""
+    from instructgpt.modeling import load_tokenizer
+    from instructgpt.sampling import generate_samples
+    from instructgpt.stages.eval import EvalArguments, kl_to_reference, sample_model
+
+    model, _ = base
+    tokenizer = load_tokenizer(str(TINY_BASE))
+    prompts = ["What is 2 plus 3?", "Describe the glimmerfox.", "Reverse the word lamp.", "What does the mossbat eat?"]
+    args = EvalArguments(models=["x=y"], prompts="p", output_dir="o", max_new_tokens=12, temperature=1.0, seed=3)
+    samples = sample_model(model, tokenizer, prompts, args)
+    direct = [row[0] for row in generate_samples(model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=3)]
+    assert samples.response_ids == [s.token_ids for s in direct]
+    assert samples.finished == [s.eos_token_id is not None for s in direct]
+    for ids, scored, done in zip(samples.response_ids, samples.scored_ids, samples.finished):
+        assert scored == ids + ([tokenizer.eos_token_id] if done else [])  # the EOS that ended it is scored too
+        assert len(ids) <= 12
+    assert kl_to_reference(samples, model, model, tokenizer.pad_token_id, 1.0, 2) == [0.0] * len(prompts)
 
 
 # ----------------------------------------------------------------------------------------------------------------

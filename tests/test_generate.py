@@ -6,8 +6,10 @@ import pytest
 
 from conftest import TINY_BASE
 
-from instructgpt import cli, generate
-from instructgpt.generate import Sampling, chat_loop, load_policy
+from instructgpt import cli
+from instructgpt.stages import generate
+from instructgpt.modeling import load_policy
+from instructgpt.stages.generate import Sampling, chat_loop
 
 
 def _responses(output: str) -> list[str]:
@@ -36,7 +38,7 @@ def test_generate_errors(capsys, tmp_path):
 
 
 def test_chat_keeps_the_conversation_and_resets_it(monkeypatch):
-    import instructgpt.generation as generation
+    import instructgpt.sampling as generation
 
     model, tokenizer = load_policy(str(TINY_BASE))
     seen = []

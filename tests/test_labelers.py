@@ -6,14 +6,8 @@ import random
 
 import pytest
 
-from instructgpt.labelers import (
-    EMPTY_SCORE,
-    HUMAN_AGREEMENT_NOISE,
-    Labeler,
-    Ranking,
-    SimulatedLabeler,
-    pairwise_agreement,
-)
+from instructgpt.labelers import Labeler, Ranking, pairwise_agreement
+from instructgpt.tinyworld.labeler import EMPTY_SCORE, HUMAN_AGREEMENT_NOISE, SimulatedLabeler
 from instructgpt.tinyworld import UnknownPromptError, parse_prompt
 from instructgpt.tinyworld.demos import response_pool
 

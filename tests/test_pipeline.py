@@ -19,8 +19,8 @@ import pytest
 from conftest import REPO, TINY_BASE, TINY_DATA
 
 from instructgpt import cli
-from instructgpt.outputs import RUN_MARKER, is_complete
-from instructgpt.pipeline import PipelineError, cli_value, main as pipeline_main, parse_args, run_pipeline
+from instructgpt.infra.outputs import RUN_MARKER, is_complete
+from instructgpt.stages.pipeline import PipelineError, cli_value, main as pipeline_main, parse_args, run_pipeline
 
 FAKE_STAGE = textwrap.dedent('''
     """A stand-in for any stage: `steps` checkpoints, an optional interruption, resume, a call log."""
@@ -29,8 +29,8 @@ FAKE_STAGE = textwrap.dedent('''
     from dataclasses import dataclass
     from pathlib import Path
 
-    from instructgpt.outputs import last_checkpoint, mark_complete, prepare_output_dir
-    from instructgpt.recipe import parse_stage_args, recipe_stage
+    from instructgpt.infra.outputs import last_checkpoint, mark_complete, prepare_output_dir
+    from instructgpt.infra.parser import RecipeParser, recipe_stage
 
 
     @dataclass
@@ -48,15 +48,18 @@ FAKE_STAGE = textwrap.dedent('''
         run_name: str | None = None
 
 
+    def arguments():
+        return (FakeArgs,)
+
+
     def main(argv):
-        from instructgpt.cli import run_cli
+        from instructgpt.infra.entrypoint import run_cli
 
-        run_cli(lambda: _run(argv))
+        run_cli(lambda: run(RecipeParser(recipe_stage(argv[0]), arguments()).parse(argv)))
 
 
-    def _run(argv):
-        stage = recipe_stage(argv[0])
-        (args,), recipe = parse_stage_args(argv, stage, (FakeArgs,))
+    def run(parsed):
+        (args,), recipe, stage = parsed.parts, parsed.recipe, parsed.recipe.stage
         out = Path(args.output_dir)
         resume = prepare_output_dir(out, args.if_output_exists, recipe.source)
         start = int(resume.name.split("-")[1]) if resume else 0
@@ -211,20 +214,41 @@ def test_bad_pipeline_recipes_get_clear_errors(tmp_path, fake_stages):
         run([str(tmp_path / "norm.yaml")])
 
 
-def test_a_failing_stage_stops_the_pipeline_with_its_name(tmp_path, fake_stages, capsys):
-    (tmp_path / "rm.yaml").write_text("stage: rm\nsteps: -1\nunknown_key: 3\n")
+def test_a_bad_stage_recipe_stops_the_pipeline_before_any_stage_runs(tmp_path, fake_stages, capsys):
+    (tmp_path / "rm.yaml").write_text("stage: rm\nsteps: 3\nunknown_key: 3\n")
     with pytest.raises(SystemExit) as exit_:
         pipeline_main([str(write_pipeline(tmp_path))])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown key `unknown_key`" in err and "stage `rm` failed" in err
+    assert "stage `rm`" in err and "unknown key `unknown_key`" in err and "Traceback" not in err
+    assert fake_stages() == [] and not (tmp_path / "run" / "pretrain").exists()  # nothing trained first
+    # a typo in a per-stage override of the last stage is caught before the first stage, too
+    (tmp_path / "rm.yaml").write_text(f"stage: rm\nsteps: 3\nlog: {tmp_path / 'calls.jsonl'}\n")
+    with pytest.raises(SystemExit):
+        pipeline_main([str(write_pipeline(tmp_path)), "--ppo.stepz", "2"])
+    assert "did you mean `steps`?" in capsys.readouterr().err and fake_stages() == []
+
+
+def test_a_stage_that_fails_while_running_stops_the_pipeline_with_its_name(tmp_path, fake_stages, capsys):
+    (tmp_path / "rm.yaml").write_text(f"stage: rm\nsteps: 3\nlog: {tmp_path / 'calls.jsonl'}\nmodel_name_or_path: x\n")
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_main([str(write_pipeline(tmp_path)), "--rm.if_output_exists", "refuse"])
+    assert exit_.value.code == 2
+    assert "`if_output_exists` is set by the pipeline" in capsys.readouterr().err
+    out = tmp_path / "run" / "rm"
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_text("a model trained elsewhere")
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_main([str(write_pipeline(tmp_path))])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "stage `rm` failed" in err and "already holds a trained model" in err
     assert is_complete(tmp_path / "run" / "collect") and not is_complete(tmp_path / "run")
 
 
 def test_cli_values_round_trip_through_the_stage_parser():
     from dataclasses import dataclass, field
 
-    from instructgpt.recipe import build_dataclasses, split_argv
+    from instructgpt.infra.parser import RecipeParser, split_argv
 
     @dataclass
     class Args:
@@ -236,7 +260,7 @@ def test_cli_values_round_trip_through_the_stage_parser():
 
     values = {"a": ["x", "y z"], "b": True, "c": 1e-5, "d": "--looks like a flag\n### Response:", "e": None}
     _, raw = split_argv(["r.yaml"] + [f"--{k}={cli_value(v)}" for k, v in values.items()])
-    (args,) = build_dataclasses(raw, (Args,), "test", cli_keys=set(raw))
+    (args,) = RecipeParser("test", (Args,)).build(raw, cli_keys=set(raw))
     assert (args.a, args.b, args.c, args.d, args.e) == (["x", "y z"], True, 1e-5, values["d"], None)
 
 

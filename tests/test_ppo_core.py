@@ -1,4 +1,4 @@
-"""The PPO math of ``instructgpt.ppo.core``: gradient checks, Python-loop references, hand-computed cases."""
+"""The PPO math of ``instructgpt.losses.ppo``: gradient checks, Python-loop references, hand-computed cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch.autograd import gradcheck
 
 from instructgpt.losses import IGNORE_INDEX, masked_token_nll
-from instructgpt.ppo.core import (
+from instructgpt.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
     check_right_padded,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import accelerate_launch, run_cli
-from instructgpt.outputs import RUN_MARKER
-from instructgpt.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
+from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
 
 # The end-to-end margins: after 8 updates of 64 episodes (learning rate 1e-4), the mean normalized RM score of the
 # policy's samples on 64 held-out prompts must rise by at least MIN_SCORE_GAIN over the SFT policy's (same prompts,
@@ -80,7 +80,7 @@ def test_saved_policy_and_value_model_load_with_the_auto_classes(ppo_run, sft_mo
 
 
 def test_finished_run_is_not_overwritten(ppo_run, sft_model, trained_rm):
-    from instructgpt.outputs import OutputDirError
+    from instructgpt.infra.outputs import OutputDirError
 
     out, _ = ppo_run
     before = (out / "model.safetensors").read_bytes()
@@ -193,7 +193,7 @@ def test_fused_gelu_changes_speed_not_results():
     from transformers import AutoModelForCausalLM
 
     from conftest import TINY_BASE
-    from instructgpt.ppo.models import fuse_tanh_gelu
+    from instructgpt.stages.ppo.models import fuse_tanh_gelu
 
     model = AutoModelForCausalLM.from_pretrained(TINY_BASE).double()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -205,7 +205,7 @@ def test_fused_gelu_changes_speed_not_results():
 
 def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):
     from conftest import FIXTURES
-    from instructgpt.errors import InstructGPTError
+    from instructgpt.infra.errors import InstructGPTError
 
     prompts = FIXTURES / "ultrafeedback_binarized"
     with pytest.raises(InstructGPTError, match=r"`dataset_name` \(.*ultrafeedback_binarized\) has 40 prompts, fewer "

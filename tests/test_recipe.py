@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import python_m, run_cli
-from instructgpt.recipe import RecipeError, load_yaml, parse_stage_args, split_argv
-from instructgpt.sft import parse_args as parse_sft_args
+from instructgpt.infra.parser import RecipeError, load_yaml, recipe_stage, split_argv
+from instructgpt.stages.sft import parse_args as parse_sft_args
 
 MINIMAL = "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\noutput_dir: runs/x\n"
 
@@ -80,13 +80,119 @@ def test_invalid_choice_and_stage_mismatch(tmp_path):
         parse_sft_args([path])
     path = _write(tmp_path, MINIMAL.replace("stage: sft\n", ""), "nostage.yaml")
     with pytest.raises(RecipeError, match="missing key `stage`"):
-        parse_stage_args([path], "sft", ())
+        recipe_stage(path)  # `instructgpt RECIPE.yaml` must be told the stage ...
+    (script, training, model), recipe = parse_sft_args([path])  # ... the SFT entry point knows it
+    assert recipe.stage == "sft" and training.output_dir == "runs/x"
 
 
 def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     path = _write(tmp_path, MINIMAL + "learnig_rate: 1.0e-4\n")
-    for command in (python_m("instructgpt.sft", path), python_m("instructgpt", path)):
+    for command in (python_m("instructgpt.stages.sft", path), python_m("instructgpt", path)):
         result = run_cli(command)
         assert result.returncode == 2, result.stderr
         assert "did you mean `learning_rate`?" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One shape for every entry point: --help, --config, --version, the stage inferred from the entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+ENTRY_POINTS = {
+    "instructgpt": ("instructgpt.cli", []),
+    "instructgpt-sft": ("instructgpt.stages.sft", []),
+    "instructgpt-rm": ("instructgpt.stages.rm", []),
+    "instructgpt-ppo": ("instructgpt.stages.ppo.trainer", []),
+    "instructgpt pretrain": ("instructgpt.cli", ["pretrain"]),
+    "instructgpt collect": ("instructgpt.cli", ["collect"]),
+    "instructgpt eval": ("instructgpt.cli", ["eval"]),
+    "instructgpt pipeline": ("instructgpt.cli", ["pipeline"]),
+    "instructgpt generate": ("instructgpt.cli", ["generate"]),
+    "instructgpt chat": ("instructgpt.cli", ["chat"]),
+}
+# a field of each stage that --help must show, with its help text
+HELP_SHOWS = {
+    "instructgpt-sft": ["--learning_rate", "--lora_r", "--long_examples", "--if_output_exists", "(default: resume)"],
+    "instructgpt-rm": ["--demonstrations_dataset", "--eval_fraction", "--center_rewards_coefficient"],
+    "instructgpt-ppo": ["--kl_coef", "--cliprange_value", "--reward_model_path", "--ptx_coef"],
+    "instructgpt collect": ["--num_responses", "K: responses sampled and ranked per prompt", "(default: 4)"],
+    "instructgpt eval": ["--models", "--labeler", "--ppo_run"],
+    "instructgpt pipeline": ["--rounds", "--sft", "--eval"],
+    "instructgpt pretrain": ["--n_layer", "--block_size"],
+    "instructgpt generate": ["--prompt", "--temperature"],
+}
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_every_entry_point_prints_help_and_exits_0(name, capsys):
+    import importlib
+
+    module, argv = ENTRY_POINTS[name]
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main([*argv, "--help"])
+        raise SystemExit(0)  # instructgpt's own --help returns after printing
+    out = capsys.readouterr().out
+    assert exit_.value.code in (0, None), out
+    assert out.strip(), f"{name} --help printed nothing"
+    for text in HELP_SHOWS.get(name, []):
+        assert text in " ".join(out.split()), f"{name} --help does not show {text!r}"
+
+
+def test_help_comes_before_any_recipe_check(tmp_path, capsys):
+    """`instructgpt-ppo recipes/tiny/ppo.yaml --help` prints help, it does not complain about the recipe."""
+    from instructgpt.stages.ppo.trainer import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["recipes/tiny/ppo.yaml", "--help"])
+    assert exit_.value.code == 0 and "--kl_coef" in capsys.readouterr().out
+
+
+def test_version_everywhere(capsys):
+    from instructgpt import __version__, cli
+    from instructgpt.stages import sft
+
+    cli.main(["--version"])
+    with pytest.raises(SystemExit) as exit_:
+        sft.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.split() == ["instructgpt", __version__, "instructgpt", __version__]
+
+
+def test_config_flag_and_a_trl_recipe_without_stage(tmp_path):
+    """`instructgpt-sft --config x.yaml` (TRL's and alignment-handbook's form) on a TRL SFT recipe: no `stage:` key."""
+    trl_recipe = _write(tmp_path, "model_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\n"
+                        "output_dir: runs/trl\nlearning_rate: 2.0e-5\nnum_train_epochs: 1\nmax_length: 64\n"
+                        "packing: false\ngradient_checkpointing: true\nlogging_steps: 5\n")
+    (script, training, model), recipe = parse_sft_args(["--config", trl_recipe, "--learning_rate", "1e-4"])
+    assert training.learning_rate == 1e-4 and training.max_length == 64 and training.gradient_checkpointing
+    assert model.model_name_or_path == "data/tiny/base-model" and recipe.stage == "sft"
+    with pytest.raises(RecipeError, match="two recipes given"):
+        parse_sft_args([trl_recipe, "--config", trl_recipe])
+
+
+def test_a_value_taking_key_without_its_value_is_an_error(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    with pytest.raises(RecipeError, match="`--output_dir` needs a value"):
+        parse_sft_args([path, "--output_dir"])
+    (script, training, model), _ = parse_sft_args([path, "--use_peft"])  # a bare boolean flag means true
+    assert model.use_peft is True
+
+
+def test_null_and_flow_lists_and_negative_values(tmp_path):
+    path = _write(tmp_path, MINIMAL + "max_train_samples: null\nlora_target_modules: [c_attn, c_proj]\n"
+                  "dataset_test_split: null\n")
+    (script, training, model), _ = parse_sft_args([path, "--prompt_template=--- {prompt} ---"])
+    assert script.max_train_samples is None and model.lora_target_modules == ["c_attn", "c_proj"]
+    assert script.prompt_template == "--- {prompt} ---"  # a value that starts with dashes stays a value
+
+
+def test_console_scripts_answer_help(tmp_path):
+    """The installed commands themselves (not only their functions) answer --help with exit code 0."""
+    import shutil
+    import subprocess
+
+    for command in (["instructgpt-sft", "--help"], ["instructgpt", "collect", "--help"]):
+        exe = shutil.which(command[0])
+        assert exe, f"{command[0]} is not installed"
+        result = subprocess.run([exe, *command[1:]], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "--help" in result.stdout and "Traceback" not in result.stderr

@@ -16,23 +16,19 @@ from conftest import FIXTURES, TINY_BASE, TINY_DATA
 from instructgpt.data import DataError
 from instructgpt.losses import kway_ranking_loss
 from instructgpt.modeling import ModelLoadError
-from instructgpt.outputs import RUN_MARKER, OutputDirError
-from instructgpt.reward import (
+from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.data.rankings import rankings_from_dataset
+from instructgpt.losses import unflatten_rewards
+from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.modeling.reward import (
     NORMALIZATION_FILE,
-    RankingCollator,
     RewardModelError,
     check_reward_model,
     evaluate_rankings,
     load_reward_model,
-    parse_args,
-    ranking_agreement,
-    rankings_from_dataset,
-    run_rm,
     score_responses,
-    summarize_agreement,
-    tokenize_rankings,
-    unflatten_rewards,
 )
+from instructgpt.stages.rm import RankingCollator, parse_args, run_rm, tokenize_rankings
 
 FAST = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1"]
 
@@ -92,7 +88,7 @@ def test_ultrafeedback_rows_rank_completions_by_rating_and_drop_unrated_and_ties
 
 
 def test_ties_are_dropped_and_counted_in_the_log(tmp_path, capsys):
-    from instructgpt.reward import load_rankings
+    from instructgpt.data.rankings import load_rankings
 
     path = _write_jsonl(tmp_path / "ties.jsonl", [
         {"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [3.0, 2.0, 2.0, 1.0]},
@@ -178,7 +174,7 @@ def test_kway_batch_forwards_each_response_once_and_matches_the_loss(tiny_rm, tm
     """Three rankings with K = 4, 3, 2: one forward call over 9 sequences (not 2 * (6 + 3 + 1) = 20 as pairs)."""
     from trl import RewardConfig
 
-    from instructgpt.reward import build_trainer_class
+    from instructgpt.stages.rm import build_trainer_class
 
     model, tokenizer, _ = load_reward_model(str(tiny_rm))
     rows = [

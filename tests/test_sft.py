@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from wandb_records import read_run
-from conftest import FIXTURES, TINY_BASE, accelerate_launch, run_cli
+from conftest import FIXTURES, TINY_BASE, TINY_DATA, accelerate_launch, run_cli
 from instructgpt.data import DataError
-from instructgpt.outputs import RUN_MARKER, OutputDirError
-from instructgpt.sft import parse_args, run_sft
+from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.stages.sft import parse_args, run_sft
 
 FAST = [
     "--report_to", "none", "--max_train_samples", "256", "--per_device_train_batch_size", "16",
@@ -205,3 +205,41 @@ def test_console_script_and_two_process_accelerate_launch(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.isfinite(next(model.parameters())).all()
+
+
+def test_trl_sft_loss_equals_masked_token_nll_on_the_same_batch(tmp_path):
+    """The stage trains with TRL's own loss; on one real batch it is the project's gradient-checked function."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from instructgpt.data.formats import load_demonstrations
+    from instructgpt.losses import masked_token_nll
+    from instructgpt.modeling import load_tokenizer
+
+    (script, training, model_args), _ = parse_args([
+        "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+        "--per_device_train_batch_size", "4", "--eval_strategy", "no",
+    ])
+    tokenizer = load_tokenizer(str(TINY_BASE))
+    data = load_demonstrations(str(TINY_DATA / "sft_train.jsonl"), config=None, split="train", key="dataset_name",
+                               source="test", limit=8)
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE)
+    trainer = SFTTrainer(model=model, args=training, train_dataset=data, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt masked, response learned
+    model.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch)
+        ours = masked_token_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                batch["labels"])
+    assert trl_loss.item() == pytest.approx(ours.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("dataset_text_field", "content"), ("assistant_only_loss", "true")])
+def test_sft_keys_that_cannot_apply_are_refused(tmp_path, key, value):
+    from conftest import python_m
+
+    result = run_cli(python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "o"),
+                              f"--{key}", value))
+    assert result.returncode == 2 and f"`{key}` does not apply" in result.stderr and "Traceback" not in result.stderr

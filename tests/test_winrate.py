@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from instructgpt.winrate import wilson_interval, win_rate_from_scores, win_rate_matrix
+from instructgpt.metrics.winrate import wilson_interval, win_rate_from_scores, win_rate_matrix
 
 
 def test_wins_ties_and_losses_count_1_half_0():

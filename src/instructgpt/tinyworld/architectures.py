@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from instructgpt.errors import InstructGPTError
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.errors import InstructGPTError
+
+logger = get_logger(__name__)
 
 DEFAULT_BASE_TOKENIZER = "data/tiny/base-model"
 PAD_TOKEN = "<|pad|>"
@@ -138,7 +141,7 @@ def build_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from instructgpt.cli import run_cli
+    from instructgpt.infra.entrypoint import run_cli
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", required=True, help="Where to save the model and its tokenizer.")
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         output_dir, base = args.pop("output_dir"), args.pop("base_tokenizer")
         settings = TinyArchitecture(**args)
         path = build_tiny_model(output_dir, base, settings)
-        print(f"[instructgpt] tiny {settings.architecture} model saved to {path}")
+        logger.info(f"tiny {settings.architecture} model saved to {path}")
 
     run_cli(_run)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
-from instructgpt.errors import InstructGPTError
+from instructgpt.infra.errors import InstructGPTError
 
 
 class UnknownPromptError(InstructGPTError, ValueError):

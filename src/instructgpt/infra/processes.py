@@ -1,0 +1,41 @@
+"""The one place that creates accelerate's process state, so that CPU-only multi-process runs really are distributed.
+
+`accelerate launch --multi_gpu --num_processes N` on a machine with no accelerator starts N processes with
+``WORLD_SIZE`` set, but accelerate only joins them into a gloo process group (``DistributedType.MULTI_CPU``) when its
+state is created with ``cpu=True``; created without it, every process believes it is alone and trains its own copy
+of the model. transformers' ``TrainingArguments`` rebuilds the state from ``ACCELERATE_USE_CPU`` (which the launcher
+sets to false under ``--multi_gpu``), so the entry points also set that variable through ``join_cpu_processes``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from typing import Any
+
+
+def no_accelerator() -> bool:
+    """True on a CPU-only machine (no CUDA, XPU, MPS, ... device that torch can use)."""
+    import torch
+
+    return not torch.accelerator.is_available()
+
+
+def join_cpu_processes() -> None:
+    """On a CPU-only machine, tell accelerate and transformers to join launched processes with gloo."""
+    if no_accelerator():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def process_state() -> Any:
+    """accelerate's ``PartialState`` for this process: rank, world size, device, main-process helpers."""
+    from accelerate import PartialState
+
+    join_cpu_processes()
+    return PartialState(cpu=no_accelerator())
+
+
+def default_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

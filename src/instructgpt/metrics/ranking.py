@@ -1,0 +1,35 @@
+"""How well scores agree with a ranking: pairwise accuracy and Kendall's tau (reward models, labelers)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def ranking_agreement(rewards: torch.Tensor, num_responses: torch.Tensor) -> torch.Tensor:
+    """Per ranking: ``[concordant pairs, pairs, Kendall's tau]`` of the rewards against the labeler's order.
+
+    Row p of ``rewards`` is best first, so pair :math:`i < j` is concordant when :math:`r_i > r_j` and discordant
+    when :math:`r_i < r_j`; a tie in reward is neither. Kendall's tau (tau-a, the labeler's order being strict) is
+    :math:`(C - D) / \\binom{K}{2}`; pairwise accuracy over a dataset is :math:`\\sum C / \\sum \\binom{K}{2}`.
+    """
+    k_max = rewards.shape[1]
+    idx = torch.arange(k_max, device=rewards.device)
+    valid = idx.unsqueeze(0) < num_responses.unsqueeze(1)
+    pairs = (idx.unsqueeze(1) < idx.unsqueeze(0)).unsqueeze(0) & valid.unsqueeze(2) & valid.unsqueeze(1)
+    diffs = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+    concordant = ((diffs > 0) & pairs).sum(dim=(1, 2)).to(rewards.dtype)
+    discordant = ((diffs < 0) & pairs).sum(dim=(1, 2)).to(rewards.dtype)
+    total = pairs.sum(dim=(1, 2)).to(rewards.dtype)
+    tau = (concordant - discordant) / total.clamp(min=1)
+    return torch.stack([concordant, total, tau], dim=1)
+
+
+def summarize_agreement(stats: torch.Tensor) -> dict[str, float]:
+    """Dataset-level metrics from the stacked per-ranking rows of :func:`ranking_agreement`."""
+    stats = stats.double()
+    return {
+        "pairwise_accuracy": (stats[:, 0].sum() / stats[:, 1].sum().clamp(min=1)).item(),
+        "kendall_tau": stats[:, 2].mean().item(),
+        "num_rankings": int(stats.shape[0]),
+        "num_comparisons": int(stats[:, 1].sum().item()),
+    }

@@ -1,0 +1,204 @@
+"""Reward models: check, load, and score ``(prompt, response)`` pairs, normalized by the stored shift.
+
+Every consumer of a reward model (PPO, the reward-model labeler, evaluation, the RM stage's own normalization) goes
+through these functions, so they all read the same text (:func:`reward_texts`) at the same token, and all subtract
+the same shift. The RM stage (:mod:`instructgpt.stages.rm`) stores that shift after training: InstructGPT
+"normalize[s] the reward model using a bias so that the labeler demonstrations achieve a mean score of 0 before
+doing RL" (Ouyang et al. 2022, section 3.5). It lives in ``config.reward_shift`` and ``reward_normalization.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from instructgpt.data.padding import pad_sequences
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.losses import unflatten_rewards
+from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.modeling import check_model_path, load_tokenizer, model_context_length, model_init_kwargs
+
+Prompt = str | list[dict[str, str]]
+
+
+NORMALIZATION_FILE = "reward_normalization.json"
+
+
+class RewardModelError(InstructGPTError):
+    """A path that should hold a reward model but does not (a causal LM without a score head, an adapter, ...)."""
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def end_at_eos(text: str, eos_token: str | None) -> str:
+    """Cut what a chat template writes after the answer's closing EOS (ChatML: a newline after ``<|im_end|>``).
+
+    A sequence-classification model reads its score at the last token, so the reward must be read at the EOS:
+    that is the last token of a response the policy samples (PPO scores ``prompt + sampled tokens up to EOS``).
+    """
+    if eos_token:
+        cut = text.rfind(eos_token)
+        if cut != -1 and not text[cut + len(eos_token):].strip():
+            return text[: cut + len(eos_token)]
+    return text
+
+
+def reward_texts(tokenizer: Any, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[str]:
+    """What the reward model reads: the chat template applied to the prompt and the response as the assistant turn,
+    ending at the answer's EOS (:func:`end_at_eos`).
+
+    For a template built from a ``prompt_template`` this is ``format_prompt(prompt) + response + EOS``, exactly the
+    text SFT trained on and the text the policy produces, so the reward model scores what PPO samples.
+    """
+    return [
+        end_at_eos(
+            tokenizer.apply_chat_template(_messages(p) + [{"role": "assistant", "content": r}], tokenize=False),
+            tokenizer.eos_token,
+        )
+        for p, r in zip(prompts, responses)
+    ]
+
+
+def reward_input_ids(tokenizer: Any, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[list[int]]:
+    """Token ids of :func:`reward_texts` (``add_special_tokens=False``: the template wrote any BOS itself)."""
+    return tokenizer(reward_texts(tokenizer, prompts, responses), add_special_tokens=False)["input_ids"]
+
+
+def check_reward_model(path: str, key: str = "reward_model_path", source: str = "recipe") -> Any:
+    """Fail early, naming the key, unless ``path`` holds a sequence-classification model with one output.
+
+    The usual mistake is pointing at the SFT model (a causal LM): it has no score head, and loading it as a reward
+    model would silently attach a random one.
+    """
+    from transformers import AutoConfig
+
+    check_model_path(path, key, source)
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        raise RewardModelError(
+            f"{source}: `{key}`: {path} holds a LoRA adapter, not a model; instructgpt-rm saves merged reward models, "
+            "so point to its output_dir (or merge the adapter into its base first)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise RewardModelError(f"{source}: `{key}`: cannot read a model config from {path}: {err}") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        kind = architectures[0] if architectures else config.model_type
+        raise RewardModelError(
+            f"{source}: `{key}`: {path} holds a {kind} (a causal language model without a score head), not a reward "
+            "model; train one with `instructgpt-rm RECIPE.yaml` and use its output_dir"
+        )
+    if getattr(config, "num_labels", 1) != 1:
+        raise RewardModelError(f"{source}: `{key}`: {path} has {config.num_labels} outputs; a reward model has 1")
+    return config
+
+
+def load_reward_model(
+    path: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: Any = None,
+    key: str = "reward_model_path",
+    source: str = "recipe",
+) -> tuple[Any, Any, float]:
+    """Load a reward model for scoring: ``(model in eval mode, tokenizer, shift)``.
+
+    ``shift`` is the normalization stored by the RM stage (0 for a model trained elsewhere);
+    :func:`score_responses` subtracts it by itself, so callers only need it for display.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    check_reward_model(path, key, source)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path)
+    if model.config.pad_token_id is None:  # needed to find each sequence's last token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer, reward_shift(model)
+
+
+def reward_shift(model: Any) -> float:
+    """The normalization bias stored in the model's config (0.0 when there is none)."""
+    module = getattr(model, "module", model)
+    return float(getattr(module.config, "reward_shift", 0.0) or 0.0)
+
+
+@torch.inference_mode()
+def score_responses(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    responses: Sequence[str],
+    *,
+    batch_size: int = 32,
+    shift: float | None = None,
+) -> list[float]:
+    """Normalized rewards :math:`r(x, y) - b` of each (prompt, response), in input order.
+
+    ``b`` is the model's stored shift unless ``shift`` is given (``shift=0.0`` gives raw rewards). Texts are built
+    exactly as in training (:func:`reward_texts`); one longer than the model's context keeps its end, where the
+    reward is read. Sequences are batched by length to waste little padding.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        return []
+    module = getattr(model, "module", model)
+    bias = reward_shift(module) if shift is None else shift
+    context = model_context_length(module.config)
+    ids = reward_input_ids(tokenizer, prompts, responses)
+    if context is not None:
+        ids = [x[-context:] for x in ids]
+    pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else tokenizer.pad_token_id
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    scores = [0.0] * len(ids)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            input_ids, attention_mask = pad_sequences([ids[i] for i in chunk], pad_id, side="right")
+            logits = module(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+            ).logits
+            for i, value in zip(chunk, logits.squeeze(-1).float().tolist()):
+                scores[i] = value - bias
+    finally:
+        if was_training:
+            module.train()
+    return scores
+
+
+def evaluate_rankings(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int = 32) -> dict[str, float]:
+    """Pairwise accuracy and Kendall's tau of a reward model on rankings ``{"prompt", "responses" best first}``."""
+    prompts = [r["prompt"] for r in rows for _ in r["responses"]]
+    responses = [text for r in rows for text in r["responses"]]
+    flat = torch.tensor(score_responses(model, tokenizer, prompts, responses, batch_size=batch_size, shift=0.0))
+    num_responses = torch.tensor([len(r["responses"]) for r in rows])
+    return summarize_agreement(ranking_agreement(unflatten_rewards(flat, num_responses), num_responses))
+
+
+def load_sequence_classifier(
+    model_path: str, model_args: Any, trust_remote_code: bool, quantize: bool = True, source: str = "recipe"
+) -> Any:
+    """The SFT model (or any checkpoint) with a new scalar head; the expected "new weights" warnings are silenced.
+
+    ``quantize=False`` loads in full precision even when the recipe asks for 4/8-bit weights (a model trained in
+    full, such as PPO's value function).
+    """
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    kwargs = model_init_kwargs(model_args, trust_remote_code=trust_remote_code, quantize=quantize, source=source)
+    with suppress_seqcls_warning():
+        return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **kwargs)

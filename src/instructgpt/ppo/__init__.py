@@ -1,5 +1,0 @@
-"""Step 3 of InstructGPT: PPO against a frozen reward model under a KL penalty to the SFT policy.
-
-``instructgpt.ppo.core`` holds the math as pure tensor functions (rewards, GAE, losses, KL controllers).
-This file stays import-free so that ``import instructgpt.ppo.core`` pulls in nothing but torch.
-"""

@@ -1,0 +1,384 @@
+"""Comparison collection, the data step of InstructGPT's step 2: sample K responses per prompt, have them ranked.
+
+    instructgpt collect recipes/tiny/collect.yaml [--key value ...]
+    accelerate launch -m instructgpt recipes/tiny/collect.yaml      # prompts split across processes
+
+InstructGPT's labelers ranked K = 4 to 9 outputs that the current models sampled for the same prompt (Ouyang et al.
+2022, section 3.4); later rounds sample from the RL policy. Here ``model_name_or_path`` is that policy (the SFT
+model first, a PPO policy later) and ``labeler`` is who ranks: the tiny world's simulated labeler, a trained reward
+model, or rankings people wrote (see :func:`instructgpt.labelers.make_labeler`).
+
+Output: ``<output_dir>/rankings.jsonl``, one ranking per prompt, which the reward-model stage reads as it is::
+
+    {"prompt_index": 3, "prompt": "...", "responses": ["best", "...", "worst"], "scores": [..], "labeler": "...", ...}
+
+- Resumable: every process appends each finished prompt to its own ``rankings.part-<rank>.jsonl`` and flushes;
+  a rerun skips the prompts already there (a line cut off by a crash is dropped and redone). When every prompt is
+  done, the parts are merged into ``rankings.jsonl`` and the run marker is written last.
+- Deduplicated: identical samples (up to whitespace) and empty ones are discarded and resampled, up to
+  ``max_sampling_rounds`` rounds; a prompt that still has fewer than 2 distinct responses is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from instructgpt.infra.log import get_logger
+from instructgpt.data import DataError
+from instructgpt.data.formats import load_prompts
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
+from instructgpt.infra.outputs import OutputDirError, atomic_write_text, is_complete, mark_complete, prepare_output_dir
+from instructgpt.infra.entrypoint import stage_main
+from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
+from instructgpt.infra.tracking import finish_wandb, start_wandb
+
+logger = get_logger(__name__)
+
+RANKINGS_FILE = "rankings.jsonl"
+PART_GLOB = "rankings.part-*.jsonl"
+
+
+@dataclass
+class CollectArguments:
+    """Everything a collection run needs: the policy, the prompts, how to sample, who ranks, where to write."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The policy to sample from: the SFT model, or later the current PPO policy."}
+    )
+    dtype: str | None = field(default=None, metadata={"help": "Policy weights dtype (`bfloat16`, `float16`, `auto`)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Prompts: a .jsonl file or Hub id with a `prompt` column (a string or chat messages)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name, if any."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to read."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={"help": "Prompt format for a policy whose tokenizer has no chat template (SFT models save one)."},
+    )
+    num_responses: int = field(
+        default=4, metadata={"help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9)."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy, which gives duplicates)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
+    batch_size: int = field(default=64, metadata={"help": "Sequences per generation batch."})
+    max_sampling_rounds: int = field(
+        default=3,
+        metadata={"help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K."},
+    )
+    labeler: str = field(
+        default="simulated",
+        metadata={
+            "help": "Who ranks: `simulated` (the tiny world's rubric), `reward_model:PATH` (a trained reward "
+            "model ranks by score), or `file:PATH.jsonl` (rankings people wrote)."
+        },
+    )
+    labeler_noise: float = field(
+        default=0.0, metadata={"help": "Simulated labeler only: noise on its scores (0: deterministic)."}
+    )
+    labeler_seed: int = field(default=0, metadata={"help": "Simulated labeler only: seed of its noise."})
+    labeler_batch_size: int = field(default=32, metadata={"help": "Reward-model labeler: sequences per forward pass."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where rankings.jsonl and the run marker go."})
+    if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
+        default="resume",
+        metadata={
+            "help": "`resume` an interrupted collection (a finished one is refused), `refuse` any non-empty "
+            "directory, or `overwrite` (the old directory is moved aside, never deleted)."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the sampling."})
+    report_to: str = field(default="none", metadata={"help": "`wandb` to log the collection's statistics, or `none`."})
+    project: str = field(default="instructgpt", metadata={"help": "W&B project."})
+    run_name: str | None = field(default=None, metadata={"help": "W&B run name."})
+
+    def __post_init__(self) -> None:
+        if self.num_responses < 2:
+            raise ValueError(f"num_responses must be at least 2 (a ranking compares responses), got {self.num_responses}")
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be at least 1, got {self.max_sampling_rounds}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompts and deduplication
+# --------------------------------------------------------------------------------------------------------------
+
+
+def dedup_key(text: str) -> str:
+    """Samples that differ only in whitespace are the same response to a labeler."""
+    return " ".join(text.split())
+
+
+def add_distinct(pool: list[str], samples: list[str], limit: int) -> int:
+    """Append to ``pool`` the samples that are non-empty and new, up to ``limit``; return how many were discarded."""
+    seen = {dedup_key(t) for t in pool}
+    discarded = 0
+    for text in samples:
+        key = dedup_key(text)
+        if not key or key in seen or len(pool) >= limit:
+            discarded += 1
+            continue
+        seen.add(key)
+        pool.append(text)
+    return discarded
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resumable output: one append-only part file per process
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_part(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a part file and the byte length of its intact prefix.
+
+    Every row is written as one line ending in a newline, so a last line without one was cut off by an
+    interruption: it is dropped (and its prompt redone). A broken line anywhere else means the file was edited.
+    """
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    rows = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DataError(f"{path}: line {number} is not valid JSON; the file was edited, not interrupted") from None
+    if tail.strip():
+        logger.info(f"{path}: dropping its last line, cut off by an interruption; that prompt will be redone")
+    return rows, len(data) - len(tail)
+
+
+def done_rows(output_dir: Path, prompts: list[Any], source: str) -> dict[int, dict[str, Any]]:
+    """Prompts already collected (by index), checked against the prompts of this run."""
+    done: dict[int, dict[str, Any]] = {}
+    for part in sorted(output_dir.glob(PART_GLOB)):
+        rows, _ = read_part(part)
+        for row in rows:
+            index = row.get("prompt_index")
+            if not isinstance(index, int) or index >= len(prompts) or row.get("prompt") != prompts[index]:
+                raise OutputDirError(
+                    f"{source}: {part} holds rankings for other prompts (prompt_index {index}); this output_dir was "
+                    "collected from a different prompt set: choose another output_dir or `if_output_exists: overwrite`"
+                )
+            done[index] = row
+    return done
+
+
+def open_part(output_dir: Path, rank: int):
+    """This process's part file, opened for appending after cutting any partial last line."""
+    path = output_dir / f"rankings.part-{rank}.jsonl"
+    if path.exists():
+        _, good = read_part(path)
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return path.open("a", encoding="utf-8")
+
+
+def merge_parts(output_dir: Path) -> list[dict[str, Any]]:
+    """All collected rows in prompt order, written atomically to rankings.jsonl (skipped prompts left out)."""
+    rows: list[dict[str, Any]] = []
+    for part in sorted(output_dir.glob(PART_GLOB)):
+        rows.extend(read_part(part)[0])
+    rows.sort(key=lambda r: r["prompt_index"])
+    rankings = [r for r in rows if not r.get("skipped")]
+    atomic_write_text(output_dir / RANKINGS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rankings))
+    return rows
+
+
+def collection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts for the log, W&B and the run marker."""
+    rankings = [r for r in rows if not r.get("skipped")]
+    sampled = sum(r.get("num_samples", 0) for r in rows)
+    discarded = sum(r.get("num_discarded", 0) for r in rows)
+    sizes = [len(r["responses"]) for r in rankings]
+    metrics: dict[str, Any] = {
+        "num_prompts": len(rows),
+        "num_rankings": len(rankings),
+        "num_skipped_prompts": len(rows) - len(rankings),
+        "num_samples": sampled,
+        "num_discarded_samples": discarded,
+        "discarded_fraction": discarded / sampled if sampled else 0.0,
+        "mean_responses_per_ranking": sum(sizes) / len(sizes) if sizes else 0.0,
+    }
+    best = [r["scores"][0] for r in rankings if r.get("scores")]
+    worst = [r["scores"][-1] for r in rankings if r.get("scores")]
+    if best:
+        metrics["mean_best_score"] = sum(best) / len(best)
+        metrics["mean_worst_score"] = sum(worst) / len(worst)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prepare_collect_dir(output_dir: Path, if_exists: str, source: str) -> None:
+    """Like the training stages: a finished collection is never redone silently; an interrupted one resumes."""
+    from instructgpt.infra.processes import process_state
+
+    if is_complete(output_dir) and if_exists == "resume":
+        raise OutputDirError(
+            f"{source}: output_dir {output_dir} already holds a finished collection; it was not touched. Choose "
+            "another output_dir, or set `if_output_exists: overwrite` to move it aside and collect again"
+        )
+    prepare_output_dir(output_dir, if_exists, source)  # refuse / overwrite (moves aside) / nothing to do
+    state = process_state()
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+
+def collect_prompts(
+    model: Any,
+    tokenizer: Any,
+    labeler: Any,
+    prompts: list[Any],
+    todo: list[int],
+    args: CollectArguments,
+    handle: Any,
+    policy_name: str,
+    show_progress: bool,
+) -> None:
+    """Sample, deduplicate, rank and append one row per prompt of ``todo`` (flushed as soon as it is written)."""
+    from tqdm.auto import tqdm
+
+    from instructgpt.sampling import generate_responses
+
+    k = args.num_responses
+    chunk_size = max(1, args.batch_size // k)
+    bar = tqdm(total=len(todo), desc="Collecting comparisons", unit="prompt", disable=not show_progress)
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start:start + chunk_size]
+        pools: dict[int, list[str]] = {i: [] for i in chunk}
+        sampled = {i: 0 for i in chunk}
+        discarded = {i: 0 for i in chunk}
+        for round_index in range(args.max_sampling_rounds):
+            request = [i for i in chunk for _ in range(k - len(pools[i]))]
+            if not request:
+                break
+            samples = generate_responses(
+                model, tokenizer, [prompts[i] for i in request], num_samples=1,
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                seed=args.seed + 1000 * chunk[0] + round_index, batch_size=args.batch_size,
+            )
+            by_prompt: dict[int, list[str]] = {i: [] for i in chunk}
+            for i, (text,) in zip(request, samples):
+                by_prompt[i].append(text)
+            for i, texts in by_prompt.items():
+                sampled[i] += len(texts)
+                discarded[i] += add_distinct(pools[i], texts, k)
+        for i in chunk:
+            row: dict[str, Any] = {"prompt_index": i, "prompt": prompts[i]}
+            responses = pools[i]
+            if len(responses) < 2:
+                row.update(skipped="fewer than 2 distinct non-empty responses", responses=responses)
+            else:
+                ranking = labeler.rank(prompts[i], responses)
+                row.update(
+                    responses=[responses[j] for j in ranking.order],
+                    scores=[float(ranking.scores[j]) for j in ranking.order],
+                    labeler=labeler.name,
+                )
+            row.update(policy=policy_name, num_samples=sampled[i], num_discarded=discarded[i])
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+        bar.update(len(chunk))
+    bar.close()
+
+
+def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
+    """Collect rankings as the recipe describes; returns the collection's metrics."""
+    from instructgpt.infra.processes import process_state
+    from transformers import AutoModelForCausalLM
+
+    from instructgpt.labelers import make_labeler
+
+    source = recipe.source
+    model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
+    if not args.dataset_name:
+        raise InstructGPTError(f"{source}: `dataset_name` is required (prompts: a .jsonl file or a Hub id)")
+    if not args.output_dir:
+        raise InstructGPTError(f"{source}: `output_dir` is required")
+    state = process_state()
+    prompts = load_prompts(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
+                           split=args.dataset_train_split, limit=args.max_prompts)
+    device = state.device
+    labeler = make_labeler(
+        args.labeler, noise=args.labeler_noise, seed=args.labeler_seed, batch_size=args.labeler_batch_size,
+        device=device, source=source,
+    )
+    output_dir = Path(args.output_dir)
+    prepare_collect_dir(output_dir, args.if_output_exists, source)
+
+    done = done_rows(output_dir, prompts, source)
+    todo = [i for i in range(len(prompts)) if i not in done][state.process_index::state.num_processes]
+    if done and state.is_main_process:
+        logger.info(f"resuming: {len(done)} of {len(prompts)} prompts already collected in {output_dir}")
+
+    tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
+    kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+    if args.dtype is not None:
+        kwargs["dtype"] = args.dtype
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
+
+    run = start_wandb(args.report_to, args.project, args.run_name, "collect", recipe.data, output_dir)
+    with open_part(output_dir, state.process_index) as handle:
+        collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process)
+    state.wait_for_everyone()  # every process has written and closed its part before the merge
+
+    metrics: dict[str, Any] = {}
+    if state.is_main_process:
+        rows = merge_parts(output_dir)
+        metrics = collection_metrics(rows)
+        metrics.update(labeler=labeler.name, num_processes=state.num_processes)
+        for part in output_dir.glob(PART_GLOB):
+            part.unlink()  # merged into rankings.jsonl
+        if run is not None:
+            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mark_complete(output_dir, "collect", recipe.data, metrics)
+        logger.info(
+            f"{metrics['num_rankings']} rankings ({metrics['mean_responses_per_ranking']:.2f} responses "
+            f"each, ranked by {labeler.name}) written to {output_dir / RANKINGS_FILE}; "
+            f"{metrics['num_discarded_samples']} of {metrics['num_samples']} samples discarded as duplicates or empty, "
+            f"{metrics['num_skipped_prompts']} prompts skipped with fewer than 2 distinct responses"
+        )
+    state.wait_for_everyone()
+    finish_wandb(run)
+    return metrics
+
+
+def arguments() -> tuple[type, ...]:
+    """The dataclasses a collect recipe fills."""
+    return (CollectArguments,)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
+    """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
+    args = RecipeParser("collect", arguments(), prog="instructgpt collect", description=__doc__).parse(argv)
+    return list(args.parts), args.recipe
+
+
+def run(args: StageArgs) -> dict[str, Any]:
+    """Run the stage from its parsed recipe; returns its final metrics."""
+    return run_collect(*args.parts, args.recipe)
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("collect", arguments, run, argv, prog="instructgpt collect", description=__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,233 @@
+"""The four models of InstructGPT's PPO step and the forward passes PPO needs from them.
+
+- **policy** :math:`\\pi_\\phi^{RL}`: initialised from the SFT model, trained;
+- **reference** :math:`\\pi^{SFT}`: the SFT model, frozen. With LoRA it is the policy itself with its adapter
+  switched off (``PeftModel.disable_adapter``), so the SFT weights are held once;
+- **reward model** :math:`r_\\theta`: frozen, its score shifted by the normalisation the RM stage stored
+  (:func:`instructgpt.modeling.reward.reward_shift`), so demonstrations score 0 on average;
+- **value function** :math:`V`: initialised from the reward model (InstructGPT section 3.5), trained. It is the
+  same sequence classifier, read at every response position instead of the last one: the backbone's hidden states
+  through its scalar ``score`` head.
+
+Sequences are laid out as ``[query | response]``: the query left-padded to a common width ``Lq``, the response
+right-padded to width ``T``. The logits that predict response token ``t`` sit at column ``Lq - 1 + t``, so the
+``T + 1`` last columns minus the final one hold all of them; ``logits_to_keep`` asks the model for just those, which
+skips the LM head (the largest matrix of a small model) on the prompt.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from instructgpt.infra.errors import InstructGPTError
+
+
+class PPOModelError(InstructGPTError):
+    """Models that cannot be combined for PPO (no score head, different tokenizers, ...)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sequence layout
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sequences:
+    """``[query | response]`` token ids with their attention mask and position ids (left padding aware)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_width: int
+
+    @classmethod
+    def build(
+        cls, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_mask: torch.Tensor
+    ) -> "Sequences":
+        """Concatenate; position ids count real tokens only, so a left-padded prompt starts at position 0."""
+        input_ids = torch.cat([query, response], dim=1)
+        attention_mask = torch.cat([query_mask.long(), response_mask.long()], dim=1)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        return cls(input_ids, attention_mask, position_ids, response.shape[1])
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+def trim_padding(
+    query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop the query columns that are padding in every row and the response columns past the longest response.
+
+    A micro-batch then costs what its own longest sequence costs, not the longest of the whole rollout batch.
+    """
+    keep_from = int(query_mask.any(dim=0).long().argmax())
+    width = int(response_mask.any(dim=0).sum())
+    return query[:, keep_from:], query_mask[:, keep_from:], response[:, :width], response_mask[:, :width]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model parts
+# --------------------------------------------------------------------------------------------------------------
+
+
+def base_of(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(base_of(model).forward).parameters
+
+
+def score_parts(model: nn.Module, key: str, path: str) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, score head)`` of a sequence classifier, to read the head at any position.
+
+    Works for every causal-LM sequence classifier of transformers (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, ...):
+    the backbone sits under ``base_model_prefix`` and the head is a linear layer named ``score``.
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = getattr(model, "score", None)
+    if backbone is None or not isinstance(head, nn.Module):
+        raise PPOModelError(
+            f"`{key}`: {path} ({type(model).__name__}) has no `score` head over a `{model.base_model_prefix}` "
+            "backbone; PPO reads the reward and value from a causal-LM sequence classifier"
+        )
+    return backbone, head
+
+
+def response_logits(policy: nn.Module, seqs: Sequences, temperature: float, keep: bool) -> torch.Tensor:
+    """Logits (divided by the sampling temperature) that predict each response token, ``(B, T, V)``."""
+    width = seqs.response_width
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if keep:
+        kwargs["logits_to_keep"] = width + 1
+    logits = policy(**seqs.model_inputs(), **kwargs).logits[:, -width - 1:-1]
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def response_values(backbone: nn.Module, head: nn.Module, seqs: Sequences) -> torch.Tensor:
+    """Per-token values :math:`V(s_t)`, ``(B, T)``: the head on the hidden state before each response token."""
+    hidden = backbone(**seqs.model_inputs(), use_cache=False).last_hidden_state
+    width = seqs.response_width
+    return head(hidden[:, -width - 1:-1]).squeeze(-1).float()
+
+
+def reward_positions(seqs: Sequences, pad_token_id: int | None) -> torch.Tensor:
+    """Where a transformers sequence classifier reads its score: the rightmost real token that is not padding.
+
+    This is the position the RM was trained to score at (``...ForSequenceClassification`` takes the rightmost
+    token whose id is not ``pad_token_id``), reproduced here for left-padded queries: with a tokenizer whose pad
+    token is its EOS token, that is the token before the final EOS, exactly as during RM training.
+    """
+    real = seqs.attention_mask.bool()
+    if pad_token_id is not None:
+        real = real & (seqs.input_ids != pad_token_id)
+    index = torch.arange(real.shape[1], device=real.device)
+    return (index * real.long()).argmax(dim=1)
+
+
+def sequence_scores(backbone: nn.Module, head: nn.Module, seqs: Sequences, pad_token_id: int | None) -> torch.Tensor:
+    """Raw reward-model scores of the sequences, ``(B,)``, read at :func:`reward_positions`."""
+    hidden = backbone(**seqs.model_inputs(), use_cache=False).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, reward_positions(seqs, pad_token_id)]).squeeze(-1).float()
+
+
+class PolicyAndValue(nn.Module):
+    """Policy and value function as one module, so that one ``accelerator.prepare`` (one DDP / DeepSpeed engine, one
+    optimizer) trains both and one forward call computes everything a PPO micro-batch needs, the ptx term included
+    (DDP expects one forward per backward)."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module, value_key: str = "value_model_path", value_path: str = ""):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        score_parts(value_model, value_key, value_path)  # fail at construction, not in the first update
+        self.keep_logits = supports_logits_to_keep(policy)
+
+    @property
+    def config(self):  # what accelerate and transformers helpers look for
+        return base_of(self.policy).config
+
+    # TRL's `unwrap_model_for_generation` switches gradient checkpointing off while generating
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(base_of(self.policy), "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        for model in (base_of(self.policy), self.value_model):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in (base_of(self.policy), self.value_model):
+            model.gradient_checkpointing_disable()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        response_width: int,
+        temperature: float = 1.0,
+        ptx_input_ids: torch.Tensor | None = None,
+        ptx_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(response logits / temperature, per-token values, ptx logits or None)`` for ``[query | response]``."""
+        seqs = Sequences(input_ids, attention_mask, position_ids, response_width)
+        logits = response_logits(self.policy, seqs, temperature, self.keep_logits)
+        backbone, head = score_parts(self.value_model, "value_model_path", "")
+        values = response_values(backbone, head, seqs)
+        ptx_logits = None
+        if ptx_input_ids is not None:
+            ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask, use_cache=False).logits
+        return logits, values, ptx_logits
+
+
+def check_same_tokenizer(policy_tokenizer: Any, other_tokenizer: Any, key: str, path: str) -> None:
+    """The reward and value models read the policy's token ids directly (no decode and re-encode), so their
+    tokenizers must be the same; the RM stage trains from the SFT model, which guarantees it."""
+    if policy_tokenizer.get_vocab() != other_tokenizer.get_vocab():
+        raise PPOModelError(
+            f"`{key}`: the tokenizer at {path} differs from the policy's; PPO feeds the policy's tokens to the reward "
+            "and value models, so train the reward model from the SFT model (instructgpt-rm does)"
+        )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """PPO's ratio must compare the same function twice: dropout would make even identical weights disagree
+    (N+ implementation details, "disable dropout")."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def fuse_tanh_gelu(model: nn.Module) -> int:
+    """Swap transformers' ``NewGELUActivation`` (GPT-2's ``gelu_new``) for PyTorch's fused tanh-approximate GELU.
+
+    Both compute 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); ``NewGELUActivation`` spells it out in eight
+    elementwise ops whose intermediates autograd keeps, the fused kernel is one op forward and one backward. The
+    results agree to float rounding (≤ 4e-16 in float64), so this is a speed change only; a PPO update on the tiny
+    GPT-2 spends about a quarter of its time there. Nothing is saved differently: activations have no weights and
+    the config still says ``gelu_new``. Returns how many activations were swapped.
+    """
+    from transformers.activations import NewGELUActivation
+
+    swapped = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, nn.GELU(approximate="tanh"))
+                swapped += 1
+    return swapped

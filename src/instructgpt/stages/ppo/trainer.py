@@ -1,0 +1,848 @@
+"""Step 3 of InstructGPT: PPO of the SFT policy against the frozen reward model, under a KL penalty to the SFT policy.
+
+    instructgpt-ppo recipes/tiny/ppo.yaml [--key value ...]
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m instructgpt recipes/ppo.yaml
+
+Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implementation details of Huang et al.):
+
+1. **rollout** (no gradients): sample a response per prompt from the policy with the KV cache
+   (:mod:`instructgpt.stages.ppo.rollout`, which also yields :math:`\\log\\pi_{old}`); one forward each of the reference
+   (for the KL), the value function (:math:`V_{old}`) and the reward model (the score, normalised, minus
+   ``missing_eos_penalty`` for a response that never ended);
+2. **advantages**: per-token reward :math:`-\\beta\\,\\mathrm{kl}_t` plus the score on the last token, GAE, whitening
+   (:mod:`instructgpt.losses.ppo`);
+3. **PPO epochs**: ``num_ppo_epochs`` passes in ``num_mini_batches`` shuffled minibatches; per micro-batch one
+   forward of policy and value (and the ptx text), clipped surrogate + ``vf_coef`` x clipped value loss - entropy
+   bonus + ptx term; gradient accumulation, clipping, one optimizer step per minibatch;
+4. β update (fixed, or the adaptive controller), learning-rate schedule step, logging, checkpoint.
+
+Built on accelerate (DDP, DeepSpeed, FSDP, mixed precision, checkpoint state) with TRL's remaining utilities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.modeling.lora import merge_adapter
+from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
+from instructgpt.infra.processes import no_accelerator
+from instructgpt.losses import ppo as core
+from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments
+from instructgpt.infra.entrypoint import stage_main
+from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
+
+logger = get_logger(__name__)
+
+COMPLETIONS_FILE = "completions.jsonl"
+VALUE_MODEL_DIR = "value_model"
+NUM_LOGGED_COMPLETIONS = 8
+
+
+class TrainingDiverged(InstructGPTError):
+    """PPO produced a non-finite reward or loss, or a KL past ``max_kl``: the run stops, checkpoints stay."""
+
+
+@dataclass
+class Progress:
+    """Where the run is: updates done and episodes sampled (all processes). Saved in every checkpoint."""
+
+    global_step: int = 0
+    episode: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "episode": self.episode}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step, self.episode = int(state["global_step"]), int(state["episode"])
+
+
+@dataclass
+class Batch:
+    """One process's rollout batch: ``[query | response]`` and everything PPO computes from it, ``(B, ...)``."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    ended: torch.Tensor
+    prompts: list[Any]
+
+
+def _steps(value: float | int | None, total: int) -> int | None:
+    """TrainingArguments' convention: a float below 1 is a fraction of the run."""
+    if value is None or value <= 0:
+        return None
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)
+
+
+class PPOTrainer:
+    """InstructGPT's PPO trainer. ``PPOTrainer(script_args, args, model_args, recipe).train()`` runs a recipe."""
+
+    def __init__(self, script_args: PPOScriptArguments, args: PPOConfig, model_args: Any, recipe: Recipe):
+        from accelerate import Accelerator
+        from instructgpt.infra.outputs import prepare_output_dir
+
+        self.script_args, self.args, self.model_args, self.recipe = script_args, args, model_args, recipe
+        self.source = recipe.source
+        self._check_paths()
+        self.output_dir = Path(args.output_dir)
+        self.resume_from = prepare_output_dir(self.output_dir, script_args.if_output_exists, self.source)
+        mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator()
+        )
+        from transformers import set_seed
+
+        set_seed(args.seed)
+        self._load_data_and_tokenizer()
+        self._load_models()
+        self._build_optimization()
+        self.progress = Progress()
+        for obj in (self.progress, self.kl_controller, self.scheduler, *([self.ptx] if self.ptx else [])):
+            self.accelerator.register_for_checkpointing(obj)
+        # a different sampling stream per process (TRL's `local_seed`), restored from checkpoints with the RNG state
+        torch.manual_seed(args.seed + self.accelerator.process_index * 100003)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Setup
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _check_paths(self) -> None:
+        from instructgpt.modeling import check_model_path
+        from instructgpt.modeling.reward import check_reward_model
+
+        sa, source = self.script_args, self.source
+        self.policy_path = check_model_path(self.model_args.model_name_or_path, "model_name_or_path", source)
+        if not sa.reward_model_path:
+            raise InstructGPTError(f"{source}: `reward_model_path` is required (the output_dir of instructgpt-rm)")
+        check_reward_model(sa.reward_model_path, "reward_model_path", source)
+        self.value_path = sa.value_model_path or sa.reward_model_path
+        check_reward_model(self.value_path, "value_model_path" if sa.value_model_path else "reward_model_path", source)
+        if not sa.dataset_name:
+            raise InstructGPTError(f"{source}: `dataset_name` is required (the PPO prompts: a .jsonl file or a Hub id)")
+        if not self.args.output_dir:
+            raise InstructGPTError(f"{source}: `output_dir` is required")
+        if self.args.ptx_coef > 0 and not sa.ptx_dataset_name:
+            raise InstructGPTError(f"{source}: `ptx_coef` is {self.args.ptx_coef} but no `ptx_dataset_name` is set")
+
+    def _load_data_and_tokenizer(self) -> None:
+        from instructgpt.sampling import encode_prompts
+        from instructgpt.modeling import load_tokenizer, model_context_length
+        from instructgpt.data.formats import load_prompts
+        from instructgpt.stages.ppo.data import PtxStream, load_ptx
+        from transformers import AutoConfig
+
+        sa, args, source = self.script_args, self.args, self.source
+        self.tokenizer = load_tokenizer(
+            self.policy_path,
+            revision=self.model_args.model_revision,
+            trust_remote_code=self.args.trust_remote_code,
+            chat_template=sa.chat_template,
+            prompt_template=sa.prompt_template,
+            pad_token=sa.pad_token,
+            padding_side="left",
+        )
+        config = AutoConfig.from_pretrained(self.policy_path, trust_remote_code=self.args.trust_remote_code)
+        context = model_context_length(config)
+        if context is not None and args.response_length >= context:
+            raise InstructGPTError(
+                f"{source}: `response_length` ({args.response_length}) leaves no room for a prompt in the model's "
+                f"context of {context} tokens"
+            )
+        max_prompt = None if context is None else context - args.response_length
+        self.prompts = load_prompts(
+            sa.dataset_name, key="dataset_name", source=source, config=sa.dataset_config,
+            split=sa.dataset_train_split, limit=sa.max_train_samples,
+        )
+        self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, max_prompt)
+        self.eval_prompts: list[Any] = []
+        self.eval_prompt_ids: list[list[int]] = []
+        if sa.eval_dataset_name and args.eval_num_prompts > 0:
+            limit = min(args.eval_num_prompts, sa.max_eval_samples or args.eval_num_prompts)
+            self.eval_prompts = load_prompts(
+                sa.eval_dataset_name, key="eval_dataset_name", source=source, config=sa.dataset_config,
+                split=sa.dataset_test_split or "test", limit=limit,
+            )
+            self.eval_prompt_ids = encode_prompts(self.tokenizer, self.eval_prompts, max_prompt)
+        self.ptx = None
+        if args.ptx_coef > 0:
+            sequences = load_ptx(
+                sa.ptx_dataset_name, self.tokenizer, source=source, config=sa.ptx_dataset_config,
+                split=sa.ptx_dataset_split, limit=sa.max_ptx_samples,
+                max_length=min(args.ptx_max_length, context or args.ptx_max_length),
+            )
+            self.ptx = PtxStream(sequences, args.seed, self.accelerator.process_index)
+        if args.stop_token == "eos":
+            self.stop_token_ids = [self.tokenizer.eos_token_id]
+        elif args.stop_token_id is not None:
+            self.stop_token_ids = [args.stop_token_id]
+        else:
+            self.stop_token_ids = []
+
+    def _load_models(self) -> None:
+        from instructgpt.modeling import load_tokenizer, lora_config, model_init_kwargs
+        from instructgpt.stages.ppo.models import (
+            PolicyAndValue, check_same_tokenizer, disable_dropout, freeze, fuse_tanh_gelu, score_parts,
+        )
+        from instructgpt.modeling.reward import load_sequence_classifier, reward_shift
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        sa, args, source = self.script_args, self.args, self.source
+        init = model_init_kwargs(self.model_args, trust_remote_code=self.args.trust_remote_code, source=source)
+        for key, path in (("reward_model_path", sa.reward_model_path), ("value_model_path", self.value_path)):
+            check_same_tokenizer(self.tokenizer, load_tokenizer(path), key, path)
+
+        policy = AutoModelForCausalLM.from_pretrained(self.policy_path, **init)
+        peft_config = lora_config(self.model_args, "CAUSAL_LM", source=source, trust_remote_code=args.trust_remote_code)
+        self.ref_model = None
+        if peft_config is None:
+            self.ref_model = freeze(AutoModelForCausalLM.from_pretrained(self.policy_path, **init))
+        else:
+            from peft import get_peft_model
+
+            # the reference is the policy with its adapter disabled: no second copy of the SFT weights
+            peft_config.base_model_name_or_path = str(Path(self.policy_path).resolve()) if Path(self.policy_path).exists() else self.policy_path
+            if getattr(policy, "is_quantized", False):  # QLoRA: fp32 norms and input grads for the frozen 4/8-bit base
+                from peft import prepare_model_for_kbit_training
+
+                policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=args.gradient_checkpointing)
+            policy = get_peft_model(policy, peft_config)
+        self.reward_model = freeze(AutoModelForSequenceClassification.from_pretrained(sa.reward_model_path, **init))
+        self.reward_shift = reward_shift(self.reward_model)
+        self.reward_pad_id = self.reward_model.config.pad_token_id
+        if self.reward_pad_id is None:
+            self.reward_pad_id = self.tokenizer.pad_token_id
+        # the value model is trained in full, so it is never loaded quantized
+        value_model = load_sequence_classifier(
+            self.value_path, self.model_args, self.args.trust_remote_code, quantize=False, source=source
+        )
+        for model in (policy, value_model, self.reward_model, self.ref_model):
+            if model is not None:
+                disable_dropout(model)
+                fuse_tanh_gelu(model)
+        for model in (policy, value_model):
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.rm_parts = score_parts(self.reward_model, "reward_model_path", sa.reward_model_path)
+        self.model = PolicyAndValue(policy, value_model, "value_model_path", self.value_path)
+        if args.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
+        self.is_peft = peft_config is not None
+
+    def _build_optimization(self) -> None:
+        from transformers import Trainer, get_scheduler
+
+        from instructgpt.losses.ppo import AdaptiveKLController, FixedKLController
+
+        args, acc = self.args, self.accelerator
+        self.batch_size = args.batch_size(acc.num_processes)
+        if len(self.prompts) < self.batch_size:
+            raise InstructGPTError(
+                f"{self.source}: `dataset_name` ({self.script_args.dataset_name}) has {len(self.prompts)} prompts, fewer "
+                f"than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
+                "gradient_accumulation_steps x processes); use more prompts or a smaller batch"
+            )
+        self.num_total_batches = args.num_total_batches(len(self.prompts), acc.num_processes)
+        # weight decay on matrices only, not on biases and norms (nanoGPT's rule)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, self.model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        # one scheduler step per update, as TRL's PPO trainer; kept out of accelerator.prepare, which would step it
+        # once per process
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer,
+            num_warmup_steps=args.get_warmup_steps(self.num_total_batches),
+            num_training_steps=self.num_total_batches,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+        )
+        if args.adap_kl_ctrl:
+            self.kl_controller = AdaptiveKLController(args.kl_coef, args.target, args.horizon)
+        else:
+            self.kl_controller = FixedKLController(args.kl_coef)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        device = acc.device
+        distributed = acc.state.deepspeed_plugin is not None
+        if distributed:
+            from trl.models.utils import prepare_deepspeed
+
+            self.reward_model = prepare_deepspeed(self.reward_model, acc)
+            if self.ref_model is not None:
+                self.ref_model = prepare_deepspeed(self.ref_model, acc)
+        else:
+            for frozen in (self.reward_model, self.ref_model):
+                # bitsandbytes models refuse .to(); their device_map already placed them
+                if frozen is not None and not getattr(frozen, "is_quantized", False):
+                    frozen.to(device)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rollout
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _reference_logprobs(self, seqs, response: torch.Tensor) -> torch.Tensor:
+        from contextlib import nullcontext
+
+        from instructgpt.stages.ppo.models import response_logits, supports_logits_to_keep
+
+        policy = self.unwrapped.policy
+        model = self.ref_model if self.ref_model is not None else policy
+        context = policy.disable_adapter() if self.ref_model is None else nullcontext()
+        with context:
+            logits = response_logits(model, seqs, self.args.temperature, supports_logits_to_keep(model))
+        return core.logprobs_from_logits(logits, response)
+
+    @torch.no_grad()
+    def _score_chunk(self, query, query_mask, samples) -> dict[str, torch.Tensor]:
+        """Reference log-probs, old values and normalised scores for one chunk of sampled responses."""
+        from instructgpt.stages.ppo.models import Sequences, response_values, score_parts, sequence_scores
+
+        seqs = Sequences.build(query, query_mask, samples.response, samples.mask)
+        with self.accelerator.autocast():
+            ref_logprobs = self._reference_logprobs(seqs, samples.response)
+            value_model = self.unwrapped.value_model
+            values = response_values(*score_parts(value_model, "value_model_path", self.value_path), seqs)
+            scores = sequence_scores(*self.rm_parts, seqs, self.reward_pad_id) - self.reward_shift
+        mask = samples.mask
+        zero = torch.zeros((), device=mask.device)
+        return {
+            "ref_logprobs": torch.where(mask, ref_logprobs.float(), zero),
+            "values": torch.where(mask, values, zero),
+            "scores": scores.float(),
+        }
+
+    @torch.no_grad()
+    def sample_and_score(self, prompt_ids: list[list[int]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Sample responses to ``prompt_ids`` and score them, in chunks of ``local_rollout_forward_batch_size``."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        from instructgpt.data.padding import pad_columns, pad_sequences
+        from instructgpt.stages.ppo.rollout import sample_responses
+
+        args, acc = self.args, self.accelerator
+        pad_id = self.tokenizer.pad_token_id
+        chunks: list[dict[str, torch.Tensor]] = []
+        self.model.eval()
+        for start in range(0, len(prompt_ids), args.local_rollout_forward_batch_size):
+            query, query_mask = pad_sequences(prompt_ids[start:start + args.local_rollout_forward_batch_size], pad_id, side="left")
+            query, query_mask = query.to(acc.device), query_mask.bool().to(acc.device)
+            with unwrap_model_for_generation(
+                self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
+            ) as unwrapped, acc.autocast():
+                samples = sample_responses(
+                    unwrapped.policy, query, query_mask,
+                    max_new_tokens=args.response_length, stop_token_ids=self.stop_token_ids, pad_token_id=pad_id,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
+                )
+            chunk = {
+                "query": query, "query_mask": query_mask, "response": samples.response, "mask": samples.mask,
+                "logprobs": samples.logprobs, "ended": samples.ended,
+            }
+            chunk.update(self._score_chunk(query, query_mask, samples))
+            chunks.append(chunk)
+        self.model.train()
+        out = {
+            "query": pad_columns([c["query"] for c in chunks], pad_id, side="left"),
+            "query_mask": pad_columns([c["query_mask"] for c in chunks], False, side="left"),
+            "response": pad_columns([c["response"] for c in chunks], pad_id),
+            "mask": pad_columns([c["mask"] for c in chunks], False),
+        }
+        for key in ("logprobs", "ref_logprobs", "values"):
+            out[key] = pad_columns([c[key] for c in chunks], 0.0)
+        for key in ("scores", "ended"):
+            out[key] = torch.cat([c[key] for c in chunks])
+        return out
+
+    def rollout(self, indices: list[int]) -> Batch:
+        data = self.sample_and_score([self.prompt_ids[i] for i in indices])
+        return Batch(prompts=[self.prompts[i] for i in indices], **data)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Advantages and the PPO update
+    # ----------------------------------------------------------------------------------------------------------
+
+    def penalised_scores(self, batch: Batch) -> torch.Tensor:
+        """The RM score, minus ``missing_eos_penalty`` where the response never produced the stop token."""
+        scores = batch.scores
+        if self.args.missing_eos_penalty is not None and self.stop_token_ids:
+            scores = scores - self.args.missing_eos_penalty * (~batch.ended).float()
+        return scores
+
+    def advantages(self, batch: Batch, scores: torch.Tensor, kl_coef: float):
+        """Per-token rewards, GAE advantages (whitened over the batch) and returns."""
+        args = self.args
+        rewards, non_score_reward, kl = core.per_token_rewards(
+            scores, batch.logprobs, batch.ref_logprobs, batch.mask, kl_coef, args.kl_estimator
+        )
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, batch.mask, shift_mean=False)
+        advantages, returns = core.compute_gae(rewards, batch.values, batch.mask, args.gamma, args.lam)
+        advantages = core.masked_whiten(advantages, batch.mask)
+        return advantages, returns, non_score_reward, kl
+
+    def _micro_batch_loss(
+        self, batch: Batch, idx: torch.Tensor, advantages, returns, weight: float
+    ) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch; ``weight`` rescales its token-mean terms (see :meth:`ppo_update`)."""
+        from instructgpt.data.padding import pad_sequences
+        from instructgpt.stages.ppo.data import ptx_labels
+        from instructgpt.stages.ppo.models import Sequences, trim_padding
+
+        args = self.args
+        query, query_mask, response, mask = trim_padding(
+            batch.query[idx], batch.query_mask[idx], batch.response[idx], batch.mask[idx]
+        )
+        width = response.shape[1]
+        seqs = Sequences.build(query, query_mask, response, mask)
+        ptx_inputs: dict[str, torch.Tensor] = {}
+        if self.ptx is not None:
+            ids, attention = pad_sequences(
+                self.ptx.next_batch(args.ptx_batch_size or args.per_device_train_batch_size), self.tokenizer.pad_token_id
+            )
+            ptx_inputs = {"ptx_input_ids": ids.to(query.device), "ptx_attention_mask": attention.to(query.device)}
+        logits, values, ptx_logits = self.model(**seqs.model_inputs(), response_width=width,
+                                                temperature=args.temperature, **ptx_inputs)
+        logprobs = core.logprobs_from_logits(logits, response)
+        pg_loss, pg_stats = core.policy_loss(
+            logprobs, batch.logprobs[idx, :width], advantages[idx, :width], mask, args.cliprange
+        )
+        vf_loss, vf_clipfrac = core.value_loss(
+            values, batch.values[idx, :width], returns[idx, :width], mask, args.cliprange_value
+        )
+        loss = pg_loss + args.vf_coef * vf_loss
+        if args.entropy_coef > 0:
+            entropy = core.entropy_from_logits(logits)
+            loss = loss + core.entropy_bonus(entropy, mask, args.entropy_coef)
+        loss = loss * weight
+        if args.entropy_coef <= 0:
+            with torch.no_grad():
+                entropy = core.entropy_from_logits(logits)
+        stats = {
+            "policy/approxkl_avg": pg_stats.approxkl, "policy/clipfrac_avg": pg_stats.clipfrac,
+            "loss/policy_avg": pg_loss.detach(), "loss/value_avg": vf_loss.detach(),
+            "val/clipfrac_avg": vf_clipfrac, "policy/entropy_avg": core.masked_mean(entropy.detach(), mask),
+            "val/ratio": pg_stats.ratio,
+        }
+        if ptx_logits is not None:
+            labels = ptx_labels(ptx_inputs["ptx_input_ids"], ptx_inputs["ptx_attention_mask"])
+            ptx = core.ptx_loss(ptx_logits, labels, args.ptx_coef)
+            loss = loss + ptx
+            stats["loss/ptx_avg"] = ptx.detach() / args.ptx_coef  # the NLL itself, comparable across coefficients
+        return loss, stats
+
+    def ppo_update(self, batch: Batch, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``num_ppo_epochs`` x ``num_mini_batches`` optimizer steps on one rollout batch; returns stacked stats.
+
+        Each epoch reshuffles the batch into minibatches (one optimizer step each). Inside a minibatch the sequences
+        are sorted by length before being cut into micro-batches of ``per_device_train_batch_size``, so that each
+        micro-batch, trimmed to its own longest sequence (:func:`~instructgpt.stages.ppo.models.trim_padding`), carries
+        little padding. Grouping must not change the objective, so the policy and value terms are token means over
+        the whole *minibatch*, not over each micro-batch: micro-batch ``i`` with ``n_i`` of the minibatch's ``N``
+        response tokens is weighted by ``n_i / N`` (times the number of micro-batches, which accelerate's
+        gradient accumulation divides by). The gradient is then exactly that of one unsplit minibatch.
+        """
+        args, acc = self.args, self.accelerator
+        collected: dict[str, list[torch.Tensor]] = {}
+        local = batch.response.shape[0]
+        response_lengths = batch.mask.sum(1)
+        total_lengths = response_lengths + batch.query_mask.sum(1)
+        micro = args.per_device_train_batch_size
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(local, device=batch.response.device)
+            for mb_start in range(0, local, args.local_mini_batch_size):
+                mini = order[mb_start:mb_start + args.local_mini_batch_size]
+                mini = mini[torch.argsort(total_lengths[mini], descending=True, stable=True)]
+                tokens = response_lengths[mini].sum().clamp(min=1).item()
+                num_micro = math.ceil(len(mini) / micro)
+                for mc_start in range(0, len(mini), micro):
+                    idx = mini[mc_start:mc_start + micro]
+                    weight = response_lengths[idx].sum().item() / tokens * num_micro
+                    with acc.accumulate(self.model):
+                        loss, stats = self._micro_batch_loss(batch, idx, advantages, returns, weight)
+                        acc.backward(loss)
+                        if acc.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
+                            acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    for key, value in stats.items():
+                        collected.setdefault(key, []).append(value.float())
+        return {key: torch.stack(values) for key, values in collected.items()}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Safety checks, metrics, logging
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _global_mean(self, value: torch.Tensor) -> float:
+        return self.accelerator.gather_for_metrics(value.detach().float().reshape(1)).mean().item()
+
+    def check_rollout(self, scores: torch.Tensor, mean_kl: float) -> None:
+        """Stop before an update learns from a broken reward or a policy that left the reference far behind."""
+        bad = (~torch.isfinite(scores)).sum().reshape(1).float()
+        bad_total = int(self.accelerator.gather(bad).sum().item())
+        step = self.progress.global_step + 1
+        kept = self._kept_message()
+        if bad_total:
+            raise TrainingDiverged(
+                f"update {step}: the reward model returned {bad_total} non-finite score(s) (NaN or inf); stopping. {kept}"
+            )
+        if not math.isfinite(mean_kl):
+            raise TrainingDiverged(f"update {step}: the KL to the SFT policy is {mean_kl}; stopping. {kept}")
+        if self.args.max_kl is not None and mean_kl > self.args.max_kl:
+            raise TrainingDiverged(
+                f"update {step}: the mean KL to the SFT policy is {mean_kl:.2f} nats per response, above "
+                f"max_kl={self.args.max_kl}: the policy is running away from the reference (lower the learning rate "
+                f"or raise kl_coef); stopping. {kept}"
+            )
+
+    def _kept_message(self) -> str:
+        from instructgpt.infra.outputs import last_checkpoint
+
+        checkpoint = last_checkpoint(self.output_dir)
+        return f"The last good checkpoint is {checkpoint}." if checkpoint else "No checkpoint was saved yet."
+
+    def metrics(self, batch: Batch, scores, non_score_reward, kl, stats, elapsed: float, episodes: int) -> dict[str, float]:
+        """TRL's PPO metrics under TRL's names, plus ``loss/ptx_avg`` and ``objective/kl_coef``."""
+        mean = self._global_mean
+        mask = batch.mask
+        metrics = {
+            "eps": episodes / max(elapsed, 1e-9),
+            "objective/kl": mean(kl.sum(1).mean()),
+            "objective/entropy": mean((-batch.logprobs * mask).sum(1).mean()),
+            "objective/non_score_reward": mean(non_score_reward.sum(1).mean()),
+            "objective/rlhf_reward": mean(non_score_reward.sum(1).mean() + scores.mean()),
+            "objective/scores": mean(scores.mean()),
+            "objective/response_length": mean(mask.sum(1).float().mean()),
+            "objective/eos_fraction": mean(batch.ended.float().mean()),
+            "val/num_eos_tokens": float(self.accelerator.gather(batch.ended.sum().reshape(1)).sum().item()),
+        }
+        all_scores = self.accelerator.gather_for_metrics(scores.float())
+        metrics["objective/scores_std"] = all_scores.std().item() if all_scores.numel() > 1 else 0.0
+        for key, values in stats.items():
+            metrics[key] = self.accelerator.gather_for_metrics(values).mean().item()
+        ratios = self.accelerator.gather_for_metrics(stats["val/ratio"])
+        metrics["val/ratio_var"] = ratios.var().item() if ratios.numel() > 1 else 0.0
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["episode"] = self.progress.episode
+        return metrics
+
+    def check_update(self, metrics: dict[str, float]) -> None:
+        bad = [k for k in ("loss/policy_avg", "loss/value_avg", "loss/ptx_avg") if k in metrics and not math.isfinite(metrics[k])]
+        if bad:
+            raise TrainingDiverged(
+                f"update {self.progress.global_step}: non-finite {', '.join(bad)}; stopping without saving this "
+                f"update. {self._kept_message()}"
+            )
+
+    def log(self, metrics: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        record = {"step": self.progress.global_step, **metrics}
+        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=self.progress.global_step)
+
+    def log_completions(self, batch: Batch, scores: torch.Tensor) -> None:
+        """A table of sample completions with their scores (W&B ``completions``, and ``completions.jsonl``)."""
+        if not self.accelerator.is_main_process:
+            return
+        rows = []
+        for i in range(min(NUM_LOGGED_COMPLETIONS, len(batch.prompts))):
+            response = self.tokenizer.decode(batch.response[i][batch.mask[i]], skip_special_tokens=True)
+            prompt = batch.prompts[i] if isinstance(batch.prompts[i], str) else json.dumps(batch.prompts[i])
+            rows.append({"step": self.progress.global_step, "prompt": prompt, "response": response,
+                         "score": round(float(scores[i]), 4)})
+        with open(self.output_dir / COMPLETIONS_FILE, "a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        if self.wandb_run is not None:
+            import wandb
+
+            table = wandb.Table(columns=["step", "prompt", "response", "score"],
+                                data=[[r["step"], r["prompt"], r["response"], r["score"]] for r in rows])
+            self.wandb_run.log({"completions": table}, step=self.progress.global_step)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Evaluation on held-out prompts
+    # ----------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean normalised score, KL to the reference, length and EOS rate of the policy on held-out prompts.
+
+        Sampling uses its own generator, seeded the same way at every evaluation, so the global RNG (and with it
+        a resumed run) is untouched and successive evaluations differ by the policy, not by the sampling noise.
+        """
+        if not self.eval_prompt_ids:
+            return {}
+        acc = self.accelerator
+        shard = self.eval_prompt_ids[acc.process_index::acc.num_processes]
+        generator = torch.Generator(device=acc.device).manual_seed(self.args.seed + 1 + acc.process_index)
+        data = self.sample_and_score(shard, generator=generator) if shard else None
+        if data is None:
+            local = torch.zeros(4, device=acc.device)
+            count = torch.zeros(1, device=acc.device)
+        else:
+            kl = ((data["logprobs"] - data["ref_logprobs"]) * data["mask"]).sum(1)
+            local = torch.stack([
+                data["scores"].sum(), kl.sum(), data["mask"].sum(1).float().sum(), data["ended"].float().sum()
+            ])
+            count = torch.tensor([float(len(shard))], device=acc.device)
+        totals = acc.gather(local.reshape(1, 4)).sum(0)
+        n = acc.gather(count).sum().clamp(min=1)
+        values = (totals / n).tolist()
+        return {"eval/scores": values[0], "eval/kl": values[1], "eval/response_length": values[2],
+                "eval/eos_fraction": values[3], "eval/num_prompts": int(n.item())}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Checkpoints and the final model
+    # ----------------------------------------------------------------------------------------------------------
+
+    def save_policy(self, directory: Path, merged: bool) -> None:
+        """Save the policy as a standard model directory (with the tokenizer) that ``from_pretrained`` loads.
+
+        Without LoRA: the full model. With LoRA: ``merged`` folds the adapter into the weights (the final model);
+        otherwise the adapter alone, whose config points at the SFT model so that ``AutoModelForCausalLM`` loads
+        base + adapter (checkpoints stay small).
+        """
+        acc = self.accelerator
+        state = acc.get_state_dict(self.model)  # gathers sharded (ZeRO-3 / FSDP) weights on the main process
+        if acc.is_main_process:
+            policy = self.unwrapped.policy
+            policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+            if self.is_peft and merged:
+                policy = merge_adapter(policy)
+                policy.save_pretrained(directory, safe_serialization=True)
+            else:
+                policy.save_pretrained(directory, state_dict=policy_state, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+            generation_config = getattr(policy, "generation_config", None)
+            if generation_config is not None and not (self.is_peft and not merged):
+                generation_config.pad_token_id = self.tokenizer.pad_token_id
+                generation_config.eos_token_id = self.tokenizer.eos_token_id
+                generation_config.save_pretrained(directory)
+        acc.wait_for_everyone()
+
+    def save_checkpoint(self, last_metrics: dict[str, float] | None = None) -> Path:
+        """``checkpoint-<step>/``: ``state/`` (accelerate: weights, optimizer, scheduler, KL controller, RNG, data
+        position) to resume from, and ``policy/`` to evaluate. Written under a temporary name and renamed, so a crash
+        mid-save leaves the previous checkpoint as the last one."""
+        acc = self.accelerator
+        step = self.progress.global_step
+        final = self.output_dir / f"checkpoint-{step}"
+        tmp = self.output_dir / f".checkpoint-{step}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "state"))
+        self.save_policy(tmp / "policy", merged=False)
+        if acc.is_main_process:
+            from instructgpt.infra.outputs import atomic_write_json
+
+            atomic_write_json(tmp / "trainer_state.json", {
+                **self.progress.state_dict(), "kl_coef": self.kl_controller.value,
+                "num_total_batches": self.num_total_batches, "metrics": last_metrics or {},
+            })
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._rotate_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        """Honour ``save_total_limit`` for resume states; policies stay with ``save_policy_checkpoints``."""
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        checkpoints = sorted(
+            (int(p.name.split("-")[1]), p) for p in self.output_dir.glob("checkpoint-*")
+            if p.is_dir() and p.name.split("-")[1].isdigit()
+        )
+        with_state = [(s, p) for s, p in checkpoints if (p / "state").exists()]
+        for _, path in with_state[:-limit]:
+            if self.args.save_policy_checkpoints:
+                shutil.rmtree(path / "state")
+            else:
+                shutil.rmtree(path)
+
+    def resume(self, checkpoint: Path) -> None:
+        state = checkpoint / "state"
+        if not state.is_dir():
+            raise InstructGPTError(f"{self.source}: cannot resume from {checkpoint}: it has no `state` folder")
+        self.accelerator.load_state(str(state))
+        if self.accelerator.is_main_process:
+            self._truncate_log(METRICS_FILE)
+            self._truncate_log(COMPLETIONS_FILE)
+            logger.info(f"resumed at update {self.progress.global_step} (episode {self.progress.episode})")
+
+    def _truncate_log(self, name: str) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        from instructgpt.infra.outputs import atomic_write_text
+
+        path = self.output_dir / name
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.progress.global_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def save_final(self, metrics: dict[str, Any]) -> None:
+        from instructgpt.infra.outputs import mark_complete
+
+        acc = self.accelerator
+        value_state = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            value_model = self.unwrapped.value_model
+            value_model.save_pretrained(
+                self.output_dir / VALUE_MODEL_DIR, safe_serialization=True,
+                state_dict={k[len("value_model."):]: v for k, v in value_state.items() if k.startswith("value_model.")},
+            )
+            self.tokenizer.save_pretrained(self.output_dir / VALUE_MODEL_DIR)
+        self.save_policy(self.output_dir, merged=True)
+        if acc.is_main_process:
+            mark_complete(self.output_dir, "ppo", self.recipe.data, metrics)
+            logger.info(f"PPO policy saved to {self.output_dir}")
+        acc.wait_for_everyone()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The loop
+    # ----------------------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        from instructgpt.stages.ppo.data import PromptOrder
+        from instructgpt.infra.tracking import finish_wandb, start_wandb
+
+        args, acc = self.args, self.accelerator
+        order = PromptOrder(len(self.prompts), self.batch_size, args.local_batch_size, acc.process_index, args.seed)
+        if self.resume_from is not None:
+            self.resume(self.resume_from)
+        elif acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            for name in (METRICS_FILE, COMPLETIONS_FILE):
+                (self.output_dir / name).unlink(missing_ok=True)
+        self.wandb_run = start_wandb(args.report_to, args.project, args.run_name, "ppo", self.recipe.data, self.output_dir)
+        total = self.num_total_batches
+        logging_steps = _steps(args.logging_steps, total) or 1
+        save_steps = _steps(args.save_steps, total) if args.save_strategy in ("steps", "epoch") else None
+        eval_steps = _steps(args.eval_steps or args.logging_steps, total) if args.eval_strategy == "steps" else None
+        sample_every = max(1, total // args.num_sample_generations) if args.num_sample_generations > 0 else None
+        if acc.is_main_process:
+            logger.info(
+                f"PPO: {total} updates of {self.batch_size} episodes ({acc.num_processes} process(es)), "
+                f"{args.num_ppo_epochs} epochs x {args.num_mini_batches} minibatches each; "
+                f"reward shift {self.reward_shift:+.4f}; {'LoRA policy' if self.is_peft else 'full policy'}"
+            )
+        summary: dict[str, Any] = {}
+        if self.progress.global_step == 0 and self.eval_prompt_ids:
+            start_eval = self.evaluate()
+            summary.update({f"{k}_start": v for k, v in start_eval.items()})
+            self.log(start_eval)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=self.progress.global_step, desc="PPO", unit="update",
+                   disable=not acc.is_main_process or bool(args.disable_tqdm))
+        start_time, start_episode = time.time(), self.progress.episode
+        last_metrics: dict[str, float] = {}
+        while self.progress.global_step < total:
+            t0 = time.time()
+            batch = self.rollout(order.indices(self.progress.global_step))
+            scores = self.penalised_scores(batch)
+            kl_coef = self.kl_controller.value
+            with torch.no_grad():
+                advantages, returns, non_score_reward, kl = self.advantages(batch, scores, kl_coef)
+            mean_kl = self._global_mean(kl.sum(1).mean())
+            self.check_rollout(scores, mean_kl)
+            t1 = time.time()
+            stats = self.ppo_update(batch, advantages, returns)
+            t2 = time.time()
+            self.progress.global_step += 1
+            self.progress.episode += self.batch_size
+            metrics = self.metrics(batch, scores, non_score_reward, kl, stats, time.time() - start_time,
+                                   self.progress.episode - start_episode)
+            metrics["objective/kl_coef"] = kl_coef
+            metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, t2 - t1
+            self.check_update(metrics)
+            self.kl_controller.update(mean_kl, self.batch_size)
+            self.scheduler.step()
+            step = self.progress.global_step
+            if eval_steps and step % eval_steps == 0 and step < total:
+                metrics.update(self.evaluate())
+            if step % logging_steps == 0 or step == total:
+                self.log(metrics)
+            if sample_every and (step - 1) % sample_every == 0:
+                self.log_completions(batch, scores)
+            last_metrics = metrics
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+            if save_steps and step % save_steps == 0 and step < total:
+                self.save_checkpoint(metrics)
+        bar.close()
+        summary.update({k: v for k, v in last_metrics.items()})
+        summary.update(self.progress.state_dict())
+        summary["num_processes"] = acc.num_processes
+        if self.eval_prompt_ids:
+            end_eval = self.evaluate()
+            summary.update(end_eval)
+            self.log(end_eval)
+        if save_steps:
+            self.save_checkpoint(last_metrics)  # the final policy also appears among the checkpoints
+        self.save_final(summary)
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        finish_wandb(self.wandb_run)
+        return summary
+
+
+def run_ppo(script_args: PPOScriptArguments, args: PPOConfig, model_args: Any, recipe: Recipe) -> dict[str, Any]:
+    """Run one PPO stage as the recipe describes; returns the final metrics."""
+    return PPOTrainer(script_args, args, model_args, recipe).train()
+
+
+def arguments() -> tuple[type, ...]:
+    """The dataclasses a ppo recipe fills: the script arguments, :class:`PPOConfig` and TRL's ``ModelConfig``."""
+    from trl import ModelConfig
+
+    return (PPOScriptArguments, PPOConfig, ModelConfig)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
+    """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
+    args = RecipeParser("ppo", arguments(), prog="instructgpt-ppo", description=__doc__).parse(argv)
+    return list(args.parts), args.recipe
+
+
+def run(args: StageArgs) -> dict[str, Any]:
+    """Run the stage from its parsed recipe; returns its final metrics."""
+    return run_ppo(*args.parts, args.recipe)
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("ppo", arguments, run, argv, prog="instructgpt-ppo", description=__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

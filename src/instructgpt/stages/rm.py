@@ -1,0 +1,382 @@
+"""Step 2 of InstructGPT: the reward model, wrapping TRL's ``RewardTrainer`` and extending it to K-way rankings.
+
+    instructgpt-rm recipes/tiny/rm.yaml [--key value ...]
+    accelerate launch --config_file accelerate_config.yaml -m instructgpt recipes/tiny/rm.yaml
+
+The model is the SFT model with a scalar head (``AutoModelForSequenceClassification``, ``num_labels=1``): the reward
+of a response is the head's output on the last token of ``prompt + response``.
+
+Data, one ranking per row (every format becomes "a prompt and its responses, best first"):
+
+- rankings: ``prompt`` and ``responses`` (best first), optionally ``scores`` (then the order is by score);
+  this is what ``instructgpt collect`` writes;
+- pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally ``score_chosen``/``score_rejected``;
+- UltraFeedback's: ``instruction`` and ``completions`` (each with ``response`` and a rating, ``score_key``).
+
+Training (Ouyang et al. 2022, section 3.5): for each prompt, every response is forwarded once and all
+:math:`\\binom{K}{2}` comparisons of the prompt form one batch element of :func:`instructgpt.losses.kway_ranking_loss`
+- K forward passes instead of the :math:`2\\binom{K}{2}` a pairwise trainer needs, and no shuffling of correlated
+pairs as independent examples (the paper's reason: it overfits).
+
+After training, the reward is shifted so that the labelers' demonstrations score 0 on average (section 3.5: "we
+normalize the reward model using a bias so that the labeler demonstrations achieve a mean score of 0 before doing
+RL"). The shift is stored with the model (``config.reward_shift`` and ``reward_normalization.json``), and
+:func:`score_responses` subtracts it, so PPO, collection and evaluation all see normalized rewards.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructgpt.arguments import ScriptArguments
+from instructgpt.data import DataError
+from instructgpt.data.formats import Prompt, load_demonstrations
+from instructgpt.data.padding import pad_sequences
+from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prompt
+from instructgpt.infra.entrypoint import stage_main
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.outputs import atomic_write_json, mark_complete, prepare_output_dir
+from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
+from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.losses import kway_ranking_loss, unflatten_rewards
+from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.metrics.training import trainer_metrics
+from instructgpt.modeling import cap_max_length, check_model_path, lora_config, stage_tokenizer
+from instructgpt.modeling.lora import merge_adapter, save_trained_model
+from instructgpt.modeling.reward import NORMALIZATION_FILE, load_sequence_classifier, reward_input_ids, score_responses
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class RMScriptArguments(ScriptArguments):
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
+            "(all rankings of a prompt go to the same side) to measure held-out pairwise accuracy and Kendall's tau."
+        },
+    )
+    score_key: str = field(
+        default="fine-grained_score",
+        metadata={
+            "help": "UltraFeedback-style data (`instruction` + `completions`): the completion field that rates it. "
+            "`fine-grained_score` is the mean of the four aspect ratings; `overall_score` is the critique's score."
+        },
+    )
+    demonstrations_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labeler demonstrations (prompt/completion or messages, as for SFT) whose mean reward becomes "
+            "0 after training (InstructGPT normalizes the RM so demonstrations score 0 on average). Unset: no shift."
+        },
+    )
+    demonstrations_config: str | None = field(default=None, metadata={"help": "Hub configuration of the demonstrations."})
+    demonstrations_split: str = field(default="train", metadata={"help": "Split of the demonstrations (Hub datasets)."})
+    max_demonstrations: int | None = field(
+        default=2000, metadata={"help": "Use at most this many demonstrations to estimate the shift."}
+    )
+    scoring_batch_size: int = field(
+        default=32, metadata={"help": "Sequences per forward pass when scoring demonstrations after training."}
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenization and batching: K responses per ranking, each forwarded once
+# --------------------------------------------------------------------------------------------------------------
+
+
+def tokenize_rankings(rows: list[dict[str, Any]], tokenizer: Any, max_length: int | None, name: str) -> Any:
+    """A ``datasets.Dataset`` with one row per ranking: ``response_ids`` holds its K token-id lists, best first.
+
+    Responses longer than ``max_length`` tokens are dropped (as TRL's RewardTrainer filters long pairs); a ranking
+    left with fewer than 2 responses goes too, and the run says how many.
+    """
+    import datasets
+
+    prompts = [r["prompt"] for r in rows for _ in r["responses"]]
+    responses = [text for r in rows for text in r["responses"]]
+    flat = reward_input_ids(tokenizer, prompts, responses)
+    stats = RankingStats()
+    out, start = [], 0
+    for r in rows:
+        ids = flat[start:start + len(r["responses"])]
+        start += len(r["responses"])
+        if max_length is not None:
+            kept = [x for x in ids if len(x) <= max_length]
+            stats.too_long += len(ids) - len(kept)
+            ids = kept
+        if len(ids) < 2:
+            stats.too_few += 1
+            continue
+        out.append({"response_ids": ids})
+    if stats.too_long:
+        logger.info(f"{name}: {stats.describe()} (max_length={max_length})")
+    if not out:
+        raise DataError(f"{name}: every ranking lost its responses to max_length={max_length}; nothing left")
+    return datasets.Dataset.from_list(out)
+
+
+@dataclass
+class RankingCollator:
+    """Flatten a batch of rankings into one padded batch of sequences.
+
+    P rankings with :math:`K_1..K_P` responses give ``input_ids`` of shape :math:`(\\sum_p K_p, T)`, ranking by
+    ranking and best first inside each, right-padded; ``num_responses`` (shape ``(P,)``) says where each ranking's
+    responses are. ``num_responses`` comes first because transformers' ``Trainer`` reads the batch size (the
+    number of rankings) from the first tensor.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = [seq for example in examples for seq in example["response_ids"]]
+        input_ids, attention_mask = pad_sequences(sequences, self.pad_token_id, side="right")
+        num_responses = torch.tensor([len(example["response_ids"]) for example in examples], dtype=torch.long)
+        return {"num_responses": num_responses, "input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def build_trainer_class():
+    """TRL's ``RewardTrainer`` with K-way ranking batches and InstructGPT's loss.
+
+    TRL builds the model (scalar head, LoRA, pad token, dropout off), the optimizer and the logging; we replace the
+    data (rankings, tokenized by :func:`tokenize_rankings`), the collator, the loss and the evaluation metrics.
+    Defined lazily so importing this module does not import TRL.
+    """
+    from trl import RewardTrainer
+
+    class KWayRewardTrainer(RewardTrainer):
+        _ranking_stats: list[torch.Tensor]
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "response_ids" not in dataset.column_names:
+                raise DataError(f"{dataset_name} dataset: expected tokenized rankings (`response_ids`), see tokenize_rankings")
+            return dataset
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["response_ids"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """One forward pass over every response of every ranking, then the K-way loss per ranking."""
+            mode = "train" if self.model.training else "eval"
+            num_responses = inputs["num_responses"]
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            rewards = unflatten_rewards(outputs.logits.squeeze(-1), num_responses)
+            loss = kway_ranking_loss(rewards, num_responses)
+            if self.args.center_rewards_coefficient is not None:
+                # Eisenstein et al. 2023 (as TRL): a small penalty on the squared rewards keeps them centred
+                valid = torch.arange(rewards.shape[1], device=rewards.device) < num_responses.unsqueeze(1)
+                loss = loss + self.args.center_rewards_coefficient * rewards[valid].pow(2).mean()
+
+            with torch.no_grad():
+                stats = ranking_agreement(rewards.detach().float(), num_responses)
+                if mode == "train":
+                    tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+                    self._total_train_tokens += tokens // self._tp_size
+                    self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+                    totals = self.accelerator.gather(stats[:, :2].sum(0, keepdim=True)).sum(0)
+                    self._metrics[mode]["accuracy"].append((totals[0] / totals[1].clamp(min=1)).item())
+                    self._metrics[mode]["kendall_tau"].append(self.accelerator.gather(stats[:, 2]).mean().item())
+                    flat = self.accelerator.gather(outputs.logits.detach().float())
+                    self._metrics[mode]["mean_reward"].append(flat.mean().item())
+                    self._metrics[mode]["min_reward"].append(flat.min().item())
+                    self._metrics[mode]["max_reward"].append(flat.max().item())
+                else:
+                    # gather_for_metrics drops the copies an uneven last batch gets under several processes
+                    self._ranking_stats.append(self.accelerator.gather_for_metrics(stats).cpu())
+            return (loss, outputs) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad():
+                loss = self.compute_loss(model, inputs)
+            return loss.detach(), None, None
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+            """The usual loop, plus held-out pairwise accuracy and Kendall's tau over every ranking it saw."""
+            self._ranking_stats = []
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            if self._ranking_stats:
+                summary = summarize_agreement(torch.cat(self._ranking_stats))
+                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
+            return output
+
+    return KWayRewardTrainer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_demonstration_pairs(script_args: RMScriptArguments, source: str) -> tuple[list[Prompt], list[str]]:
+    """Prompts and responses of the demonstrations whose mean reward defines the shift (SFT's formats and checks)."""
+    dataset = load_demonstrations(
+        script_args.demonstrations_dataset, config=script_args.demonstrations_config,
+        split=script_args.demonstrations_split, key="demonstrations_dataset", source=source,
+        limit=script_args.max_demonstrations,
+    )
+    prompts = [example["prompt"] for example in dataset]
+    responses = [example["completion"][-1]["content"] for example in dataset]
+    return prompts, responses
+
+
+def demonstration_shift(model: Any, tokenizer: Any, prompts: list[Prompt], responses: list[str], batch_size: int) -> dict[str, float]:
+    """Mean and spread of the raw rewards of the demonstrations; the mean becomes the stored shift."""
+    raw = torch.tensor(score_responses(model, tokenizer, prompts, responses, batch_size=batch_size, shift=0.0), dtype=torch.float64)
+    return {
+        "shift": raw.mean().item(),
+        "std": raw.std().item() if len(raw) > 1 else 0.0,
+        "num_demonstrations": len(raw),
+    }
+
+
+def _load_splits(script_args: RMScriptArguments, training_args: Any, source: str) -> tuple[list[dict], list[dict] | None]:
+    common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
+    train_rows = load_rankings(
+        script_args.dataset_name, key="dataset_name", split=script_args.dataset_train_split,
+        limit=script_args.max_train_samples, **common,
+    )
+    if script_args.eval_dataset_name or script_args.dataset_test_split:
+        name = script_args.eval_dataset_name or script_args.dataset_name
+        key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
+        eval_rows = load_rankings(
+            name, key=key, split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples, **common
+        )
+        return train_rows, eval_rows
+    if script_args.eval_fraction > 0:
+        if not 0 < script_args.eval_fraction < 1:
+            raise InstructGPTError(f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}")
+        train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, training_args.seed)
+        if not train_rows:
+            raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
+        if script_args.max_eval_samples is not None:
+            eval_rows = eval_rows[: script_args.max_eval_samples]
+        logger.info(f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation")
+        return train_rows, eval_rows
+    return train_rows, None
+
+
+def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
+    """Train, evaluate, normalize and save one reward model as the recipe describes; returns the final metrics."""
+    from transformers import set_seed
+
+    source = recipe.source
+    model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
+    required(script_args.dataset_name, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
+    required(training_args.output_dir, "output_dir", source)
+    if getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False):
+        raise InstructGPTError(
+            f"{source}: `load_in_4bit`/`load_in_8bit` is not supported for the reward model (its merged weights "
+            "would stay quantized, which PPO and evaluation cannot load); use LoRA in bf16 (use_peft: true) instead"
+        )
+    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source)
+
+    train_rows, eval_rows = _load_splits(script_args, training_args, source)
+    demo_prompts: list[Prompt] = []
+    demo_responses: list[str] = []
+    if script_args.demonstrations_dataset:
+        demo_prompts, demo_responses = load_demonstration_pairs(script_args, source)
+
+    tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
+    cap_max_length(training_args, model_path, training_args.trust_remote_code)
+    train_dataset = tokenize_rankings(train_rows, tokenizer, training_args.max_length, f"{source}: train rankings")
+    eval_dataset = None
+    if eval_rows:
+        eval_dataset = tokenize_rankings(eval_rows, tokenizer, training_args.max_length, f"{source}: eval rankings")
+
+    set_seed(training_args.seed)  # the new score head is random: seed it
+    model = load_sequence_classifier(model_path, model_args, training_args.trust_remote_code, source=source)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    run = start_wandb(
+        training_args.report_to, training_args.project, training_args.run_name, "rm", recipe.data,
+        training_args.output_dir,
+    )
+    trainer = build_trainer_class()(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=RankingCollator(pad_token_id=tokenizer.pad_token_id),
+        peft_config=lora_config(
+            model_args, "SEQ_CLS", source=source, trust_remote_code=training_args.trust_remote_code
+        ),
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    accelerator = trainer.accelerator
+    metrics = trainer_metrics(trainer, result)
+    metrics["train_rankings"] = len(train_dataset)
+
+    if eval_dataset is not None:
+        held_out = trainer.evaluate()
+        metrics.update(held_out)
+        logger.info(
+            f"held-out pairwise accuracy {held_out['eval_pairwise_accuracy']:.3f}, Kendall's tau "
+            f"{held_out['eval_kendall_tau']:.3f} ({held_out['eval_num_rankings']} rankings, "
+            f"{held_out['eval_num_comparisons']} comparisons)"
+        )
+
+    # LoRA: merged first, so that the shift is measured on (and stored in) the model that is saved
+    final_model = merge_adapter(accelerator.unwrap_model(trainer.model))
+    normalization = {"shift": 0.0, "std": None, "num_demonstrations": 0}
+    if demo_prompts:
+        normalization = demonstration_shift(
+            final_model, tokenizer, demo_prompts, demo_responses, script_args.scoring_batch_size
+        )
+        logger.info(
+            f"reward shift {normalization['shift']:+.4f}: the mean raw reward of {normalization['num_demonstrations']} "
+            f"demonstrations ({script_args.demonstrations_dataset}); stored with the model so they average 0"
+        )
+    final_model.config.reward_shift = normalization["shift"]
+    metrics["reward_shift"] = normalization["shift"]
+
+    save_trained_model(trainer, training_args.output_dir, model=final_model)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+        atomic_write_json(
+            Path(training_args.output_dir) / NORMALIZATION_FILE,
+            {**normalization, "dataset": script_args.demonstrations_dataset,
+             "note": "score_responses() returns raw reward - shift, so the demonstrations average 0"},
+        )
+        if run is not None:
+            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mark_complete(training_args.output_dir, "rm", recipe.data, metrics)
+        logger.info(f"reward model saved to {training_args.output_dir}")
+    accelerator.wait_for_everyone()
+    finish_wandb(run)
+    return metrics
+
+
+def arguments() -> tuple[type, ...]:
+    """The dataclasses an rm recipe fills: the script arguments, TRL's ``RewardConfig`` and ``ModelConfig``."""
+    from trl import ModelConfig, RewardConfig
+
+    return (RMScriptArguments, RewardConfig, ModelConfig)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
+    """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
+    args = RecipeParser("rm", arguments(), prog="instructgpt-rm", description=__doc__).parse(argv)
+    return list(args.parts), args.recipe
+
+
+def run(args: StageArgs) -> dict[str, Any]:
+    """Run the stage from its parsed recipe; returns its final metrics."""
+    return run_rm(*args.parts, args.recipe)
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("rm", arguments, run, argv, prog="instructgpt-rm", description=__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
