@@ -112,11 +112,16 @@ def test_interrupted_collection_resumes_where_it_stopped(collected, sft_model, t
 
 
 def test_identical_samples_are_discarded_and_a_prompt_without_two_is_skipped(sft_model, tmp_path):
-    # greedy decoding samples the same response every time: one distinct response per prompt, so none can be ranked
-    metrics = collect(tmp_path / "greedy", sft_model, "--max_prompts", "3", "--temperature", "0", "--max_sampling_rounds", "2")
-    assert metrics["num_rankings"] == 0 and metrics["num_skipped_prompts"] == 3
-    assert metrics["num_samples"] == 3 * (4 + 3) and metrics["num_discarded_samples"] == 3 * (3 + 3)
-    assert (tmp_path / "greedy" / RANKINGS_FILE).read_text() == ""
+    from instructgpt.infra.guards import UnsoundOutput
+
+    # greedy decoding samples the same response every time: one distinct response per prompt, so none can be ranked,
+    # and a collection without a single ranking is not finished
+    with pytest.raises(UnsoundOutput, match="not one ranking"):
+        collect(tmp_path / "greedy", sft_model, "--max_prompts", "3", "--temperature", "0", "--max_sampling_rounds", "2")
+    rows = read_jsonl(tmp_path / "greedy" / "rankings.part-0.jsonl")
+    assert [r["prompt_index"] for r in rows] == [0, 1, 2] and all(r["skipped"] for r in rows)
+    assert all(r["num_samples"] == 4 + 3 and r["num_discarded"] == 3 + 3 for r in rows)
+    assert not (tmp_path / "greedy" / RANKINGS_FILE).exists()
 
 
 def test_bad_collection_inputs_are_refused_before_anything_is_written(sft_model, tmp_path):

@@ -137,11 +137,16 @@ def test_noise_zero_is_deterministic():
 
 
 def test_noise_is_seeded_and_changes_scores():
-    prompts, responses = ["What is 2 plus 3?"] * 50, ["Sure! 2 plus 3 is 5."] * 50
+    prompts = [f"What is {x} plus 3?" for x in range(1, 51)]
+    responses = [f"Sure! {x} plus 3 is {x + 3}." for x in range(1, 51)]
     clean = SimulatedLabeler().score(prompts, responses)
     noisy = SimulatedLabeler(noise=1.0, seed=7).score(prompts, responses)
     assert noisy == SimulatedLabeler(noise=1.0, seed=7).score(prompts, responses)
     assert noisy != SimulatedLabeler(noise=1.0, seed=8).score(prompts, responses)
+    # one labeler judges a given pair the same way every time, alone or among others, in any order
+    again = SimulatedLabeler(noise=1.0, seed=7)
+    assert again.score(prompts[::-1], responses[::-1]) == noisy[::-1]
+    assert again.score(prompts[3:4], responses[3:4]) == noisy[3:4]
     deviations = [n - c for n, c in zip(noisy, clean)]
     mean = sum(deviations) / len(deviations)
     std = (sum((d - mean) ** 2 for d in deviations) / len(deviations)) ** 0.5

@@ -73,6 +73,7 @@ FAKE_STAGE = textwrap.dedent('''
                 raise KeyboardInterrupt(f"{stage} interrupted before step {step}")
             (out / f"checkpoint-{step}").mkdir(parents=True)
             (out / f"checkpoint-{step}" / "state.txt").write_text(str(step))
+            (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")  # a checkpoint's last file
         if stage == "collect":
             (out / "rankings.jsonl").write_text(json.dumps({"prompt": str(out), "responses": ["a", "b"]}) + "\\n")
         if stage == "rm" and args.dataset_name:

@@ -22,16 +22,20 @@ class DataError(InstructGPTError):
 
 def _check_jsonl(path: Path) -> None:
     """Parse every line up front so a broken row is reported by line number, not as a pyarrow trace."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {number} must be a JSON object, got {type(row).__name__}")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {err.object[err.start]:#04x})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {number} must be a JSON object, got {type(row).__name__}")
 
 
 def load_data(

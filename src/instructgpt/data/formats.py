@@ -18,6 +18,25 @@ from instructgpt.data import DataError, find_empty, load_data, require_columns, 
 Prompt = str | list[dict[str, str]]
 
 
+def turns_problem(value: Any) -> str | None:
+    """Why ``value`` is not a list of chat turns (``{"role": str, "content": str}``), or None when it is."""
+    if not isinstance(value, list):
+        return f"must be a list of chat turns, got {type(value).__name__}"
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            return f"turn {i} must be {{\"role\": ..., \"content\": ...}} with string values, got {turn!r:.80}"
+    return None
+
+
+def prompt_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a prompt (a string, or chat turns), or None when it can."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, list):
+        return turns_problem(value)
+    return f"must be a string or a list of chat turns, got {type(value).__name__} {value!r:.60}"
+
+
 def split_conversation(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, str] | None]:
     """The one rule that splits a conversation: ``(prompt turns, the response turn or None)``.
 
@@ -59,6 +78,13 @@ def load_demonstrations(name: str, *, config: str | None, split: str, key: str, 
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     require_rows(dataset, name=f"`{key}` ({name})", source=source)
+    for row, example in enumerate(dataset):
+        for column in fmt:
+            problem = turns_problem(example[column]) if column == "messages" else (
+                None if isinstance(example[column], str) or example[column] is None
+                else f"must be a string, got {type(example[column]).__name__}")
+            if problem:
+                raise DataError(f"{source}: `{key}` ({name}) row {row}: `{column}` {problem}")
     if fmt == ("messages",):
         for row, messages in enumerate(dataset["messages"]):
             if split_conversation(messages or [])[1] is None:
@@ -90,6 +116,10 @@ def load_prompts(
         dataset = dataset.select(range(min(limit, len(dataset))))
     require_rows(dataset, name=f"`{key}` ({name})", source=source)
     prompts = [prompt_of(row) for row in dataset]
+    for row, prompt in enumerate(prompts):
+        problem = prompt_problem(prompt) if prompt is not None else None
+        if problem:
+            raise DataError(f"{source}: `{key}` ({name}) row {row}: the {fmt[0]} {problem}")
     empty = find_empty(prompts)
     if empty is not None:
         raise DataError(f"{source}: `{key}` ({name}) row {empty}: empty `{fmt[0]}`")

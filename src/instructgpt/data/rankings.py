@@ -16,6 +16,7 @@ from typing import Any
 
 from instructgpt.infra.log import get_logger
 from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data.formats import prompt_problem
 
 logger = get_logger(__name__)
 
@@ -101,12 +102,17 @@ def rankings_from_dataset(dataset: Any, *, name: str, source: str, score_key: st
         prompt = row["instruction"] if fmt[0] == "instruction" else row["prompt"]
         if find_empty([prompt]) is not None:
             raise DataError(f"{where}: empty prompt")
+        if (problem := prompt_problem(prompt)) is not None:
+            raise DataError(f"{where}: the prompt {problem}")
         if fmt == ("prompt", "responses"):
             responses = row["responses"]
             if not isinstance(responses, list) or len(responses) < 2:
                 count = len(responses) if isinstance(responses, list) else 0
                 raise DataError(f"{where}: a ranking needs at least 2 responses, got {count}")
             responses = [_response_text(r) for r in responses]
+            bad = next((j for j, r in enumerate(responses) if not isinstance(r, str)), None)
+            if bad is not None:
+                raise DataError(f"{where}: response {bad} must be a string, got {type(responses[bad]).__name__}")
             empty = find_empty(responses)
             if empty is not None:
                 raise DataError(f"{where}: response {empty} is empty")

@@ -3,22 +3,44 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 from instructgpt.infra.errors import InstructGPTError
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that ``finally`` blocks and temporary-file cleanups run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_cli(fn: Callable[[], None]) -> None:
-    """Run an entry point; bad input ends with its one-line message and exit code 2, not a traceback."""
+    """Run an entry point; bad input ends with its one-line message and exit code 2, not a traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM end with one line that says how to resume, and exit codes 130 and 143 (128 + the
+    signal, as a shell reports them). They are raised as exceptions where the program is, so every atomic write in
+    progress removes its temporary file on the way out.
+    """
     from instructgpt.infra.processes import join_cpu_processes
 
     join_cpu_processes()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         fn()
     except InstructGPTError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, Terminated) as err:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)
+        print(f"{what}: finished outputs and saved checkpoints are kept; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(code)
 
 
 def stage_main(

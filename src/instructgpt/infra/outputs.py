@@ -22,6 +22,7 @@ from instructgpt.infra.errors import InstructGPTError
 logger = get_logger(__name__)
 
 RUN_MARKER = "instructgpt_run.json"
+RUN_STARTED = ".instructgpt_started.json"  # which stage started the run in this directory (see started_by)
 PPO_METRICS_FILE = "metrics.jsonl"  # one JSON object per logged PPO update; evaluation plots it
 IfOutputExists = Literal["resume", "refuse", "overwrite"]
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "model.safetensors.index.json")
@@ -62,27 +63,97 @@ def holds_trained_model(output_dir: str | Path) -> bool:
     return is_complete(output_dir) or any((output_dir / name).is_file() for name in _WEIGHT_FILES)
 
 
+def is_complete_checkpoint(checkpoint: Path) -> bool:
+    """transformers' ``Trainer`` and the PPO trainer both write ``trainer_state.json`` as a checkpoint's last file: a
+    checkpoint without a readable one was cut off while it was being written."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step, as transformers' Trainer names them."""
+    """The complete ``checkpoint-<step>`` folder with the highest step (as transformers' Trainer names them); newer
+    ones that an interruption left half-written are skipped, with a warning."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
     steps = []
     for child in output_dir.iterdir():
         match = re.fullmatch(r"checkpoint-(\d+)", child.name)
-        if match and child.is_dir() and any(child.iterdir()):
+        if match and child.is_dir():
             steps.append((int(match.group(1)), child))
-    return max(steps)[1] if steps else None
+    for _, checkpoint in sorted(steps, reverse=True):
+        if is_complete_checkpoint(checkpoint):
+            return checkpoint
+        logger.warning(f"{checkpoint} is incomplete (cut off while being written): skipped")
+    return None
 
 
-def prepare_output_dir(output_dir: str | Path, if_exists: IfOutputExists, source: str) -> Path | None:
+def started_by(output_dir: str | Path, stage: str | None) -> bool:
+    """Whether ``output_dir`` holds an unfinished run that this project's ``stage`` started (not a foreign model)."""
+    try:
+        started = json.loads((Path(output_dir) / RUN_STARTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return stage is not None and started.get("stage") == stage
+
+
+def remove_temporary_files(output_dir: Path) -> None:
+    """What an interrupted atomic write leaves: ``.<name>.<random>.tmp`` files and ``.checkpoint-<step>.tmp`` folders."""
+    for leftover in output_dir.glob(".*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def recover_final_save(output_dir: str | Path, stage: str, recipe: dict[str, Any], if_exists: str) -> dict | None:
+    """Finish a run of ``stage`` that saved its final model but was stopped before writing its marker.
+
+    Each stage saves its model's weights as the last file before the marker, so sound, finite weights in a
+    directory the stage started mean the run was complete: it is marked finished (the metrics say it was
+    recovered) instead of being refused forever. Returns the marker's metrics, or None when there is nothing to
+    recover (weights missing, cut off or not finite: the run then resumes from its last checkpoint).
+    """
+    from instructgpt.infra.guards import check_weights
+    from instructgpt.infra.processes import process_state
+
+    output_dir = Path(output_dir)
+    if if_exists != "resume" or is_complete(output_dir) or not started_by(output_dir, stage):
+        return None
+    if not any((output_dir / name).is_file() for name in _WEIGHT_FILES):
+        return None
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+
+        check_weights(output_dir)
+        AutoConfig.from_pretrained(output_dir)
+        AutoTokenizer.from_pretrained(output_dir)
+    except Exception as err:  # a file cut off mid-write (safetensors' own error), NaN weights, no tokenizer
+        logger.warning(f"{output_dir}: its final weights are not sound ({err}); resuming from the last checkpoint")
+        return None
+    metrics = {"recovered_after_interruption": True}
+    state = process_state()
+    if state.is_main_process:
+        mark_complete(output_dir, stage, recipe, metrics)
+        logger.info(f"{output_dir}: the final model was saved before an interruption; verified and marked finished")
+    state.wait_for_everyone()
+    return metrics
+
+
+def prepare_output_dir(
+    output_dir: str | Path, if_exists: IfOutputExists, source: str, stage: str | None = None
+) -> Path | None:
     """Decide what to do with an existing ``output_dir``; return a checkpoint to resume from, or None.
 
     - ``resume`` (default): continue an interrupted run from its last checkpoint; refuse a finished one.
     - ``refuse``: refuse any directory that already has files in it.
     - ``overwrite``: move the old directory aside to ``<output_dir>.old-<time>`` (nothing is deleted) and start fresh.
 
-    With several processes, the main process acts first and the others then see the same state.
+    With several processes, the main process acts first and the others then see the same state. ``stage`` lets a
+    run resume its own interrupted output (see :func:`mark_started`) where a model from another tool is refused.
     """
     from instructgpt.infra.processes import process_state
 
@@ -103,20 +174,76 @@ def prepare_output_dir(output_dir: str | Path, if_exists: IfOutputExists, source
                 "choose another output_dir, or set `if_output_exists: resume` or `overwrite` (the old run is kept "
                 "as a backup)"
             )
-        if holds_trained_model(output_dir):
+        if is_complete(output_dir) or (holds_trained_model(output_dir) and not started_by(output_dir, stage)):
             raise OutputDirError(
                 f"{source}: output_dir {output_dir} already holds a trained model; it was not touched. Choose another "
                 "output_dir, or set `if_output_exists: overwrite` to move the old run aside and train again"
             )
         checkpoint = last_checkpoint(output_dir)
-        if checkpoint is not None and state.is_main_process:
-            logger.info(f"resuming the interrupted run in {output_dir} from {checkpoint.name}")
+        if state.is_main_process:
+            remove_temporary_files(output_dir)
+            if checkpoint is not None:
+                logger.info(f"resuming the interrupted run in {output_dir} from {checkpoint.name}")
         return checkpoint
 
 
-def mark_complete(output_dir: str | Path, stage: str, recipe: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write the run marker last, so that its presence means every other file of the run is in place."""
+def mark_started(output_dir: str | Path, stage: str) -> None:
+    """Record, as work begins (after every input was read and checked), that ``stage`` writes ``output_dir``: a later
+    run can then tell its own interrupted output from a model some other tool saved there (:func:`started_by`)."""
+    from instructgpt.infra.processes import process_state
+
+    if process_state().is_main_process and not (Path(output_dir) / RUN_STARTED).is_file():
+        atomic_write_json(Path(output_dir) / RUN_STARTED,
+                          {"stage": stage, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def mark_complete(
+    output_dir: str | Path, stage: str, recipe: dict[str, Any], metrics: dict[str, Any], *, weights: bool = False
+) -> None:
+    """Write the run marker last, so that its presence means every other file of the run is in place and sound.
+
+    ``weights``: the directory holds a model, whose saved tensors must all be finite first.
+    """
+    from instructgpt.infra.guards import check_weights, fault_point
+
+    if weights:
+        check_weights(output_dir)
+    fault_point("before_marker")
     atomic_write_json(
         Path(output_dir) / RUN_MARKER,
         {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "recipe": recipe, "metrics": metrics},
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Append-only JSONL logs (collection parts, PPO metrics and completions)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_appended_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSONL file the project appends to, and the byte length of its intact prefix.
+
+    Every row is written as one line ending in a newline, so a last line without one was cut off by an
+    interruption: it is dropped, with a warning. A broken line anywhere else means the file was edited, which is an
+    error naming the line.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    rows = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise OutputDirError(f"{path}: line {number} is not valid JSON; the file was edited, not interrupted") from None
+    if tail.strip():
+        logger.warning(f"{path}: dropping its last line, cut off by an interruption")
+    return rows, len(data) - len(tail)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an appended JSONL file (see :func:`read_appended_jsonl`)."""
+    return read_appended_jsonl(path)[0]

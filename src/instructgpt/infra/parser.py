@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.validation import check_number
 
 
 class RecipeError(InstructGPTError, ValueError):
@@ -85,7 +86,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -98,6 +103,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of `key: value` lines, got a {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key `{key}` is given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def recipe_stage(path: str | Path) -> str:
@@ -233,6 +253,8 @@ class RecipeParser:
         class _Parser(HfArgumentParser):
             @staticmethod
             def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+                if "range" in field.metadata:  # ours (infra/validation.py), not an argparse keyword
+                    field = _copy_field(field, field.type, {k: v for k, v in field.metadata.items() if k != "range"})
                 # HfArgumentParser has no type for "a mapping" (or "a path or a mapping"): read such values as YAML
                 if _mentions_dict(field.type):
                     field = _retyped(field)
@@ -319,6 +341,10 @@ class RecipeParser:
             setattr(namespace, key, None)
         for key, items in lists.items():
             setattr(namespace, key, items)
+        fields = {f.name: f for cls in self.dataclass_types for f in dataclasses.fields(cls)}
+        problems = [p for k, v in vars(namespace).items() if k in fields and (p := check_number(k, v, fields[k]))]
+        if problems:
+            raise RecipeError(f"{source}: " + "; ".join(problems))
         parts = []
         for cls in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -414,11 +440,16 @@ def required(value: Any, key: str, source: str, what: str = "") -> Any:
     return value
 
 
+def _copy_field(field: dataclasses.Field, annotation: Any, metadata: Any) -> dataclasses.Field:
+    """A copy of a dataclass field with another type or metadata, for the argument parser only."""
+    copy = dataclasses.field(default=field.default, default_factory=field.default_factory, metadata=metadata)
+    copy.name, copy.type = field.name, annotation
+    return copy
+
+
 def _retyped(field: dataclasses.Field) -> dataclasses.Field:
     """A copy of ``field`` declared as an optional string (its values are read with :func:`_yaml_value`)."""
-    copy = dataclasses.field(default=field.default, default_factory=field.default_factory, metadata=field.metadata)
-    copy.name, copy.type = field.name, typing.Optional[str]
-    return copy
+    return _copy_field(field, typing.Optional[str], field.metadata)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

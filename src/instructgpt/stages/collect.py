@@ -27,19 +27,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from instructgpt.infra.log import get_logger
-from instructgpt.data import DataError
 from instructgpt.data.formats import load_prompts
-from instructgpt.infra.errors import InstructGPTError
-from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
-from instructgpt.infra.outputs import OutputDirError, atomic_write_text, is_complete, mark_complete, prepare_output_dir
 from instructgpt.infra.entrypoint import stage_main
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.guards import UnsoundOutput, fault_point
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.outputs import (
+    OutputDirError,
+    atomic_write_json,
+    atomic_write_text,
+    is_complete,
+    mark_complete,
+    mark_started,
+    prepare_output_dir,
+    read_appended_jsonl,
+)
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
 from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
 
 logger = get_logger(__name__)
 
 RANKINGS_FILE = "rankings.jsonl"
+SETTINGS_FILE = "collect_settings.json"
 PART_GLOB = "rankings.part-*.jsonl"
 
 
@@ -67,7 +77,9 @@ class CollectArguments:
         default=4, metadata={"help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9)."}
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy, which gives duplicates)."})
+    temperature: float = field(
+        default=1.0, metadata={"range": ">= 0", "help": "Sampling temperature (0: greedy, which gives duplicates)."}
+    )
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
     batch_size: int = field(default=64, metadata={"help": "Sequences per generation batch."})
@@ -139,25 +151,9 @@ def add_distinct(pool: list[str], samples: list[str], limit: int) -> int:
 
 
 def read_part(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Rows of a part file and the byte length of its intact prefix.
-
-    Every row is written as one line ending in a newline, so a last line without one was cut off by an
-    interruption: it is dropped (and its prompt redone). A broken line anywhere else means the file was edited.
-    """
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    rows = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise DataError(f"{path}: line {number} is not valid JSON; the file was edited, not interrupted") from None
-    if tail.strip():
-        logger.info(f"{path}: dropping its last line, cut off by an interruption; that prompt will be redone")
-    return rows, len(data) - len(tail)
+    """Rows of a part file and the byte length of its intact prefix; a row an interruption cut off is dropped (its
+    prompt is collected again)."""
+    return read_appended_jsonl(path)
 
 
 def done_rows(output_dir: Path, prompts: list[Any], source: str) -> dict[int, dict[str, Any]]:
@@ -186,15 +182,64 @@ def open_part(output_dir: Path, rank: int):
     return path.open("a", encoding="utf-8")
 
 
-def merge_parts(output_dir: Path) -> list[dict[str, Any]]:
-    """All collected rows in prompt order, written atomically to rankings.jsonl (skipped prompts left out)."""
-    rows: list[dict[str, Any]] = []
+def merge_parts(output_dir: Path, num_prompts: int) -> list[dict[str, Any]]:
+    """All collected rows in prompt order, one per prompt, written atomically to rankings.jsonl (skipped prompts
+    left out). A prompt collected twice (a process that redid it after an interruption) keeps its first row; a
+    prompt missing from every part means the collection is not complete, and nothing is written."""
+    by_index: dict[int, dict[str, Any]] = {}
     for part in sorted(output_dir.glob(PART_GLOB)):
-        rows.extend(read_part(part)[0])
-    rows.sort(key=lambda r: r["prompt_index"])
+        for row in read_part(part)[0]:
+            by_index.setdefault(row["prompt_index"], row)
+    missing = sorted(set(range(num_prompts)) - set(by_index))
+    if missing:
+        raise UnsoundOutput(
+            f"{output_dir}: {len(missing)} of {num_prompts} prompts have no row (first: prompt {missing[0]}); the "
+            "collection is not complete: rerun the same command to collect them"
+        )
+    rows = [by_index[i] for i in sorted(by_index)]
     rankings = [r for r in rows if not r.get("skipped")]
+    if not rankings:
+        raise UnsoundOutput(
+            f"{output_dir}: not one ranking: every prompt got fewer than 2 distinct, non-empty responses; sample "
+            "more varied responses (temperature > 0, a larger max_new_tokens, more max_sampling_rounds)"
+        )
     atomic_write_text(output_dir / RANKINGS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rankings))
     return rows
+
+
+# the settings that decide what a collection holds; a resumed collection must keep every one of them
+DEFINING_SETTINGS = (
+    "model_name_or_path", "dataset_name", "dataset_config", "dataset_train_split", "max_prompts", "prompt_template",
+    "num_responses", "max_new_tokens", "temperature", "top_k", "top_p", "max_sampling_rounds", "seed",
+    "labeler", "labeler_noise", "labeler_seed",
+)
+
+
+def collection_settings(args: CollectArguments) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in DEFINING_SETTINGS}
+
+
+def check_settings(output_dir: Path, settings: dict[str, Any], source: str) -> None:
+    """Record the settings of a new collection; refuse to resume one made with other settings, naming them.
+
+    Appending rankings sampled with another K, model or labeler to an interrupted collection would mix two
+    datasets in one file, silently.
+    """
+    from instructgpt.infra.processes import process_state
+
+    state = process_state()
+    path = output_dir / SETTINGS_FILE
+    if state.is_main_process and not path.exists():
+        atomic_write_json(path, settings)
+    state.wait_for_everyone()
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    differ = [k for k in DEFINING_SETTINGS if k in recorded and recorded[k] != json.loads(json.dumps(settings[k]))]
+    if differ:
+        changes = "; ".join(f"`{k}` was {recorded[k]!r}, now {settings[k]!r}" for k in differ)
+        raise OutputDirError(
+            f"{source}: output_dir {output_dir} holds an interrupted collection made with other settings ({changes}); "
+            "resume it with the same settings, or choose another output_dir (or `if_output_exists: overwrite`)"
+        )
 
 
 def collection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -234,11 +279,22 @@ def prepare_collect_dir(output_dir: Path, if_exists: str, source: str) -> None:
             f"{source}: output_dir {output_dir} already holds a finished collection; it was not touched. Choose "
             "another output_dir, or set `if_output_exists: overwrite` to move it aside and collect again"
         )
-    prepare_output_dir(output_dir, if_exists, source)  # refuse / overwrite (moves aside) / nothing to do
+    prepare_output_dir(output_dir, if_exists, source, stage="collect")  # refuse / overwrite (moves aside) / nothing to do
     state = process_state()
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
+
+
+def chunks_of(num_prompts: int, args: CollectArguments) -> list[list[int]]:
+    """The prompts in fixed chunks of ``batch_size // K``, the unit that is sampled together with one seed.
+
+    The chunks (and each chunk's seeds) depend only on the prompt set and the recipe, never on which prompts are
+    left to do, so a collection interrupted and resumed, or split over several processes, samples every prompt
+    exactly as one uninterrupted process would.
+    """
+    size = max(1, args.batch_size // args.num_responses)
+    return [list(range(start, min(start + size, num_prompts))) for start in range(0, num_prompts, size)]
 
 
 def collect_prompts(
@@ -258,10 +314,12 @@ def collect_prompts(
     from instructgpt.sampling import generate_responses
 
     k = args.num_responses
-    chunk_size = max(1, args.batch_size // k)
     bar = tqdm(total=len(todo), desc="Collecting comparisons", unit="prompt", disable=not show_progress)
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
+    pending = set(todo)
+    for chunk in chunks_of(len(prompts), args):
+        missing = [i for i in chunk if i in pending]
+        if not missing:
+            continue
         pools: dict[int, list[str]] = {i: [] for i in chunk}
         sampled = {i: 0 for i in chunk}
         discarded = {i: 0 for i in chunk}
@@ -280,7 +338,7 @@ def collect_prompts(
             for i, texts in by_prompt.items():
                 sampled[i] += len(texts)
                 discarded[i] += add_distinct(pools[i], texts, k)
-        for i in chunk:
+        for i in missing:  # the chunk is sampled whole, as in an uninterrupted run; only its missing rows are written
             row: dict[str, Any] = {"prompt_index": i, "prompt": prompts[i]}
             responses = pools[i]
             if len(responses) < 2:
@@ -295,7 +353,8 @@ def collect_prompts(
             row.update(policy=policy_name, num_samples=sampled[i], num_discarded=discarded[i])
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
-        bar.update(len(chunk))
+            fault_point("collect_row")
+        bar.update(len(missing))
     bar.close()
 
 
@@ -322,10 +381,14 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     )
     output_dir = Path(args.output_dir)
     prepare_collect_dir(output_dir, args.if_output_exists, source)
+    check_settings(output_dir, collection_settings(args), source)
 
     done = done_rows(output_dir, prompts, source)
-    todo = [i for i in range(len(prompts)) if i not in done][state.process_index::state.num_processes]
-    if done and state.is_main_process:
+    # every process has read the parts before any of them appends: all split the same remaining prompts
+    state.wait_for_everyone()
+    mine = [c for n, c in enumerate(chunks_of(len(prompts), args)) if n % state.num_processes == state.process_index]
+    todo = [i for chunk in mine for i in chunk if i not in done]
+    if done:
         logger.info(f"resuming: {len(done)} of {len(prompts)} prompts already collected in {output_dir}")
 
     tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
@@ -334,6 +397,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         kwargs["dtype"] = args.dtype
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
 
+    mark_started(output_dir, "collect")
     run = start_wandb(args.report_to, args.project, args.run_name, "collect", recipe.data, output_dir)
     with open_part(output_dir, state.process_index) as handle:
         collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process)
@@ -341,7 +405,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     if state.is_main_process:
-        rows = merge_parts(output_dir)
+        rows = merge_parts(output_dir, len(prompts))
         metrics = collection_metrics(rows)
         metrics.update(labeler=labeler.name, num_processes=state.num_processes)
         for part in output_dir.glob(PART_GLOB):

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -92,7 +92,8 @@ class EvalArguments:
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
     temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature (1.0: the models' own distributions, as PPO samples)."}
+        default=1.0,
+        metadata={"range": ">= 0", "help": "Sampling temperature (1.0: the models' own distributions, as PPO samples)."},
     )
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
@@ -115,6 +116,11 @@ class EvalArguments:
     )
     num_examples: int = field(default=3, metadata={"help": "Prompts whose completions report.md shows."})
     report_to: str = field(default="none", metadata={"help": "`wandb` to log the results, plots and completions."})
+    if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
+        default="resume",
+        metadata={"help": "When output_dir holds an evaluation: `resume` redoes an unfinished one and refuses a "
+                  "finished one, `refuse` refuses any non-empty directory, `overwrite` moves the old one aside."},
+    )
     project: str = field(default="instructgpt", metadata={"help": "W&B project."})
     run_name: str | None = field(default=None, metadata={"help": "W&B run name."})
 
@@ -306,18 +312,10 @@ def read_metrics_log(ppo_run: str | Path) -> list[dict[str, Any]]:
     """The PPO trainer's ``metrics.jsonl`` (one JSON object per logged update); [] when it has none."""
     from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
 
+    from instructgpt.infra.outputs import read_jsonl
+
     path = Path(ppo_run) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise EvalError(f"{path}: line {number} is not valid JSON") from None
-    return rows
+    return read_jsonl(path) if path.is_file() else []
 
 
 def policy_checkpoints(ppo_run: str | Path, limit: int) -> list[tuple[int, Path]]:
@@ -419,7 +417,15 @@ def resolve_reference(args: EvalArguments, models: dict[str, str]) -> tuple[str 
 
 def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str, Any]:
     """Run the whole evaluation and write its outputs; returns the results dict written to results.json."""
-    from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, mark_complete
+    from instructgpt.infra.outputs import (
+        OutputDirError,
+        atomic_write_json,
+        atomic_write_text,
+        is_complete,
+        mark_complete,
+        mark_started,
+        prepare_output_dir,
+    )
     from instructgpt.data.formats import load_prompts
     from instructgpt.infra.tracking import finish_wandb, start_wandb
     from instructgpt.metrics.winrate import win_rate_matrix
@@ -431,10 +437,17 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
 
     for name, path in models.items():  # fail before any model is loaded or sampled
         check_model_path(path, f"--models {name}", source)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RUN_MARKER).unlink(missing_ok=True)  # a rerun is not finished until it writes the marker again
     prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split, limit=args.max_prompts)
+    output_dir = Path(args.output_dir)
+    if is_complete(output_dir) and args.if_output_exists == "resume":
+        raise OutputDirError(
+            f"{source}: output_dir {output_dir} already holds a finished evaluation; it was not touched. Choose "
+            "another output_dir, or set `if_output_exists: overwrite` to move it aside and evaluate again"
+        )
+    # an unfinished evaluation is simply done again (it keeps no partial state); a failed rerun deletes nothing
+    prepare_output_dir(output_dir, args.if_output_exists, source, stage="eval")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    mark_started(output_dir, "eval")
     from instructgpt.infra.processes import default_device
 
     device = default_device()
@@ -515,9 +528,27 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     if run is not None:
         log_to_wandb(run, results, completions, output_dir)
     finish_wandb(run)
+    check_results(results, args, output_dir)
     mark_complete(output_dir, "eval", dataclasses.asdict(args), {"headline": results["headline"]})
     print_summary(results, output_dir)
     return results
+
+
+def check_results(results: dict[str, Any], args: EvalArguments, output_dir: Path) -> None:
+    """An evaluation is finished only with numbers for every model, every prompt and, with a judge, every pair."""
+    from instructgpt.infra.guards import UnsoundOutput
+
+    names = list(results["models"])
+    problems = [f"no metrics for {n}" for n in names if n not in results["metrics"]]
+    if results.get("labeler") and len(names) > 1:
+        problems += [f"no win rate of {a} over {b}" for a in names for b in names
+                     if a != b and b not in results["win_rate"].get(a, {})]
+    for name, metrics in results["metrics"].items():
+        for key, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{name}'s {key} is {value}")
+    if problems:
+        raise UnsoundOutput(f"{output_dir}: the evaluation is incomplete ({'; '.join(problems[:3])}); not marked finished")
 
 
 # (metric key, title) in the order the report's table shows them
@@ -708,8 +739,15 @@ def arguments() -> tuple[type, ...]:
 
 def run(args: StageArgs) -> dict[str, Any]:
     """Run the evaluation from its parsed settings; returns the results written to results.json."""
+    from instructgpt.infra.processes import process_state
+
     (eval_args,) = args.parts
-    return run_eval(eval_args, source=args.source if args.recipe.path else "instructgpt eval")
+    state = process_state()
+    results: dict[str, Any] = {}
+    if state.is_main_process:  # under `accelerate launch` one process evaluates and writes; the others wait
+        results = run_eval(eval_args, source=args.source if args.recipe.path else "instructgpt eval")
+    state.wait_for_everyone()
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -547,7 +547,10 @@ def eval_is_current(eval_args: Any, stages: list[Stage]) -> bool:
         marker = json.loads((output_dir / RUN_MARKER).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    if marker.get("recipe") != json.loads(json.dumps(dataclasses.asdict(eval_args))):
+    def settings(recipe: dict[str, Any]) -> dict[str, Any]:  # what the evaluation measured, not how it was run
+        return {k: v for k, v in recipe.items() if k != "if_output_exists"}
+
+    if settings(marker.get("recipe") or {}) != settings(json.loads(json.dumps(dataclasses.asdict(eval_args)))):
         return False
     return all((marker_time(s.output_dir) or 0.0) <= done for s in stages)
 
@@ -565,6 +568,8 @@ def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, tot
         console.banner(total, total, "eval", "finished earlier with the same models and settings: skipped")
         return json.loads((output_dir / evaluation.RESULTS_FILE).read_text(encoding="utf-8"))
     console.banner(total, total, "eval", "running")
+    if is_complete(output_dir):  # finished, but with other settings or older models: kept aside, never deleted
+        eval_args.if_output_exists = "overwrite"
     results = None
     clock = Stopwatch()
     if state.is_main_process:

@@ -31,8 +31,9 @@ from typing import Any, Literal
 from instructgpt.infra.log import get_logger
 from instructgpt.data import DataError, load_data, require_columns, require_rows
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import mark_complete, prepare_output_dir
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.entrypoint import stage_main
+from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.infra.tracking import finish_wandb, start_wandb
@@ -230,7 +231,10 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
 
     source = recipe.source
     required(training_args.output_dir, "output_dir", source)
-    resume_from = prepare_output_dir(training_args.output_dir, args.if_output_exists, source)
+    recovered = recover_final_save(training_args.output_dir, "pretrain", recipe.data, args.if_output_exists)
+    if recovered is not None:
+        return recovered
+    resume_from = prepare_output_dir(training_args.output_dir, args.if_output_exists, source, stage="pretrain")
     set_seed(training_args.seed)
 
     texts = load_corpus(args, source)
@@ -256,7 +260,9 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
         eval_dataset=eval_dataset,
         data_collator=default_data_collator,
         processing_class=tokenizer,
+        callbacks=[finite_gradients_callback(training_args.output_dir)],
     )
+    mark_started(training_args.output_dir, "pretrain")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer_metrics(trainer, result)
     metrics.update(num_parameters=model.num_parameters(), vocab_size=len(tokenizer), num_blocks=len(blocks))
@@ -273,10 +279,11 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
                     + ", ".join(f"{k} {v:.0%}" for k, v in probes.items()))
         if run is not None:
             run.summary.update({f"probe/{k}": v for k, v in probes.items()})
-    trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
-        mark_complete(training_args.output_dir, "pretrain", recipe.data, metrics)
+    trainer.save_model(training_args.output_dir)  # the weights: the last file but the marker
+    if trainer.is_world_process_zero():
+        mark_complete(training_args.output_dir, "pretrain", recipe.data, metrics, weights=True)
         logger.info(f"base model and tokenizer saved to {Path(training_args.output_dir)}")
     trainer.accelerator.wait_for_everyone()
     finish_wandb(run)

@@ -40,8 +40,9 @@ from instructgpt.data.padding import pad_sequences
 from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prompt
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import atomic_write_json, mark_complete, prepare_output_dir
+from instructgpt.infra.outputs import atomic_write_json, mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
 from instructgpt.infra.tracking import finish_wandb, start_wandb
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
@@ -277,7 +278,10 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             f"{source}: `load_in_4bit`/`load_in_8bit` is not supported for the reward model (its merged weights "
             "would stay quantized, which PPO and evaluation cannot load); use LoRA in bf16 (use_peft: true) instead"
         )
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source)
+    recovered = recover_final_save(training_args.output_dir, "rm", recipe.data, script_args.if_output_exists)
+    if recovered is not None:
+        return recovered
+    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="rm")
 
     train_rows, eval_rows = _load_splits(script_args, training_args, source)
     demo_prompts: list[Prompt] = []
@@ -307,10 +311,12 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=RankingCollator(pad_token_id=tokenizer.pad_token_id),
+        callbacks=[finite_gradients_callback(training_args.output_dir)],
         peft_config=lora_config(
             model_args, "SEQ_CLS", source=source, trust_remote_code=training_args.trust_remote_code
         ),
     )
+    mark_started(training_args.output_dir, "rm")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     accelerator = trainer.accelerator
     metrics = trainer_metrics(trainer, result)
@@ -339,7 +345,6 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     final_model.config.reward_shift = normalization["shift"]
     metrics["reward_shift"] = normalization["shift"]
 
-    save_trained_model(trainer, training_args.output_dir, model=final_model)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
         atomic_write_json(
@@ -347,9 +352,11 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             {**normalization, "dataset": script_args.demonstrations_dataset,
              "note": "score_responses() returns raw reward - shift, so the demonstrations average 0"},
         )
+    save_trained_model(trainer, training_args.output_dir, model=final_model)  # the weights: last but the marker
+    if trainer.is_world_process_zero():
         if run is not None:
             run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        mark_complete(training_args.output_dir, "rm", recipe.data, metrics)
+        mark_complete(training_args.output_dir, "rm", recipe.data, metrics, weights=True)
         logger.info(f"reward model saved to {training_args.output_dir}")
     accelerator.wait_for_everyone()
     finish_wandb(run)

@@ -23,8 +23,9 @@ from instructgpt.data import DataError
 from instructgpt.data.formats import load_demonstrations
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import mark_complete, prepare_output_dir
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
 from instructgpt.infra.tracking import finish_wandb, start_wandb
 from instructgpt.metrics.training import trainer_metrics
@@ -106,7 +107,10 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
     required(script_args.dataset_name, "dataset_name", source, "a Hub dataset id or a local .jsonl file")
     required(training_args.output_dir, "output_dir", source)
     refuse_keys_that_cannot_apply(training_args, source)
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source)
+    recovered = recover_final_save(training_args.output_dir, "sft", recipe.data, script_args.if_output_exists)
+    if recovered is not None:
+        return recovered
+    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="sft")
 
     train_dataset = load_demonstrations(
         script_args.dataset_name, config=script_args.dataset_config, split=script_args.dataset_train_split,
@@ -160,20 +164,23 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        callbacks=[finite_gradients_callback(training_args.output_dir)],
         peft_config=lora_config(
             model_args, "CAUSAL_LM", source=source, trust_remote_code=training_args.trust_remote_code
         ),
     )
+    mark_started(training_args.output_dir, "sft")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer_metrics(trainer, result)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     # with LoRA: the merged model in output_dir (later stages start from a complete model), the adapter alone in
     # output_dir/adapter for PeftModel.from_pretrained
-    save_trained_model(trainer, training_args.output_dir, keep_adapter=True)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
-        mark_complete(training_args.output_dir, "sft", recipe.data, metrics)
+    save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: the last file but the marker
+    if trainer.is_world_process_zero():
+        mark_complete(training_args.output_dir, "sft", recipe.data, metrics, weights=True)
         logger.info(f"SFT model saved to {training_args.output_dir}")
     trainer.accelerator.wait_for_everyone()
     finish_wandb(run)

@@ -8,8 +8,10 @@ it for ``labeler: simulated``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -343,8 +345,9 @@ class SimulatedLabeler(Labeler):
     (``5 - squash(length beyond 30 words, repetition, filler)``), with no correctness term.
 
     **Noise**: with ``noise > 0`` every score gets independent Gaussian noise of that standard deviation (in score
-    units: 1.0 is one off-instruction sentence), drawn from the labeler's own ``numpy`` generator seeded with
-    ``seed``, so two labelers with different seeds disagree now and then, as people do.
+    units: 1.0 is one off-instruction sentence), drawn from a ``numpy`` generator seeded with ``seed`` and the
+    (prompt, response) text, so two labelers with different seeds disagree now and then, as people do, while one
+    labeler judges a given pair the same way every time it sees it.
     :data:`HUMAN_AGREEMENT_NOISE` gives 78% inter-labeler agreement on comparisons of responses sampled from the
     tiny SFT model, near InstructGPT's 73% (measured numbers in data/README.md). With ``noise == 0`` the
     labeler is deterministic.
@@ -356,8 +359,14 @@ class SimulatedLabeler(Labeler):
         self.noise = float(noise)
         self.seed = seed
         self.rubric = Rubric(on_unknown)
-        self._rng = np.random.default_rng(seed)
         self.name = "simulated" if self.noise == 0 else f"simulated(noise={self.noise:g},seed={seed})"
+
+    def _noise(self, prompt: Any, response: str) -> float:
+        """This labeler's noise on one (prompt, response): Gaussian, drawn from a generator seeded by the labeler's
+        seed and the pair's text, so the same labeler judges a pair the same way whenever it sees it (a collection
+        resumed after an interruption ranks exactly as an uninterrupted one)."""
+        key = zlib.crc32(json.dumps([prompt, response], ensure_ascii=False).encode("utf-8"))
+        return float(np.random.default_rng([self.seed, key]).normal(0.0, self.noise))
 
     def judge(self, prompt: Any, response: str) -> Judgement:
         """The noiseless rubric's verdict, term by term."""
@@ -368,7 +377,7 @@ class SimulatedLabeler(Labeler):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         scores = np.array([self.rubric.score(p, r) for p, r in zip(prompts, responses)], dtype=float)
         if self.noise > 0:
-            scores = scores + self._rng.normal(0.0, self.noise, size=len(scores))
+            scores = scores + np.array([self._noise(p, r) for p, r in zip(prompts, responses)])
         return scores.tolist()
 
 

@@ -35,8 +35,10 @@ import torch
 
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_checkpoint, nonfinite_gradients
 from instructgpt.modeling.lora import merge_adapter
 from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
+from instructgpt.infra.outputs import mark_started, recover_final_save
 from instructgpt.infra.processes import no_accelerator
 from instructgpt.losses import ppo as core
 from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments
@@ -46,12 +48,9 @@ from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
 logger = get_logger(__name__)
 
 COMPLETIONS_FILE = "completions.jsonl"
+TRAINER_STATE = "trainer_state.json"
 VALUE_MODEL_DIR = "value_model"
 NUM_LOGGED_COMPLETIONS = 8
-
-
-class TrainingDiverged(InstructGPTError):
-    """PPO produced a non-finite reward or loss, or a KL past ``max_kl``: the run stops, checkpoints stay."""
 
 
 @dataclass
@@ -102,7 +101,7 @@ class PPOTrainer:
         self.source = recipe.source
         self._check_paths()
         self.output_dir = Path(args.output_dir)
-        self.resume_from = prepare_output_dir(self.output_dir, script_args.if_output_exists, self.source)
+        self.resume_from = prepare_output_dir(self.output_dir, script_args.if_output_exists, self.source, stage="ppo")
         mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator()
@@ -114,8 +113,6 @@ class PPOTrainer:
         self._load_models()
         self._build_optimization()
         self.progress = Progress()
-        for obj in (self.progress, self.kl_controller, self.scheduler, *([self.ptx] if self.ptx else [])):
-            self.accelerator.register_for_checkpointing(obj)
         # a different sampling stream per process (TRL's `local_seed`), restored from checkpoints with the RNG state
         torch.manual_seed(args.seed + self.accelerator.process_index * 100003)
 
@@ -481,8 +478,10 @@ class PPOTrainer:
                     with acc.accumulate(self.model):
                         loss, stats = self._micro_batch_loss(batch, idx, advantages, returns, weight)
                         acc.backward(loss)
-                        if acc.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
-                            acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        if acc.sync_gradients:
+                            self._check_gradients()
+                            if args.max_grad_norm and args.max_grad_norm > 0:
+                                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     for key, value in stats.items():
@@ -516,10 +515,16 @@ class PPOTrainer:
             )
 
     def _kept_message(self) -> str:
-        from instructgpt.infra.outputs import last_checkpoint
+        return last_good_checkpoint(self.output_dir)
 
-        checkpoint = last_checkpoint(self.output_dir)
-        return f"The last good checkpoint is {checkpoint}." if checkpoint else "No checkpoint was saved yet."
+    def _check_gradients(self) -> None:
+        """Stop before an optimizer step on NaN or inf gradients: one such step would write NaN into every weight."""
+        bad = nonfinite_gradients(self.model.parameters())
+        if bad:
+            raise TrainingDiverged(
+                f"update {self.progress.global_step + 1}: {len(bad)} parameter gradient(s) hold NaN or inf (a "
+                f"non-finite loss); stopping before the optimizer step. {self._kept_message()}"
+            )
 
     def metrics(self, batch: Batch, scores, non_score_reward, kl, stats, elapsed: float, episodes: int) -> dict[str, float]:
         """TRL's PPO metrics under TRL's names, plus ``loss/ptx_avg`` and ``objective/kl_coef``."""
@@ -630,45 +635,73 @@ class PPOTrainer:
         state = acc.get_state_dict(self.model)  # gathers sharded (ZeRO-3 / FSDP) weights on the main process
         if acc.is_main_process:
             policy = self.unwrapped.policy
-            policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
-            if self.is_peft and merged:
-                policy = merge_adapter(policy)
-                policy.save_pretrained(directory, safe_serialization=True)
-            else:
-                policy.save_pretrained(directory, state_dict=policy_state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
+            if self.is_peft and merged:
+                policy, weights = merge_adapter(policy), {}
+            else:
+                weights = {"state_dict": {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}}
             generation_config = getattr(policy, "generation_config", None)
             if generation_config is not None and not (self.is_peft and not merged):
                 generation_config.pad_token_id = self.tokenizer.pad_token_id
                 generation_config.eos_token_id = self.tokenizer.eos_token_id
-                generation_config.save_pretrained(directory)
+            # the weights (with the generation config) last: a directory with sound weights has every other file
+            policy.save_pretrained(directory, safe_serialization=True, **weights)
         acc.wait_for_everyone()
 
+    def resume_state(self) -> dict[str, Any]:
+        """The run's own resume state, as JSON (no pickle): progress, KL controller, schedule, ptx position."""
+        return {
+            **self.progress.state_dict(),
+            "kl_controller": self.kl_controller.state_dict(),
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+            "ptx": self.ptx.state_dict() if self.ptx else None,
+        }
+
+    def load_resume_state(self, state: dict[str, Any], checkpoint: Path) -> None:
+        try:
+            self.progress.load_state_dict(state)
+            self.kl_controller.load_state_dict(state["kl_controller"])
+            self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+            if self.ptx is not None:
+                self.ptx.load_state_dict(state["ptx"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InstructGPTError(
+                f"{self.source}: {checkpoint / TRAINER_STATE} does not hold this run's resume state ({err}); it was "
+                "written by another version or another recipe: resume from an earlier checkpoint or start over"
+            ) from None
+
     def save_checkpoint(self, last_metrics: dict[str, float] | None = None) -> Path:
-        """``checkpoint-<step>/``: ``state/`` (accelerate: weights, optimizer, scheduler, KL controller, RNG, data
-        position) to resume from, and ``policy/`` to evaluate. Written under a temporary name and renamed, so a crash
-        mid-save leaves the previous checkpoint as the last one."""
+        """``checkpoint-<step>/``: ``state/`` (accelerate: weights, optimizer and RNG states), ``trainer_state.json``
+        (this trainer's own state as JSON: progress, KL controller, schedule, data position) to resume from, and
+        ``policy/`` to evaluate. Written under a temporary name and renamed, so a crash mid-save leaves the previous
+        checkpoint as the last one, and an interrupted save leaves no temporary folder behind."""
         acc = self.accelerator
         step = self.progress.global_step
         final = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".checkpoint-{step}.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp / "state"))
-        self.save_policy(tmp / "policy", merged=False)
-        if acc.is_main_process:
-            from instructgpt.infra.outputs import atomic_write_json
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp / "state"))
+            fault_point("mid_checkpoint")
+            self.save_policy(tmp / "policy", merged=False)
+            if acc.is_main_process:
+                from instructgpt.infra.outputs import atomic_write_json
 
-            atomic_write_json(tmp / "trainer_state.json", {
-                **self.progress.state_dict(), "kl_coef": self.kl_controller.value,
-                "num_total_batches": self.num_total_batches, "metrics": last_metrics or {},
-            })
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._rotate_checkpoints()
+                atomic_write_json(tmp / TRAINER_STATE, {
+                    **self.resume_state(), "kl_coef": self.kl_controller.value,
+                    "num_total_batches": self.num_total_batches, "metrics": last_metrics or {},
+                })
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                self._rotate_checkpoints()
+        except BaseException:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
         return final
 
@@ -692,22 +725,25 @@ class PPOTrainer:
         state = checkpoint / "state"
         if not state.is_dir():
             raise InstructGPTError(f"{self.source}: cannot resume from {checkpoint}: it has no `state` folder")
-        self.accelerator.load_state(str(state))
+        # tensors only: no pickled Python objects are unpickled from a checkpoint (the README says which files are
+        # trusted); this trainer's own state comes from trainer_state.json
+        self.accelerator.load_state(str(state), load_kwargs={"weights_only": True})
+        self.load_resume_state(json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8")), checkpoint)
         if self.accelerator.is_main_process:
             self._truncate_log(METRICS_FILE)
             self._truncate_log(COMPLETIONS_FILE)
             logger.info(f"resumed at update {self.progress.global_step} (episode {self.progress.episode})")
 
     def _truncate_log(self, name: str) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
-        from instructgpt.infra.outputs import atomic_write_text
+        """Drop log lines written after the checkpoint we resume from (they will be written again), and a last line
+        an interruption cut off."""
+        from instructgpt.infra.outputs import atomic_write_text, read_jsonl
 
         path = self.output_dir / name
         if not path.exists():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.progress.global_step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        kept = [row for row in read_jsonl(path) if row.get("step", 0) <= self.progress.global_step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def save_final(self, metrics: dict[str, Any]) -> None:
         from instructgpt.infra.outputs import mark_complete
@@ -723,7 +759,7 @@ class PPOTrainer:
             self.tokenizer.save_pretrained(self.output_dir / VALUE_MODEL_DIR)
         self.save_policy(self.output_dir, merged=True)
         if acc.is_main_process:
-            mark_complete(self.output_dir, "ppo", self.recipe.data, metrics)
+            mark_complete(self.output_dir, "ppo", self.recipe.data, metrics, weights=True)
             logger.info(f"PPO policy saved to {self.output_dir}")
         acc.wait_for_everyone()
 
@@ -743,6 +779,7 @@ class PPOTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             for name in (METRICS_FILE, COMPLETIONS_FILE):
                 (self.output_dir / name).unlink(missing_ok=True)
+        mark_started(self.output_dir, "ppo")
         self.wandb_run = start_wandb(args.report_to, args.project, args.run_name, "ppo", self.recipe.data, self.output_dir)
         total = self.num_total_batches
         logging_steps = _steps(args.logging_steps, total) or 1
@@ -781,6 +818,7 @@ class PPOTrainer:
             t2 = time.time()
             self.progress.global_step += 1
             self.progress.episode += self.batch_size
+            fault_point("ppo_update")
             metrics = self.metrics(batch, scores, non_score_reward, kl, stats, time.time() - start_time,
                                    self.progress.episode - start_episode)
             metrics["objective/kl_coef"] = kl_coef
@@ -819,6 +857,10 @@ class PPOTrainer:
 
 def run_ppo(script_args: PPOScriptArguments, args: PPOConfig, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Run one PPO stage as the recipe describes; returns the final metrics."""
+    if args.output_dir:
+        recovered = recover_final_save(args.output_dir, "ppo", recipe.data, script_args.if_output_exists)
+        if recovered is not None:
+            return recovered
     return PPOTrainer(script_args, args, model_args, recipe).train()
 
 

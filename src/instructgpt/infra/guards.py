@@ -1,0 +1,106 @@
+"""What keeps a broken run from being saved as a good one: non-finite gradients stop training before the optimizer
+step, and an output is marked finished only when its weights are finite.
+
+A NaN reaches the weights through one optimizer step; after that every save writes NaN. So the check sits before the
+step: the run stops with a message that names the last good checkpoint, which is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from instructgpt.infra.errors import InstructGPTError
+
+
+class TrainingDiverged(InstructGPTError):
+    """A non-finite loss, gradient, reward or KL (or a KL past ``max_kl``): the run stops, checkpoints stay."""
+
+
+class UnsoundOutput(InstructGPTError):
+    """An output that must not be marked finished (non-finite weights, no rankings, incomplete results)."""
+
+
+def nonfinite_gradients(parameters: Iterable[torch.nn.Parameter]) -> list[int]:
+    """Indices of the parameters whose gradient holds a NaN or an infinity (this process's shard of them)."""
+    return [i for i, p in enumerate(parameters) if p.grad is not None and not torch.isfinite(p.grad).all()]
+
+
+def last_good_checkpoint(output_dir: str | Path) -> str:
+    from instructgpt.infra.outputs import last_checkpoint
+
+    checkpoint = last_checkpoint(output_dir)
+    return f"The last good checkpoint is {checkpoint}, left as it was." if checkpoint else "No checkpoint was saved yet."
+
+
+def finite_gradients_callback(output_dir: str | Path) -> Any:
+    """A ``transformers.TrainerCallback`` that stops a ``Trainer`` before an optimizer step on non-finite gradients."""
+    from transformers import TrainerCallback
+
+    class FiniteGradients(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            fault_point("train_step")
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if model is None:
+                return
+            bad = nonfinite_gradients(model.parameters())
+            if bad:
+                raise TrainingDiverged(
+                    f"optimizer step {state.global_step + 1}: {len(bad)} parameter gradient(s) hold NaN or inf (a "
+                    f"non-finite loss); stopping before the step. {last_good_checkpoint(output_dir)}"
+                )
+
+    return FiniteGradients()
+
+
+def nonfinite_weights(directory: str | Path) -> list[str]:
+    """Names of the tensors in ``directory``'s safetensors files that hold a NaN or an infinity."""
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad.append(name)
+    return bad
+
+
+def check_weights(directory: str | Path) -> None:
+    """Refuse to finish a run whose saved weights are not all finite."""
+    bad = nonfinite_weights(directory)
+    if bad:
+        raise UnsoundOutput(
+            f"{directory}: {len(bad)} saved tensor(s) hold NaN or inf (first: {bad[0]}); the run is not marked "
+            "finished"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fault injection: real kills at exact points, for the fault tests
+# --------------------------------------------------------------------------------------------------------------
+
+FAULT_ENV = "INSTRUCTGPT_FAULT"
+_hits: Counter[str] = Counter()
+
+
+def fault_point(name: str) -> None:
+    """With ``INSTRUCTGPT_FAULT=<name>`` (or ``<name>:<n>``, the n-th time it is reached) the process kills itself
+    with SIGKILL right here: no cleanup, no ``finally``, as a power cut or the OOM killer would. Without the variable
+    this does nothing. ``tests/test_faults.py`` uses it to stop real runs at the points where a crash hurts most."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] += 1
+    if _hits[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
