@@ -27,8 +27,15 @@ class UnsoundOutput(InstructGPTError):
 
 
 def nonfinite_gradients(parameters: Iterable[torch.nn.Parameter]) -> list[int]:
-    """Indices of the parameters whose gradient holds a NaN or an infinity (this process's shard of them)."""
-    return [i for i, p in enumerate(parameters) if p.grad is not None and not torch.isfinite(p.grad).all()]
+    """Indices of the parameters whose gradient holds a NaN or an infinity (this process's shard of them).
+
+    The common case costs one fused norm over all gradients (``torch.nn.utils.get_total_norm``, foreach kernels)
+    and one scalar check; only a non-finite total looks at the gradients one by one.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params or torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params])):
+        return []
+    return [i for i, p in enumerate(params) if not torch.isfinite(p.grad).all()]
 
 
 def last_good_checkpoint(output_dir: str | Path) -> str:

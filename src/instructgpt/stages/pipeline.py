@@ -579,8 +579,31 @@ def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, tot
             close_wandb_run()
         timings["eval"] = {"output_dir": str(output_dir), **clock.read(), "resumed": False}
         save()
+        if results:
+            add_eval_to_cards(results)
     state.wait_for_everyone()
     return results
+
+
+def add_eval_to_cards(results: dict[str, Any]) -> None:
+    """Each evaluated model's card gets the pipeline's evaluation: its win rates and its per-model numbers."""
+    from instructgpt.infra.hub import add_card_section
+
+    metrics_keys = ("labeler_score", "labeler_correct", "rm_score", "kl_to_reference", "response_tokens")
+    for name, path in results["models"].items():
+        if not is_complete(path):  # only the pipeline's own outputs, never a shipped or downloaded model
+            continue
+        rows = [f"| {h['model']} vs {h['baseline']} | {100 * h['win_rate']:.1f}% "
+                f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] |"
+                for h in results.get("headline", []) if name in (h["model"], h["baseline"])]
+        numbers = {k: results["metrics"].get(name, {}).get(k) for k in metrics_keys}
+        body = "\n".join([
+            f"Held-out prompts: `{results['prompts']}` ({results['num_prompts']}); judge: {results.get('labeler')}.",
+            "", "| comparison | win rate [95% CI] |", "|---|---|", *rows, "",
+            "| metric | value |", "|---|---|",
+            *[f"| {k} | {v:.4g} |" for k, v in numbers.items() if isinstance(v, (int, float))],
+        ])
+        add_card_section(path, "Evaluation (instructgpt pipeline)", body)
 
 
 def print_final_summary(console: Console, stages: list[Stage], eval_args: Any, summary: dict[str, Any]) -> None:

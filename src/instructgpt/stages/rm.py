@@ -41,6 +41,7 @@ from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prom
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
+from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import atomic_write_json, mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
@@ -304,6 +305,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         training_args.report_to, training_args.project, training_args.run_name, "rm", recipe.data,
         training_args.output_dir,
     )
+    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
     trainer = build_trainer_class()(
         model=model,
         args=training_args,
@@ -352,6 +354,20 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             {**normalization, "dataset": script_args.demonstrations_dataset,
              "note": "score_responses() returns raw reward - shift, so the demonstrations average 0"},
         )
+    if trainer.is_world_process_zero():
+        write_model_card(
+            training_args.output_dir, stage="rm", title="Reward model (InstructGPT step 2)",
+            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
+            summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
+            "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
+            "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
+            "on average.",
+            settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
+                      "train rankings": len(train_dataset)},
+            results={"reward shift": normalization["shift"],
+                     "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
+                     "held-out Kendall's tau": metrics.get("eval_kendall_tau")},
+        )
     save_trained_model(trainer, training_args.output_dir, model=final_model)  # the weights: last but the marker
     if trainer.is_world_process_zero():
         if run is not None:
@@ -359,6 +375,9 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         mark_complete(training_args.output_dir, "rm", recipe.data, metrics, weights=True)
         logger.info(f"reward model saved to {training_args.output_dir}")
     accelerator.wait_for_everyone()
+    if push and trainer.is_world_process_zero():
+        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                    token=training_args.hub_token)
     finish_wandb(run)
     return metrics
 

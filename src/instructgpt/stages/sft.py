@@ -24,6 +24,7 @@ from instructgpt.data.formats import load_demonstrations
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
+from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
@@ -158,6 +159,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
     )
     from trl import SFTTrainer
 
+    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -178,11 +180,24 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
     # output_dir/adapter for PeftModel.from_pretrained
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
+        write_model_card(
+            training_args.output_dir, stage="sft", title="Supervised fine-tuning (InstructGPT step 1)",
+            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
+            summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
+            "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
+            "formats prompts with the chat template saved beside it.",
+            settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
+                      "max_length": training_args.max_length, "LoRA r": model_args.lora_r if model_args.use_peft else None},
+            results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
+        )
     save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: the last file but the marker
     if trainer.is_world_process_zero():
         mark_complete(training_args.output_dir, "sft", recipe.data, metrics, weights=True)
         logger.info(f"SFT model saved to {training_args.output_dir}")
     trainer.accelerator.wait_for_everyone()
+    if push and trainer.is_world_process_zero():
+        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                    token=training_args.hub_token)
     finish_wandb(run)
     return metrics
 

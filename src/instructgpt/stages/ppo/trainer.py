@@ -35,6 +35,7 @@ import torch
 
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_checkpoint, nonfinite_gradients
 from instructgpt.modeling.lora import merge_adapter
 from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
@@ -102,6 +103,7 @@ class PPOTrainer:
         self._check_paths()
         self.output_dir = Path(args.output_dir)
         self.resume_from = prepare_output_dir(self.output_dir, script_args.if_output_exists, self.source, stage="ppo")
+        self.push = take_push_to_hub(args)  # pushed once the output is finished
         mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator()
@@ -757,11 +759,32 @@ class PPOTrainer:
                 state_dict={k[len("value_model."):]: v for k, v in value_state.items() if k.startswith("value_model.")},
             )
             self.tokenizer.save_pretrained(self.output_dir / VALUE_MODEL_DIR)
+            self.write_card(metrics)
         self.save_policy(self.output_dir, merged=True)
         if acc.is_main_process:
             mark_complete(self.output_dir, "ppo", self.recipe.data, metrics, weights=True)
             logger.info(f"PPO policy saved to {self.output_dir}")
         acc.wait_for_everyone()
+        if self.push and acc.is_main_process:
+            push_output(self.output_dir, self.args.hub_model_id, private=self.args.hub_private_repo,
+                        token=self.args.hub_token)
+
+    def write_card(self, metrics: dict[str, Any]) -> None:
+        args = self.args
+        write_model_card(
+            self.output_dir, stage="ppo", title="PPO policy (InstructGPT step 3)", base_model=self.policy_path,
+            datasets=[self.script_args.dataset_name, self.script_args.ptx_dataset_name],
+            hub_model_id=args.hub_model_id,
+            summary=f"The SFT policy trained with PPO against the frozen reward model `{self.script_args.reward_model_path}`"
+            f" under a per-token KL penalty to the SFT policy. The value function is saved in `{VALUE_MODEL_DIR}/`.",
+            settings={"kl_coef": args.kl_coef, "adaptive KL": args.adap_kl_ctrl, "learning_rate": args.learning_rate,
+                      "episodes per update": self.batch_size, "updates": self.num_total_batches,
+                      "PPO epochs": args.num_ppo_epochs, "ptx_coef": args.ptx_coef, "temperature": args.temperature},
+            results={"final KL to SFT (nats)": metrics.get("objective/kl"),
+                     "final normalized score": metrics.get("objective/scores"),
+                     "held-out score": metrics.get("eval/scores"), "held-out KL": metrics.get("eval/kl"),
+                     "episodes": metrics.get("episode")},
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # The loop
