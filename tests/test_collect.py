@@ -190,6 +190,9 @@ def test_collect_and_rm_under_two_process_accelerate_launch(sft_model, tmp_path)
     rows = read_jsonl(collect_dir / RANKINGS_FILE)
     assert [r["prompt_index"] for r in rows] == sorted({r["prompt_index"] for r in rows})
     assert len(rows) > 0.9 * NUM_PROMPTS
+    # the two processes' shares add up to exactly the prompts one process collects: each once, none missing
+    marker = json.loads((collect_dir / RUN_MARKER).read_text())["metrics"]
+    assert marker["num_prompts"] == NUM_PROMPTS and marker["num_processes"] == 2
 
     rm_dir = tmp_path / "rm"
     result = run_cli(accelerate_launch(
