@@ -21,8 +21,8 @@ import torch
 
 from instructgpt.data.padding import pad_sequences
 from instructgpt.modeling import format_prompt, model_context_length
+from instructgpt.data.formats import Prompt
 
-Prompt = str | list[dict[str, str]]
 
 
 def _unwrap(model: Any) -> Any:

@@ -197,10 +197,6 @@ def _mentions(annotation: Any, kind: type) -> bool:
     return any(_mentions(a, kind) for a in typing.get_args(annotation))
 
 
-def _mentions_dict(annotation: Any) -> bool:
-    return _mentions(annotation, dict)
-
-
 def _is_optional(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
@@ -256,7 +252,7 @@ class RecipeParser:
                 if "range" in field.metadata:  # ours (infra/validation.py), not an argparse keyword
                     field = _copy_field(field, field.type, {k: v for k, v in field.metadata.items() if k != "range"})
                 # HfArgumentParser has no type for "a mapping" (or "a path or a mapping"): read such values as YAML
-                if _mentions_dict(field.type):
+                if _mentions(field.type, dict):
                     field = _retyped(field)
                     HfArgumentParser._parse_dataclass_field(parser, field)
                     parser._actions[-1].type = _yaml_value
@@ -354,9 +350,6 @@ class RecipeParser:
             except (ValueError, TypeError) as err:
                 raise RecipeError(f"{source}: invalid settings for {cls.__name__}: {err}") from None
         return StageArgs(parts=tuple(parts), recipe=recipe)
-
-    def format_help(self) -> str:
-        return self.parser.format_help()
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
@@ -475,7 +468,10 @@ def _version_text() -> str:
     return f"instructgpt {__version__}"
 
 
-def parse_stage_args(argv: list[str] | None, stage: str, dataclass_types: tuple[type, ...]) -> tuple[list[Any], Recipe]:
+def parse_stage_args(
+    argv: list[str] | None, stage: str, dataclass_types: Sequence[type], *, prog: str | None = None,
+    description: str | None = None,
+) -> tuple[list[Any], Recipe]:
     """Parse ``RECIPE.yaml [--key value ...]`` for one stage into its dataclasses: ``(instances, recipe)``."""
-    args = RecipeParser(stage, dataclass_types).parse(argv)
+    args = RecipeParser(stage, dataclass_types, prog=prog, description=description).parse(argv)
     return list(args.parts), args.recipe

@@ -19,8 +19,8 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.losses import unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
 from instructgpt.modeling import check_model_path, load_tokenizer, model_context_length, model_init_kwargs
+from instructgpt.data.formats import Prompt
 
-Prompt = str | list[dict[str, str]]
 
 
 NORMALIZATION_FILE = "reward_normalization.json"

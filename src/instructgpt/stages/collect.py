@@ -42,7 +42,7 @@ from instructgpt.infra.outputs import (
     prepare_output_dir,
     read_appended_jsonl,
 )
-from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
+from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.infra.tracking import finish_wandb, start_wandb
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
 
@@ -431,8 +431,7 @@ def arguments() -> tuple[type, ...]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
     """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
-    args = RecipeParser("collect", arguments(), prog="instructgpt collect", description=__doc__).parse(argv)
-    return list(args.parts), args.recipe
+    return parse_stage_args(argv, "collect", arguments(), prog="instructgpt collect", description=__doc__)
 
 
 def run(args: StageArgs) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
+from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.infra.tracking import finish_wandb, start_wandb
 
@@ -299,8 +299,7 @@ def arguments() -> tuple[type, ...]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
     """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
-    args = RecipeParser("pretrain", arguments(), prog="instructgpt pretrain", description=__doc__).parse(argv)
-    return list(args.parts), args.recipe
+    return parse_stage_args(argv, "pretrain", arguments(), prog="instructgpt pretrain", description=__doc__)
 
 
 def run(args: StageArgs) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import atomic_write_json, mark_complete, mark_started, prepare_output_dir, recover_final_save
-from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, required
+from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.infra.tracking import finish_wandb, start_wandb
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
@@ -391,8 +391,7 @@ def arguments() -> tuple[type, ...]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
     """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
-    args = RecipeParser("rm", arguments(), prog="instructgpt-rm", description=__doc__).parse(argv)
-    return list(args.parts), args.recipe
+    return parse_stage_args(argv, "rm", arguments(), prog="instructgpt-rm", description=__doc__)
 
 
 def run(args: StageArgs) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import torch
 
 from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
 
-Prompt = str | list[dict[str, str]]
 
 
 

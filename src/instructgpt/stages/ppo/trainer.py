@@ -44,7 +44,7 @@ from instructgpt.infra.processes import no_accelerator
 from instructgpt.losses import ppo as core
 from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments
 from instructgpt.infra.entrypoint import stage_main
-from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs
+from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 
 logger = get_logger(__name__)
 
@@ -896,8 +896,7 @@ def arguments() -> tuple[type, ...]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
     """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
-    args = RecipeParser("ppo", arguments(), prog="instructgpt-ppo", description=__doc__).parse(argv)
-    return list(args.parts), args.recipe
+    return parse_stage_args(argv, "ppo", arguments(), prog="instructgpt-ppo", description=__doc__)
 
 
 def run(args: StageArgs) -> dict[str, Any]:
