@@ -4,11 +4,13 @@
     instructgpt pipeline recipes/tiny/pipeline.yaml  # every stage in order
     instructgpt sft --config recipes/tiny/sft.yaml   # any stage by name; the recipe needs no `stage:` then
     instructgpt collect recipes/tiny/collect.yaml    # sample K responses per prompt and have a labeler rank them
+    instructgpt label recipes/tiny/label.yaml        # people rank them in the browser (pip install -e '.[label]')
+    instructgpt agreement runs/tiny/label/rankings.jsonl [--labeler simulated]   # how much the labelers agree
     instructgpt eval --models sft=runs/sft ppo=runs/ppo --prompts data/tiny/eval_prompts.jsonl --output_dir DIR
     instructgpt generate MODEL --prompt "..."
     instructgpt chat MODEL
 
-Stages: pretrain, sft, collect, rm, ppo, eval, pipeline. Tools: generate, chat.
+Stages: pretrain, sft, collect, label, rm, ppo, eval, pipeline. Tools: generate, chat, agreement.
 `instructgpt <stage or tool> --help` lists its settings, with their help and defaults; --version prints the version.
 """
 
@@ -26,6 +28,7 @@ from instructgpt.stages import STAGES
 TOOLS = {
     "generate": "instructgpt.stages.generate",
     "chat": "instructgpt.stages.generate:chat_main",
+    "agreement": "instructgpt.stages.agreement",
 }
 
 

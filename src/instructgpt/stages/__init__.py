@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "sft": "instructgpt.stages.sft",
     "collect": "instructgpt.stages.collect",
     "rm": "instructgpt.stages.rm",
+    "label": "instructgpt.stages.label",
     "ppo": "instructgpt.stages.ppo.trainer",
     "eval": "instructgpt.stages.eval",
     "pipeline": "instructgpt.stages.pipeline",
