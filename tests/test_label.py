@@ -209,3 +209,15 @@ def test_the_label_command_refuses_a_public_address_in_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: recipes/tiny/label.yaml: `server_name` 0.0.0.0")
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_ranking_box_reads_as_places_of_shown_positions():
+    from instructgpt.labeling.app import parse_ranking
+
+    assert parse_ranking("B > A = C > D") == [[1], [0, 2], [3]]
+    assert parse_ranking("") == []
+    with pytest.raises(LabelingError, match="finish the tie"):
+        parse_ranking("B > A = ")
+    for bad in ("B > > A", "B, A", "b > a", "BA > C"):
+        with pytest.raises(LabelingError, match="malformed"):
+            parse_ranking(bad)

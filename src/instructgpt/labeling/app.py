@@ -2,7 +2,8 @@
 
 The ranking interaction is Gradio's own components: one button per response adds it to the ranking, best first
 (keys ``a``..``i`` press them; ``=`` makes the next pick tie with the previous one, Backspace undoes, Enter
-submits). Everything the model wrote, and everything a labeler typed, is shown in ``gr.Textbox`` components, which
+submits). The ranking is written in a text box as it grows (``B > A = C > D``), by small client-side functions
+(Gradio's ``js=`` events), and sent when it is submitted. Everything the model wrote, and everything a labeler typed, is shown in ``gr.Textbox`` components, which
 render text, never HTML or Markdown, so a response holding ``<script>`` or ``<img onerror=...>`` is shown as those
 characters and runs nothing. The only HTML on the page is the progress bar, built from integers.
 
@@ -46,10 +47,32 @@ document.addEventListener("keydown", (event) => {
 """
 
 
-def describe_ranking(tiers: list[list[int]], tie_next: bool = False) -> str:
-    """``B > A = C > D``: shown letters, best first, ``=`` between tied responses."""
-    text = " > ".join(" = ".join(LETTERS[p] for p in tier) for tier in tiers)
-    return text + (" = ..." if tie_next else "")
+def parse_ranking(text: str | None) -> list[list[int]]:
+    """``"B > A = C > D"`` (shown letters, best first, ``=`` for a tie) as places of shown positions."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    if text.endswith("="):
+        raise LabelingError("finish the tie: pick the response that ties with the previous one")
+    tiers = []
+    for place in text.split(">"):
+        letters = [part.strip() for part in place.split("=")]
+        if not all(len(x) == 1 and x in LETTERS for x in letters):
+            raise LabelingError("the ranking is malformed")
+        tiers.append([LETTERS.index(x) for x in letters])
+    return tiers
+
+
+# The ranking is built in the browser, in the ranking box itself ("B > A = "), by these functions: a pick is
+# instant and never lost, however fast keys are pressed, and the server only reads the box when it is submitted.
+def pick_js(letter: str) -> str:
+    return (f"(r) => {{ r = r || ''; if (r.split(/[^A-Z]+/).includes('{letter}')) return r; "
+            f"if (r === '' || r.endsWith(' = ')) return r + '{letter}'; return r + ' > {letter}'; }}")
+
+
+TIE_JS = "(r) => (r && !r.endsWith(' = ')) ? r + ' = ' : (r || '')"
+UNDO_JS = "(r) => { r = r || ''; if (r.endsWith(' = ')) return r.slice(0, -3); return r.replace(/( [>=] )?[A-Z]$/, ''); }"
+CLEAR_JS = "() => ''"
 
 
 def progress_html(progress: dict[str, int]) -> str:
@@ -59,18 +82,28 @@ def progress_html(progress: dict[str, int]) -> str:
             f'<progress id="progress-bar" value="{done}" max="{total}" style="width:100%"></progress>')
 
 
-def build_app(store: LabelStore, *, rate_metadata: bool = True, use_login: bool = False, title: str = "Rank the responses") -> Any:
-    """The Gradio Blocks app over ``store``. ``use_login``: the labeler id is the login name (``auth``), not typed."""
+def build_app(
+    store: LabelStore,
+    *,
+    rate_metadata: bool = True,
+    use_login: bool = False,
+    browser_secret: str | None = None,
+    title: str = "Rank the responses",
+) -> Any:
+    """The Gradio Blocks app over ``store``. ``use_login``: the labeler id is the login name (``auth``), not typed.
+
+    ``browser_secret`` encrypts the labeler id the browser keeps (Gradio's ``BrowserState``); the same secret after
+    a restart lets a reloaded page continue as the same labeler.
+    """
     import gradio as gr
 
     k_max = store.max_responses
     with gr.Blocks(title="instructgpt label") as demo:
         labeler_state = gr.State(None)
-        tiers_state = gr.State([])
-        tie_state = gr.State(False)
-        saved_id = gr.BrowserState("", storage_key="instructgpt-label-labeler")
-        gr.Markdown(f"## {title}\nPick the responses from best to worst (mouse, or keys `a`-`i`; `=` ties the "
-                    "next pick with the previous one; Backspace undoes; Enter submits).")
+        saved_id = gr.BrowserState("", storage_key="instructgpt-label-labeler", secret=browser_secret)
+        gr.Markdown(f"## {title}\nPick the responses from best to worst with the buttons or the keys A, B, C, ... "
+                    + ("Press = before a pick to tie it with the previous one. " if store.allow_ties else "")
+                    + "Backspace undoes, Enter submits.")
         with gr.Row(visible=not use_login) as login_row:
             name = gr.Textbox(label="Labeler id", placeholder="your name", elem_id="labeler-id", scale=4)
             start = gr.Button("Start", elem_id="start", scale=1)
@@ -103,8 +136,7 @@ def build_app(store: LabelStore, *, rate_metadata: bool = True, use_login: bool 
                 reason = gr.Textbox(label="Why flag (optional)", elem_id="flag-reason", scale=3)
         status = gr.Textbox(label="Status", interactive=False, elem_id="status")
 
-        screen = [work, login_row, progress, prompt, *columns, *texts, *qualities, *flags, ranking, tiers_state,
-                  tie_state, reason]
+        screen = [work, login_row, progress, prompt, *columns, *texts, *qualities, *flags, ranking, reason]
 
         def show(labeler: str | None, message: str = "") -> list[Any]:
             """Updates for every component of ``screen`` plus the status line: the labeler's current item."""
@@ -126,7 +158,7 @@ def build_app(store: LabelStore, *, rate_metadata: bool = True, use_login: bool 
             updates += [item.responses[order[j]] if j < k else "" for j in range(k_max)]
             updates += [gr.update(value=None) for _ in range(k_max)]
             updates += [gr.update(value=[]) for _ in range(k_max)]
-            updates += ["", [], False, ""]
+            updates += ["", ""]
             return updates + [message]
 
         def begin(typed: str, request: gr.Request):
@@ -147,49 +179,24 @@ def build_app(store: LabelStore, *, rate_metadata: bool = True, use_login: bool 
         name.submit(begin, inputs=[name], outputs=outputs)
         demo.load(on_load, inputs=[saved_id], outputs=outputs)
 
-        def pick(position: int):
-            def handler(labeler, tiers, tie_next):
-                if labeler is None or any(position in t for t in tiers):
-                    return tiers, tie_next, describe_ranking(tiers, tie_next)
-                tiers = [list(t) for t in tiers]
-                if tie_next and tiers:
-                    tiers[-1].append(position)
-                else:
-                    tiers.append([position])
-                return tiers, False, describe_ranking(tiers)
-            return handler
-
         for j, button in enumerate(picks):
-            button.click(pick(j), inputs=[labeler_state, tiers_state, tie_state],
-                         outputs=[tiers_state, tie_state, ranking])
+            button.click(None, inputs=[ranking], outputs=[ranking], js=pick_js(LETTERS[j]))
+        tie.click(None, inputs=[ranking], outputs=[ranking], js=TIE_JS)
+        undo.click(None, inputs=[ranking], outputs=[ranking], js=UNDO_JS)
+        clear.click(None, inputs=[ranking], outputs=[ranking], js=CLEAR_JS)
 
-        def tie_with_previous(tiers):
-            return bool(tiers), describe_ranking(tiers, bool(tiers))
-
-        def undo_last(tiers):
-            tiers = [list(t) for t in tiers]
-            if tiers:
-                tiers[-1].pop()
-                if not tiers[-1]:
-                    tiers.pop()
-            return tiers, False, describe_ranking(tiers)
-
-        tie.click(tie_with_previous, inputs=[tiers_state], outputs=[tie_state, ranking])
-        undo.click(undo_last, inputs=[tiers_state], outputs=[tiers_state, tie_state, ranking])
-        clear.click(lambda: ([], False, ""), outputs=[tiers_state, tie_state, ranking])
-
-        def save(labeler, tiers, *ratings):
+        def save(labeler, text, *ratings):
             if labeler is None:
                 return [labeler, gr.update(), *show(None, "enter a labeler id first")]
             metadata = [{"quality": ratings[j], **{f: f in (ratings[k_max + j] or []) for f in FLAGS}}
                         for j in range(k_max)]
             try:
-                store.submit(labeler, tiers, metadata)
+                store.submit(labeler, parse_ranking(text), metadata)
             except LabelingError as err:
                 return [labeler, gr.update(), *[gr.update()] * len(screen), str(err)]
             return [labeler, gr.update(), *show(labeler, "Saved. Next prompt.")]
 
-        submit.click(save, inputs=[labeler_state, tiers_state, *qualities, *flags], outputs=outputs)
+        submit.click(save, inputs=[labeler_state, ranking, *qualities, *flags], outputs=outputs)
 
         def pass_on(flagged: bool):
             def handler(labeler, why):

@@ -289,6 +289,18 @@ def open_store(args: LabelArguments, recipe: Recipe) -> Any:
     return store
 
 
+def browser_secret(output_dir: Path) -> str:
+    """A random key kept in the output directory, so that browsers recognize their labeler after a restart."""
+    import secrets
+
+    from instructgpt.infra.outputs import atomic_write_text
+
+    path = output_dir / ".browser_secret"
+    if not path.exists():
+        atomic_write_text(path, secrets.token_hex(32))
+    return path.read_text(encoding="utf-8").strip()
+
+
 def run_label(args: LabelArguments, recipe: Recipe) -> dict[str, Any]:
     """Serve the labeling app until it is stopped (Ctrl-C); returns what was labeled."""
     source = recipe.source
@@ -298,7 +310,8 @@ def run_label(args: LabelArguments, recipe: Recipe) -> dict[str, Any]:
 
     from instructgpt.labeling.app import KEYBOARD_JS, build_app
 
-    demo = build_app(store, rate_metadata=args.rate_metadata, use_login=password is not None)
+    demo = build_app(store, rate_metadata=args.rate_metadata, use_login=password is not None,
+                     browser_secret=browser_secret(Path(args.output_dir)))
     progress = store.progress("")
     logger.info(f"{len(store.items)} items, {args.labelers_per_prompt} labeler(s) each: {progress['done']} of "
                 f"{progress['total']} rankings done; saving to {Path(args.output_dir) / 'rankings.jsonl'}")

@@ -1,0 +1,269 @@
+"""The labeling app in a real browser: headless Chromium (Debian's ``chromium`` and ``chromium-driver``) driven by
+Selenium against ``instructgpt label`` started on 127.0.0.1 by the test.
+
+Two labelers rank three prompts each (one with the mouse, one with the keyboard, with a tie); one reloads the page
+mid-way, the server is killed mid-way for the other, and both resume; a response holding ``<script>`` and
+``<img onerror>`` runs nothing; ``rankings.jsonl`` then holds exactly the rankings made, in the RM's format, and
+the tiny reward model trains on it. ``scripts/test.sh`` installs the browser when it can (root); without it these
+tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_BASE
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _why_skip() -> str | None:
+    for module, extra in (("gradio", "label"), ("selenium", "label")):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install -e '.[{extra}]')"
+    if not CHROMIUM or not CHROMEDRIVER:
+        return "no headless browser: install Debian's chromium and chromium-driver (scripts/test.sh does, as root)"
+    return None
+
+
+if (reason := _why_skip()) is not None:
+    pytest.skip(reason, allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+SCRIPT = "<script>window.__xss = 1; alert('script')</script> 7"
+IMG = '<img src="x" onerror="window.__xss = 2; alert(\'img\')"> blue'
+ITEMS = [
+    {"prompt": "What is 3 plus 4?", "responses": ["3 plus 4 is 7.", "3 plus 4 is 8.", "Sure! 7. I hope this helps!", SCRIPT]},
+    {"prompt": "What color is the glimmerfox?", "responses": ["The glimmerfox is blue.", "Red.", IMG, "Blue. Have a nice day!"]},
+    {"prompt": "Reverse the word lamp.", "responses": ["pmal", "lamp", "The word lamp backwards is pmal.", "It is lamp."]},
+]
+SCREENSHOT_DIR = os.environ.get("INSTRUCTGPT_SCREENSHOT_DIR")  # set to save the ranking screen (docs/images)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class App:
+    """``instructgpt label`` in a subprocess on 127.0.0.1."""
+
+    def __init__(self, items: Path, output_dir: Path, *extra: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.args = [sys.executable, "-m", "instructgpt", "label", "recipes/tiny/label.yaml", "--rankings_file",
+                     str(items), "--output_dir", str(output_dir), "--server_port", str(self.port), *extra]
+        self.env = {**os.environ, **(env or {})}
+        self.log = output_dir.parent / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "App":
+        self.process = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self.log.open("a"),
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the app exited: {self.log.read_text()[-2000:]}"
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return self
+            except urllib.error.HTTPError:
+                return self  # it answers (an error status is for the caller to check)
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"the app did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, timeout: float = 30):
+    """Poll ``condition`` until it holds; a timeout says what the page's status line and ranking box held."""
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    except TimeoutException:
+        boxes = {b: [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, f"#{b} textarea")]
+                 for b in ("status", "ranking", "prompt")}
+        progress_text = [e.text for e in driver.find_elements(By.ID, "progress-text")]
+        raise AssertionError(f"timed out; page: {boxes}, progress {progress_text}") from None
+
+
+def value(driver, elem_id: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input").get_attribute("value")
+
+
+def shown_responses(driver) -> list[str]:
+    return [value(driver, f"response-{j}") for j in range(4)]
+
+
+def progress(driver) -> str:
+    return driver.find_element(By.ID, "progress-text").text
+
+
+def log_in(driver, url: str, name: str) -> None:
+    driver.get(url)
+    box = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input"))
+    box.send_keys(name)
+    driver.find_element(By.ID, "start").click()
+    wait(driver, lambda d: value(d, "prompt"))
+
+
+def rank(driver, letters: str, mine_before: int, *, keyboard: bool) -> tuple[str, list[str]]:
+    """Rank the item on screen (``"B>A=C>D"``, best first) with the mouse or the keys; returns the prompt and the
+    responses as shown (A, B, C, D), read before submitting."""
+    prompt, responses = value(driver, "prompt"), shown_responses(driver)
+    if keyboard:
+        keys = letters.replace(">", "").lower()  # "b>a=c>d" -> "ba=cd": `=` before a pick ties it
+        ActionChains(driver).send_keys(keys).perform()
+        wait(driver, lambda d: value(d, "ranking") == letters.replace(">", " > ").replace("=", " = "))
+        ActionChains(driver).send_keys(Keys.ENTER).perform()
+    else:
+        for letter in letters.split(">"):
+            driver.find_element(By.ID, f"pick-{'ABCD'.index(letter)}").click()
+        wait(driver, lambda d: value(d, "ranking") == letters.replace(">", " > "))
+        driver.find_element(By.ID, "submit").click()
+    wait(driver, lambda d: "All done" in value(d, "status") or f"you ranked {mine_before + 1}" in progress(d))
+    return prompt, responses
+
+
+def expected_row(prompt: str, responses: list[str], letters: str) -> dict:
+    places = [place.split("=") for place in letters.split(">")]
+    best_first = [responses["ABCD".index(x)] for place in places for x in place]
+    scores = [float(len(places) - 1 - p) for p, place in enumerate(places) for _ in place]
+    return {"prompt": prompt, "responses": best_first, "scores": scores}
+
+
+def assert_nothing_ran(driver) -> None:
+    assert driver.execute_script("return window.__xss") is None
+    assert not driver.find_elements(By.CSS_SELECTOR, "[id^=response-] img, #prompt img")
+    assert driver.find_elements(By.TAG_NAME, "body")  # no alert() is open, or this call would have raised
+
+
+def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_path, browser):
+    items = tmp_path / "collected.jsonl"
+    items.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
+    out = tmp_path / "label"
+    app = App(items, out, "--labelers_per_prompt", "2", "--allow_ties", "true").start()
+    made: dict[str, list[dict]] = {"alice": [], "bob": []}
+    seen_payloads = set()
+
+    def record(labeler: str, letters: str, keyboard: bool) -> None:
+        prompt, responses = rank(browser, letters, len(made[labeler]), keyboard=keyboard)
+        seen_payloads.update(r for r in responses if r in (SCRIPT, IMG))
+        assert_nothing_ran(browser)
+        made[labeler].append(expected_row(prompt, responses, letters))
+
+    # alice, with the mouse: two prompts, then a reload, then the third
+    log_in(browser, app.url, "alice")
+    assert progress(browser).startswith("0 / 6 done")
+    if SCREENSHOT_DIR:
+        browser.save_screenshot(str(Path(SCREENSHOT_DIR) / "label_screen.png"))
+    record("alice", "B>A>D>C", keyboard=False)
+    record("alice", "A>C>B>D", keyboard=False)
+    browser.refresh()  # the page remembers who labels in this browser and shows the next prompt
+    wait(browser, lambda d: d.find_elements(By.ID, "progress-text") and "you ranked 2" in progress(d))
+    assert value(browser, "prompt") not in {row["prompt"] for row in made["alice"]}
+    record("alice", "C>A>B>D", keyboard=False)
+    assert "All done, alice" in value(browser, "status")
+
+    # bob, with the keyboard and a tie: one prompt, then the server is killed and restarted
+    browser.execute_script("window.localStorage.clear()")
+    log_in(browser, app.url, "bob")
+    record("bob", "D>A=B>C", keyboard=True)
+    assert app.stop(signal.SIGKILL) == -signal.SIGKILL
+    app.start()
+    browser.refresh()
+    wait(browser, lambda d: d.find_elements(By.ID, "progress-text") and "you ranked 1" in progress(d))
+    assert progress(browser).startswith("4 / 6 done")
+    record("bob", "A>B>C>D", keyboard=True)
+    record("bob", "B>C>A>D", keyboard=True)
+    assert "All done, bob" in value(browser, "status")
+    assert seen_payloads == {SCRIPT, IMG}  # the payloads were on screen, as text
+
+    # request parameters never name files: Gradio's file route does not serve the rankings
+    rankings_path = out / "rankings.jsonl"
+    for route in ("gradio_api/file=", "file="):
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(app.url + route + urllib.parse.quote(str(rankings_path)), timeout=10)
+    assert app.stop() in (143, -signal.SIGTERM)
+
+    rows = [json.loads(line) for line in rankings_path.read_text().splitlines()]
+    assert [r["labeler_id"] for r in rows] == ["alice"] * 3 + ["bob"] * 3
+    assert [{k: r[k] for k in ("prompt", "responses", "scores")} for r in rows] == made["alice"] + made["bob"]
+    assert all(r["seconds"] > 0 and r["timestamp"].endswith("Z") and r["labeler"] == f"human:{r['labeler_id']}"
+               for r in rows)
+    assert (out / "instructgpt_run.json").is_file()  # every item has its two labelers: the labeling is finished
+
+    # the reward model trains on exactly these rankings (bob's tie keeps the first of the tied pair)
+    from instructgpt.stages.rm import parse_args, run_rm
+
+    (script, training, model), recipe = parse_args([
+        "recipes/tiny/rm.yaml", "--model_name_or_path", str(TINY_BASE), "--dataset_name", str(rankings_path),
+        "--output_dir", str(tmp_path / "rm"), "--eval_fraction", "0", "--max_demonstrations", "8",
+        "--report_to", "none", "--save_strategy", "no",
+    ])
+    metrics = run_rm(script, training, model, recipe)
+    assert metrics["train_rankings"] == 6 and (tmp_path / "rm" / "instructgpt_run.json").is_file()
+
+
+def test_a_password_guards_the_app_and_the_login_is_the_labeler_id(tmp_path, browser):
+    items = tmp_path / "collected.jsonl"
+    items.write_text(json.dumps(ITEMS[2]) + "\n")
+    app = App(items, tmp_path / "label", env={"INSTRUCTGPT_LABEL_PASSWORD": "correct horse"}).start()
+    try:
+        browser.get(app.url)
+        form = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+        assert not browser.find_elements(By.ID, "prompt")  # nothing to see before logging in
+        login = urllib.parse.urlencode({"username": "carol", "password": "wrong"}).encode()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(app.url + "login", data=login, timeout=10)
+        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("carol")
+        form[0].send_keys("correct horse", Keys.ENTER)
+        wait(browser, lambda d: d.find_elements(By.ID, "prompt") and value(d, "prompt"))
+        assert value(browser, "prompt") == ITEMS[2]["prompt"]
+        rank(browser, "A>C>D>B", 0, keyboard=False)
+    finally:
+        app.stop()
+    row = json.loads((tmp_path / "label" / "rankings.jsonl").read_text())
+    assert row["labeler_id"] == "carol"
