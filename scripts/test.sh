@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the default test suite (slow tests excluded; `-m slow` runs them).
+# The labeling app's browser tests need Gradio and Selenium (the `[label]` extra, installed here) and Debian's
+# chromium + chromium-driver: installed here when missing and we are root; otherwise they are skipped, and we say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+pip install -q -e ".[test,label]"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium and chromium-driver for the browser tests"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+  else
+    echo "browser tests will be skipped: chromium/chromedriver are missing and installing them needs root" \
+         "(run: sudo apt-get install chromium chromium-driver)" >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 python -m pytest -q "$@"

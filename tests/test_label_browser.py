@@ -255,6 +255,8 @@ def test_a_password_guards_the_app_and_the_login_is_the_labeler_id(tmp_path, bro
         browser.get(app.url)
         form = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
         assert not browser.find_elements(By.ID, "prompt")  # nothing to see before logging in
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(app.url + "config", timeout=10)  # nor to ask the API for
         login = urllib.parse.urlencode({"username": "carol", "password": "wrong"}).encode()
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(app.url + "login", data=login, timeout=10)
