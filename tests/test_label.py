@@ -221,3 +221,34 @@ def test_the_ranking_box_reads_as_places_of_shown_positions():
     for bad in ("B > > A", "B, A", "b > a", "BA > C"):
         with pytest.raises(LabelingError, match="malformed"):
             parse_ranking(bad)
+
+
+def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeling_is_refused(tmp_path):
+    from conftest import TINY_BASE
+    from instructgpt.infra.outputs import OutputDirError
+    from instructgpt.labeling import ITEMS_FILE
+    from instructgpt.stages.label import open_store, parse_args
+
+    argv = ["recipes/tiny/label.yaml", "--rankings_file", "null", "--model_name_or_path", str(TINY_BASE),
+            "--dataset_name", "data/tiny/rm_prompts.jsonl", "--max_prompts", "3", "--max_new_tokens", "12",
+            "--labelers_per_prompt", "1", "--output_dir", str(tmp_path / "label")]
+    (args,), recipe = parse_args(argv)
+    store = open_store(args, recipe)
+    prompts = [json.loads(line)["prompt"] for line in Path("data/tiny/rm_prompts.jsonl").read_text().splitlines()[:3]]
+    assert [it.prompt for it in store.items] == prompts[: len(store.items)] and len(store.items) >= 2
+    for item in store.items:
+        assert 2 <= len(item.responses) <= 4 and len({" ".join(r.split()) for r in item.responses}) == len(item.responses)
+    saved = (tmp_path / "label" / ITEMS_FILE).read_text()
+    again = open_store(args, recipe)  # a restart shows the very same responses, not new samples
+    assert [(it.prompt, it.responses) for it in again.items] == [(it.prompt, it.responses) for it in store.items]
+    args.temperature = 0.5
+    with pytest.raises(OutputDirError, match=r"labeling of other items \(`temperature` was 1.0, now 0.5\)"):
+        open_store(args, recipe)
+    args.temperature = 1.0
+    for item in store.items:
+        assert store.current("ann") == item.index
+        store.submit("ann", [[j] for j in range(len(item.responses))])
+    assert (tmp_path / "label" / "instructgpt_run.json").is_file()  # every item has its labeler: finished
+    assert (tmp_path / "label" / ITEMS_FILE).read_text() == saved
+    with pytest.raises(OutputDirError, match="holds a finished labeling"):
+        open_store(args, recipe)

@@ -98,7 +98,7 @@ def build_app(
     import gradio as gr
 
     k_max = store.max_responses
-    with gr.Blocks(title="instructgpt label") as demo:
+    with gr.Blocks(title="instructgpt label", analytics_enabled=False) as demo:
         labeler_state = gr.State(None)
         saved_id = gr.BrowserState("", storage_key="instructgpt-label-labeler", secret=browser_secret)
         gr.Markdown(f"## {title}\nPick the responses from best to worst with the buttons or the keys A, B, C, ... "
