@@ -116,7 +116,7 @@ def browser():
     driver.quit()
 
 
-def wait(driver, condition, timeout: float = 30):
+def wait(driver, condition, timeout: float = 60):
     """Poll ``condition`` until it holds; a timeout says what the page's status line and ranking box held."""
     from selenium.common.exceptions import TimeoutException
 
