@@ -9,7 +9,8 @@ decision, so the rules below hold whatever the front end does:
   the recipe's seed (a reload shows the same order); the order is recorded in the row (``shown_order``).
 - **Assignment.** Every item goes to ``labelers_per_prompt`` different labelers (the overlap that agreement is
   measured on). A labeler gets the lowest-numbered item that they have not ranked, skipped or flagged, and that
-  does not already have its labelers, counting those who have it on screen now. Item ids never travel in a
+  does not already have its labelers, counting those who have it on screen now (a skip or a flag counts as one of
+  its labelers: a person declined it, and it is not pushed on the next one). Item ids never travel in a
   request: the server knows which item is on whose screen, and a request only says how it was ranked.
 - **Saving.** A submitted ranking is one line of ``rankings.jsonl``, in the format the reward-model stage and the
   ``file:`` labeler read (``prompt``, ``responses`` best first, ``scores``), plus who, when and how long. A skip or
