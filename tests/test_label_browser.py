@@ -155,7 +155,8 @@ def rank(driver, letters: str, mine_before: int, *, keyboard: bool) -> tuple[str
     prompt, responses = value(driver, "prompt"), shown_responses(driver)
     if keyboard:
         keys = letters.replace(">", "").lower()  # "b>a=c>d" -> "ba=cd": `=` before a pick ties it
-        ActionChains(driver).send_keys(keys[0], "c", Keys.BACKSPACE, keys[1:]).perform()  # a pick undone on the way
+        undone = "b" if keys[0] == "a" else "a"  # a pick undone on the way: Backspace
+        ActionChains(driver).send_keys(keys[0], undone, Keys.BACKSPACE, keys[1:]).perform()
         wait(driver, lambda d: value(d, "ranking") == letters.replace(">", " > ").replace("=", " = "))
         ActionChains(driver).send_keys(Keys.ENTER).perform()
     else:
