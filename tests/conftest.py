@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Trackio (the tiny recipes' dashboard) keeps its database here, not in the user's ~/.cache/huggingface/trackio
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="instructgpt-trackio-"))
 
 
 @pytest.fixture(autouse=True)

@@ -23,12 +23,13 @@ def hub(monkeypatch):
     calls: list[dict] = []
 
     def create_repo(self, repo_id, **kwargs):
-        calls.append({"create": repo_id})
+        calls.append({"create": repo_id, "repo_type": kwargs.get("repo_type")})
 
-    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, repo_type=None, **kwargs):
         folder = Path(folder_path)
         calls.append({"repo_id": repo_id, "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                                                          if p.is_file()), "ignore": ignore_patterns})
+                                                          if p.is_file()), "ignore": ignore_patterns,
+                      "repo_type": repo_type})
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
@@ -118,3 +119,35 @@ def test_ppo_card_says_where_the_value_model_is_and_push_comes_last(collected, s
     assert f"{summary['objective/kl']:.4g}" in body
     (upload,) = [c for c in hub if "files" in c]
     assert {RUN_MARKER, "README.md", "model.safetensors", "value_model/model.safetensors"} <= set(upload["files"])
+
+
+def test_pretrain_card_and_push(tmp_path, hub):
+    from instructgpt.stages.pretrain import parse_args, run_pretrain
+
+    out = tmp_path / "base"
+    (args, training), recipe = parse_args([
+        "recipes/tiny/pretrain.yaml", "--output_dir", str(out), "--report_to", "none", "--max_steps", "2",
+        "--save_strategy", "no", "--eval_strategy", "no", "--probe_tiny_world", "false", "--max_documents", "200",
+        "--push_to_hub", "true", "--hub_model_id", "someone/tiny-base",
+    ])
+    run_pretrain(args, training, recipe)
+    meta, body = card_metadata(out)
+    assert {"instructgpt", "pretrain"} <= set(meta["tags"])
+    assert "Pretraining" in body and "| layers | 4 |" in body
+    (upload,) = [c for c in hub if "files" in c]
+    assert upload["repo_id"] == "someone/tiny-base" and upload["repo_type"] in (None, "model")
+    assert {"README.md", "model.safetensors", "tokenizer.json", RUN_MARKER} <= set(upload["files"])
+
+
+def test_collect_writes_a_dataset_card_and_pushes_a_dataset_repo(sft_model, tmp_path, hub):
+    from conftest import collect
+
+    out = tmp_path / "rankings"
+    metrics = collect(out, sft_model, "--max_prompts", "6", "--max_new_tokens", "8", "--push_to_hub", "true",
+                      "--hub_dataset_id", "someone/tiny-rankings")
+    meta, body = card_metadata(out)
+    assert {"instructgpt", "collect", "preference"} <= set(meta["tags"])
+    assert f"| num_rankings | {metrics['num_rankings']} |" in body and str(sft_model) in body
+    (upload,) = [c for c in hub if "files" in c]
+    assert upload["repo_type"] == "dataset" and upload["repo_id"] == "someone/tiny-rankings"
+    assert {"README.md", "rankings.jsonl", RUN_MARKER} <= set(upload["files"])

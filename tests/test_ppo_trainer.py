@@ -213,3 +213,29 @@ def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_mo
         ppo(tmp_path / "few", sft_model, trained_rm[0], "--dataset_name", str(prompts), "--dataset_train_split",
             "train_gen", "--eval_num_prompts", "0", "--total_episodes", "64")
     assert not (tmp_path / "few" / RUN_MARKER).exists()
+
+
+@pytest.mark.parametrize("backend", ["fsdp", "deepspeed", "none"])
+def test_frozen_models_are_prepared_for_the_accelerator_backend(monkeypatch, backend):
+    """Under FSDP and DeepSpeed the reference and reward models go through TRL's helpers (sharded like the policy),
+    otherwise they are moved to the process's device. FSDP needs a GPU, so the helpers are replaced at their
+    boundary here; the README says which combinations ran where."""
+    from types import SimpleNamespace
+
+    import trl.models.utils as trl_utils
+
+    from instructgpt.infra.processes import prepare_frozen_model
+
+    calls = []
+    monkeypatch.setattr(trl_utils, "prepare_fsdp", lambda model, acc: calls.append(("fsdp", model)) or "sharded")
+    monkeypatch.setattr(trl_utils, "prepare_deepspeed", lambda model, acc: calls.append(("deepspeed", model)) or "engine")
+    state = SimpleNamespace(deepspeed_plugin=object() if backend == "deepspeed" else None,
+                            fsdp_plugin=object() if backend == "fsdp" else None)
+    accelerator = SimpleNamespace(state=state, device=torch.device("cpu"))
+    model = torch.nn.Linear(2, 2)
+    prepared = prepare_frozen_model(model, accelerator)
+    assert prepare_frozen_model(None, accelerator) is None
+    if backend == "none":
+        assert prepared is model and calls == []
+    else:
+        assert prepared == {"fsdp": "sharded", "deepspeed": "engine"}[backend] and calls == [(backend, model)]

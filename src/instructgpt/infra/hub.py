@@ -29,7 +29,7 @@ INSTRUCTGPT_CITATION = """\
     booktitle    = {Advances in Neural Information Processing Systems 35 (NeurIPS 2022)},
 }"""
 # folders and files a finished output holds that the Hub copy does not need
-NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "wandb/**", ".*", "*.tmp"]
+NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "wandb/**", "runs/**", "mlruns/**", ".*", "*.tmp"]
 
 
 class HubError(InstructGPTError):
@@ -104,6 +104,45 @@ def write_model_card(
     return path
 
 
+def write_dataset_card(
+    output_dir: str | Path,
+    *,
+    stage: str,
+    title: str,
+    source_model: str | None,
+    datasets: Sequence[str | None] = (),
+    summary: str = "",
+    settings: dict[str, Any] | None = None,
+    results: dict[str, Any] | None = None,
+) -> Path:
+    """Write a dataset card ``README.md`` (atomically) into ``output_dir``, for stages whose output is data (the
+    rankings of ``collect``): huggingface_hub's ``DatasetCard`` metadata, then what the stage did and measured."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from instructgpt.infra.outputs import atomic_write_text
+
+    output_dir = Path(output_dir)
+    data = DatasetCardData(
+        tags=["instructgpt", "rlhf", stage, "preference"], task_categories=["text-generation"],
+        source_datasets=[d for d in (hub_id(d) for d in datasets) if d] or None,
+    )
+    lines = [f"# {output_dir.name}", "", f"## {title}", "", summary.strip(), ""]
+    if source_model:
+        lines += [f"Responses sampled from `{source_model}`.", ""]
+    local = [d for d in datasets if d and not hub_id(d)]
+    if local:
+        lines += ["Prompts: " + ", ".join(f"`{d}`" for d in local) + ".", ""]
+    if settings:
+        lines += ["### Settings", "", _markdown_table(settings), ""]
+    if results:
+        lines += ["### Results", "", _markdown_table(results), ""]
+    lines += ["### Citation", "", "```bibtex", INSTRUCTGPT_CITATION, "```", ""]
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    path = output_dir / CARD_FILE
+    atomic_write_text(path, str(card).rstrip() + "\n")
+    return path
+
+
 def add_card_section(output_dir: str | Path, title: str, body: str) -> None:
     """Append (or replace) a ``## title`` section of an existing card, e.g. the pipeline's evaluation results."""
     from instructgpt.infra.outputs import atomic_write_text
@@ -127,9 +166,10 @@ def take_push_to_hub(training_args: Any) -> bool:
 
 
 def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | None = None,
-                token: str | None = None) -> str:
+                token: str | None = None, repo_type: str = "model") -> str:
     """Upload a finished ``output_dir`` to the Hub repository ``repo_id`` (default: the directory's name) in one
-    commit; checkpoints, W&B files and hidden files stay local. Returns the repository id."""
+    commit; checkpoints, W&B files and hidden files stay local. ``repo_type`` is ``dataset`` for data a stage
+    produced (``collect``'s rankings). Returns the repository id."""
     from huggingface_hub import HfApi
 
     from instructgpt.infra.outputs import RUN_MARKER
@@ -140,12 +180,13 @@ def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | 
     repo_id = repo_id or output_dir.name
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
         api.upload_folder(
-            repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=NOT_PUSHED,
+            repo_id=repo_id, repo_type=repo_type, folder_path=str(output_dir), ignore_patterns=NOT_PUSHED,
             commit_message=f"instructgpt: {json.loads((output_dir / RUN_MARKER).read_text())['stage']} output",
         )
     except Exception as err:  # network, login, permissions: the local run is finished either way
         raise HubError(f"{output_dir} is finished but could not be pushed to {repo_id}: {err}") from None
-    logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    logger.info(f"pushed {output_dir} to https://huggingface.co/{prefix}{repo_id}")
     return repo_id

@@ -247,3 +247,32 @@ def read_appended_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The rows of an appended JSONL file (see :func:`read_appended_jsonl`)."""
     return read_appended_jsonl(path)[0]
+
+
+def node_local_checkpoint_callback() -> Any:
+    """A Trainer callback that completes checkpoints on nodes without a shared filesystem.
+
+    With ``save_on_each_node: true`` transformers' Trainer writes the optimizer, scheduler, RNG and trainer state on
+    every node, but since transformers 5 ``save_pretrained`` writes weights only on global rank 0
+    (``PreTrainedModel.should_save_on_this_rank``), so the other nodes' checkpoints have no model and cannot be
+    resumed from. The first process of every other node adds the weights and config (safetensors, shared tensors
+    such as GPT-2's tied embeddings written once) to its own checkpoint.
+    """
+    from transformers import TrainerCallback
+
+    class NodeLocalWeights(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if not args.save_on_each_node or not state.is_local_process_zero or state.is_world_process_zero:
+                return
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if model is None or not checkpoint.is_dir() or any((checkpoint / f).is_file() for f in _WEIGHT_FILES):
+                return
+            from safetensors.torch import save_model
+
+            if hasattr(model, "peft_config"):  # an adapter: peft's own save, which every process may call
+                model.save_pretrained(checkpoint)
+                return
+            model.config.save_pretrained(checkpoint)
+            save_model(model, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+
+    return NodeLocalWeights()

@@ -341,6 +341,13 @@ class RecipeParser:
         problems = [p for k, v in vars(namespace).items() if k in fields and (p := check_number(k, v, fields[k]))]
         if problems:
             raise RecipeError(f"{source}: " + "; ".join(problems))
+        if "report_to" in fields and self.stage != "pipeline":  # the pipeline hands its value to each stage's check
+            from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
+
+            try:
+                check_report_to(namespace.report_to, trainer=self.stage in TRAINER_STAGES)
+            except TrackerError as err:
+                raise RecipeError(f"{source}: {err}") from None
         parts = []
         for cls in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(cls) if f.init}

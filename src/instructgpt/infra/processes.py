@@ -39,3 +39,30 @@ def default_device() -> Any:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_frozen_model(model: Any, accelerator: Any) -> Any:
+    """Place a frozen model (the PPO reference policy, the reward model) for the accelerator's backend.
+
+    Frozen models have no optimizer, so ``accelerator.prepare`` is not the tool; TRL's helpers wrap them the way
+    the trained model is wrapped, so that they are sharded too instead of copied whole onto every device:
+
+    - DeepSpeed: :func:`trl.models.utils.prepare_deepspeed` (an inference engine; ZeRO-3 shards the weights);
+    - FSDP (1 or 2): :func:`trl.models.utils.prepare_fsdp` (the plugin's wrap policy, sharding and mixed precision);
+    - DDP, one process or CPU: a plain copy on the process's device (bitsandbytes models keep the placement their
+      ``device_map`` gave them: they refuse ``.to``).
+    """
+    if model is None:
+        return None
+    state = accelerator.state
+    if state.deepspeed_plugin is not None:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(model, accelerator)
+    if getattr(state, "fsdp_plugin", None) is not None:
+        from trl.models.utils import prepare_fsdp
+
+        return prepare_fsdp(model, accelerator)
+    if not getattr(model, "is_quantized", False):
+        model.to(accelerator.device)
+    return model

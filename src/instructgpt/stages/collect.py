@@ -43,7 +43,8 @@ from instructgpt.infra.outputs import (
     read_appended_jsonl,
 )
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
-from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.infra.hub import push_output, write_dataset_card
+from instructgpt.infra.tracking import StageTracker, run_identity
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
 
 logger = get_logger(__name__)
@@ -108,9 +109,21 @@ class CollectArguments:
         },
     )
     seed: int = field(default=42, metadata={"help": "Seed of the sampling."})
-    report_to: str = field(default="none", metadata={"help": "`wandb` to log the collection's statistics, or `none`."})
-    project: str = field(default="instructgpt", metadata={"help": "W&B project."})
-    run_name: str | None = field(default=None, metadata={"help": "W&B run name."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Push the finished rankings (with their dataset card) to the Hub as a dataset repository."},
+    )
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "The Hub dataset repository to push to (default: output_dir's name)."}
+    )
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the Hub repository as private."})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Where to log the collection's statistics: `trackio`, `wandb`, `tensorboard`, `mlflow`, "
+                  "any tracker of accelerate's, several separated by commas, `all` or `none`."},
+    )
+    project: str = field(default="instructgpt", metadata={"help": "The dashboard project (W&B, Trackio, ...)."})
+    run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
 
     def __post_init__(self) -> None:
         if self.num_responses < 2:
@@ -398,7 +411,9 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
 
     mark_started(output_dir, "collect")
-    run = start_wandb(args.report_to, args.project, args.run_name, "collect", recipe.data, output_dir)
+    tracker = StageTracker.start(args.report_to, project=args.project, stage="collect", config=recipe.data,
+                                 output_dir=output_dir,
+                                 identity=run_identity(output_dir, "collect", args.run_name, resuming=bool(done)))
     with open_part(output_dir, state.process_index) as handle:
         collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process)
     state.wait_for_everyone()  # every process has written and closed its part before the merge
@@ -410,8 +425,18 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         metrics.update(labeler=labeler.name, num_processes=state.num_processes)
         for part in output_dir.glob(PART_GLOB):
             part.unlink()  # merged into rankings.jsonl
-        if run is not None:
-            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log(metrics, step=0)
+        tracker.summary(metrics)
+        write_dataset_card(
+            output_dir, stage="collect", title="Comparisons (InstructGPT step 2's data)", source_model=model_path,
+            datasets=[args.dataset_name],
+            summary=f"K-way rankings: for each prompt, up to K={args.num_responses} distinct responses sampled from "
+            f"the policy, ranked best first by `{labeler.name}`. `rankings.jsonl` holds one row per prompt in the "
+            "format instructgpt's reward-model stage reads (`prompt`, `responses`, best first).",
+            settings={"K": args.num_responses, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                      "top_p": args.top_p, "seed": args.seed, "labeler": labeler.name},
+            results={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        )
         mark_complete(output_dir, "collect", recipe.data, metrics)
         logger.info(
             f"{metrics['num_rankings']} rankings ({metrics['mean_responses_per_ranking']:.2f} responses "
@@ -420,7 +445,9 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
             f"{metrics['num_skipped_prompts']} prompts skipped with fewer than 2 distinct responses"
         )
     state.wait_for_everyone()
-    finish_wandb(run)
+    if args.push_to_hub and state.is_main_process:
+        push_output(output_dir, args.hub_dataset_id, private=args.hub_private_repo, repo_type="dataset")
+    tracker.finish()
     return metrics
 
 

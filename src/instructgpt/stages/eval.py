@@ -115,14 +115,18 @@ class EvalArguments:
         default=None, metadata={"help": "Prompts per checkpoint evaluation (default: all of them)."}
     )
     num_examples: int = field(default=3, metadata={"help": "Prompts whose completions report.md shows."})
-    report_to: str = field(default="none", metadata={"help": "`wandb` to log the results, plots and completions."})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Where to log the results, plots and completions: `trackio`, `wandb`, `tensorboard`, "
+                  "`mlflow`, any tracker of accelerate's, several separated by commas, `all` or `none`."},
+    )
     if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
         default="resume",
         metadata={"help": "When output_dir holds an evaluation: `resume` redoes an unfinished one and refuses a "
                   "finished one, `refuse` refuses any non-empty directory, `overwrite` moves the old one aside."},
     )
-    project: str = field(default="instructgpt", metadata={"help": "W&B project."})
-    run_name: str | None = field(default=None, metadata={"help": "W&B run name."})
+    project: str = field(default="instructgpt", metadata={"help": "The dashboard project (W&B, Trackio, ...)."})
+    run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
 
     def validate(self, source: str = "instructgpt eval") -> None:
         if not self.models:
@@ -427,7 +431,7 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
         prepare_output_dir,
     )
     from instructgpt.data.formats import load_prompts
-    from instructgpt.infra.tracking import finish_wandb, start_wandb
+    from instructgpt.infra.tracking import StageTracker, run_identity
     from instructgpt.metrics.winrate import win_rate_matrix
 
     args.validate(source)
@@ -524,10 +528,11 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     atomic_write_json(output_dir / RESULTS_FILE, results)
     atomic_write_text(output_dir / REPORT_FILE, render_report(results, completions, args.num_examples))
 
-    run = start_wandb(args.report_to, args.project, args.run_name, "eval", dataclasses.asdict(args), output_dir)
-    if run is not None:
-        log_to_wandb(run, results, completions, output_dir)
-    finish_wandb(run)
+    tracker = StageTracker.start(args.report_to, project=args.project, stage="eval", config=dataclasses.asdict(args),
+                                 output_dir=output_dir,
+                                 identity=run_identity(output_dir, "eval", args.run_name, resuming=True))
+    log_results(tracker, results, completions, output_dir)
+    tracker.finish()
     check_results(results, args, output_dir)
     mark_complete(output_dir, "eval", dataclasses.asdict(args), {"headline": results["headline"]})
     print_summary(results, output_dir)
@@ -699,23 +704,21 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
     return "\n".join(lines)
 
 
-def log_to_wandb(run: Any, results: dict[str, Any], completions: list[dict[str, Any]], output_dir: Path) -> None:
-    """The same numbers as results.json, the plots as images, and a table of completions."""
-    import wandb
-
+def log_results(tracker: Any, results: dict[str, Any], completions: list[dict[str, Any]], output_dir: Path) -> None:
+    """The same numbers as results.json, the plots as images, and a table of completions, on every dashboard."""
     summary: dict[str, Any] = {}
     for name, m in results["metrics"].items():
         summary.update({f"eval/{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
     for h in results["headline"]:
         key = f"win_rate/{h['model']}_vs_{h['baseline']}"
         summary.update({key: h["win_rate"], f"{key}_ci_low": h["ci_low"], f"{key}_ci_high": h["ci_high"]})
-    run.summary.update(summary)
-    images = {f"plots/{k}": wandb.Image(str(output_dir / v)) for k, v in results.get("plots", {}).items()}
+    tracker.log(summary, step=0)
+    tracker.summary(summary)
+    tracker.log_images({f"plots/{k}": output_dir / v for k, v in results.get("plots", {}).items()}, step=0)
     names = list(results["models"])
     columns = ["prompt"] + [c for n in names for c in (n, f"{n}_labeler_score") if c in completions[0] or c == n]
-    table = wandb.Table(columns=columns, data=[[_prompt_str(r["prompt"]) if c == "prompt" else r.get(c) for c in columns]
-                                               for r in completions])
-    run.log({"completions": table, **images})
+    tracker.log_table("completions", [{c: _prompt_str(r["prompt"]) if c == "prompt" else r.get(c) for c in columns}
+                                      for r in completions], step=0)
 
 
 def print_summary(results: dict[str, Any], output_dir: Path) -> None:

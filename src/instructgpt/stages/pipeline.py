@@ -90,13 +90,18 @@ class PipelineArguments:
     )
     base_name: str = field(default="base", metadata={"help": "Name of the base model in the evaluation."})
     report_to: str | None = field(
-        default=None, metadata={"help": "Set `report_to` of every stage and of the evaluation (`wandb` or `none`)."}
+        default=None,
+        metadata={"help": "Set `report_to` of every stage and of the evaluation: `trackio`, `wandb`, `tensorboard`, "
+                  "`mlflow`, ..., several separated by commas, or `none`."},
     )
-    project: str | None = field(default=None, metadata={"help": "W&B project of every stage (default: each its own)."})
-    run_name: str | None = field(default=None, metadata={"help": "Name of the pipeline (W&B group prefix)."})
+    project: str | None = field(
+        default=None, metadata={"help": "Dashboard project (W&B, Trackio, ...) of every stage (default: each its own)."}
+    )
+    run_name: str | None = field(default=None, metadata={"help": "Name of the pipeline (the dashboards' group prefix)."})
     wandb_group: str | None = field(
         default=None,
-        metadata={"help": "W&B group of every stage's run. Default: `<run_name>-<start time>`, kept across resumes."},
+        metadata={"help": "Group of every stage's run on W&B and Trackio. Default: `<run_name>-<start time>`, kept "
+                  "across resumes."},
     )
 
     def __post_init__(self) -> None:
@@ -354,10 +359,13 @@ def reset_accelerate_state() -> None:
 
 
 def close_wandb_run() -> None:
-    """A stage that failed may leave its W&B run open; close it so the next one starts cleanly."""
+    """A stage that failed may leave its W&B or Trackio run open; close it so the next one starts cleanly."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=1)
+    trackio = sys.modules.get("trackio")
+    if trackio is not None and trackio.context_vars.current_run.get() is not None:
+        trackio.finish()
 
 
 def run_stage(stage: Stage) -> None:

@@ -31,12 +31,15 @@ from typing import Any, Literal
 from instructgpt.infra.log import get_logger
 from instructgpt.data import DataError, load_data, require_columns, require_rows
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
+from instructgpt.infra.outputs import (
+    mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
+)
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.guards import finite_gradients_callback
+from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.metrics.training import trainer_metrics
-from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.infra.tracking import finish_wandb, trainer_tracking
 
 logger = get_logger(__name__)
 
@@ -251,8 +254,8 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
 
     model = build_model(args, tokenizer)
     logger.info(f"GPT-2 base model: {model.num_parameters() / 1e6:.2f}M parameters")
-    run = start_wandb(training_args.report_to, training_args.project, training_args.run_name, "pretrain",
-                      recipe.data, training_args.output_dir)
+    run, tracking_callbacks = trainer_tracking(training_args, "pretrain", recipe.data, resume_from)
+    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -260,7 +263,8 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
         eval_dataset=eval_dataset,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir)],
+        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
+                   *tracking_callbacks],
     )
     mark_started(training_args.output_dir, "pretrain")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -281,11 +285,25 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
             run.summary.update({f"probe/{k}": v for k, v in probes.items()})
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
+        write_model_card(
+            training_args.output_dir, stage="pretrain", title="Pretraining (the base model InstructGPT starts from)",
+            base_model=None, datasets=[args.dataset_name], hub_model_id=training_args.hub_model_id,
+            summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
+            "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
+            settings={"layers": args.n_layer, "width": args.n_embd, "heads": args.n_head, "context": args.n_positions,
+                      "vocabulary": len(tokenizer), "learning_rate": training_args.learning_rate,
+                      "epochs": training_args.num_train_epochs},
+            results={k: metrics.get(k) for k in ("num_parameters", "global_step", "eval_loss", "eval_perplexity",
+                                                 *(k for k in metrics if k.startswith("probe/")))},
+        )
     trainer.save_model(training_args.output_dir)  # the weights: the last file but the marker
     if trainer.is_world_process_zero():
         mark_complete(training_args.output_dir, "pretrain", recipe.data, metrics, weights=True)
         logger.info(f"base model and tokenizer saved to {Path(training_args.output_dir)}")
     trainer.accelerator.wait_for_everyone()
+    if push and trainer.is_world_process_zero():
+        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                    token=training_args.hub_token)
     finish_wandb(run)
     return metrics
 

@@ -43,9 +43,12 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import atomic_write_json, mark_complete, mark_started, prepare_output_dir, recover_final_save
+from instructgpt.infra.outputs import (
+    atomic_write_json, mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir,
+    recover_final_save,
+)
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.infra.tracking import finish_wandb, trainer_tracking
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
 from instructgpt.metrics.training import trainer_metrics
@@ -301,10 +304,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     model = load_sequence_classifier(model_path, model_args, training_args.trust_remote_code, source=source)
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    run = start_wandb(
-        training_args.report_to, training_args.project, training_args.run_name, "rm", recipe.data,
-        training_args.output_dir,
-    )
+    run, tracking_callbacks = trainer_tracking(training_args, "rm", recipe.data, resume_from)
     push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
     trainer = build_trainer_class()(
         model=model,
@@ -313,7 +313,8 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=RankingCollator(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[finite_gradients_callback(training_args.output_dir)],
+        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
+                   *tracking_callbacks],
         peft_config=lora_config(
             model_args, "SEQ_CLS", source=source, trust_remote_code=training_args.trust_remote_code
         ),

@@ -26,9 +26,11 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
 from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir, recover_final_save
+from instructgpt.infra.outputs import (
+    mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
+)
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import finish_wandb, start_wandb
+from instructgpt.infra.tracking import finish_wandb, trainer_tracking
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.modeling import (
     cap_max_length,
@@ -153,10 +155,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    run = start_wandb(
-        training_args.report_to, training_args.project, training_args.run_name, "sft", recipe.data,
-        training_args.output_dir,
-    )
+    run, tracking_callbacks = trainer_tracking(training_args, "sft", recipe.data, resume_from)
     from trl import SFTTrainer
 
     push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
@@ -166,7 +165,8 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir)],
+        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
+                   *tracking_callbacks],
         peft_config=lora_config(
             model_args, "CAUSAL_LM", source=source, trust_remote_code=training_args.trust_remote_code
         ),

@@ -40,7 +40,8 @@ from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_ch
 from instructgpt.modeling.lora import merge_adapter
 from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
 from instructgpt.infra.outputs import mark_started, recover_final_save
-from instructgpt.infra.processes import no_accelerator
+from instructgpt.infra.processes import no_accelerator, prepare_frozen_model
+from instructgpt.infra.tracking import StageTracker
 from instructgpt.losses import ppo as core
 from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments
 from instructgpt.infra.entrypoint import stage_main
@@ -104,9 +105,14 @@ class PPOTrainer:
         self.output_dir = Path(args.output_dir)
         self.resume_from = prepare_output_dir(self.output_dir, script_args.if_output_exists, self.source, stage="ppo")
         self.push = take_push_to_hub(args)  # pushed once the output is finished
+        self.tracker = StageTracker([], {})  # the dashboards, started with the loop in train()
         mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+        from accelerate.utils import ProjectConfiguration
+
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator()
+            gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator(),
+            # several nodes without a shared filesystem: each node keeps a full checkpoint on its own disk
+            project_config=ProjectConfiguration(save_on_each_node=args.save_on_each_node),
         )
         from transformers import set_seed
 
@@ -278,19 +284,9 @@ class PPOTrainer:
         else:
             self.kl_controller = FixedKLController(args.kl_coef)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        device = acc.device
-        distributed = acc.state.deepspeed_plugin is not None
-        if distributed:
-            from trl.models.utils import prepare_deepspeed
-
-            self.reward_model = prepare_deepspeed(self.reward_model, acc)
-            if self.ref_model is not None:
-                self.ref_model = prepare_deepspeed(self.ref_model, acc)
-        else:
-            for frozen in (self.reward_model, self.ref_model):
-                # bitsandbytes models refuse .to(); their device_map already placed them
-                if frozen is not None and not getattr(frozen, "is_quantized", False):
-                    frozen.to(device)
+        # the frozen models sharded like the trained one under DeepSpeed and FSDP, not copied whole to every device
+        self.reward_model = prepare_frozen_model(self.reward_model, acc)
+        self.ref_model = prepare_frozen_model(self.ref_model, acc)
 
     # ----------------------------------------------------------------------------------------------------------
     # Rollout
@@ -567,8 +563,7 @@ class PPOTrainer:
         record = {"step": self.progress.global_step, **metrics}
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=self.progress.global_step)
+        self.tracker.log(metrics, step=self.progress.global_step)
 
     def log_completions(self, batch: Batch, scores: torch.Tensor) -> None:
         """A table of sample completions with their scores (W&B ``completions``, and ``completions.jsonl``)."""
@@ -583,12 +578,7 @@ class PPOTrainer:
         with open(self.output_dir / COMPLETIONS_FILE, "a", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-        if self.wandb_run is not None:
-            import wandb
-
-            table = wandb.Table(columns=["step", "prompt", "response", "score"],
-                                data=[[r["step"], r["prompt"], r["response"], r["score"]] for r in rows])
-            self.wandb_run.log({"completions": table}, step=self.progress.global_step)
+        self.tracker.log_table("completions", rows, step=self.progress.global_step)
 
     # ----------------------------------------------------------------------------------------------------------
     # Evaluation on held-out prompts
@@ -676,32 +666,38 @@ class PPOTrainer:
         """``checkpoint-<step>/``: ``state/`` (accelerate: weights, optimizer and RNG states), ``trainer_state.json``
         (this trainer's own state as JSON: progress, KL controller, schedule, data position) to resume from, and
         ``policy/`` to evaluate. Written under a temporary name and renamed, so a crash mid-save leaves the previous
-        checkpoint as the last one, and an interrupted save leaves no temporary folder behind."""
+        checkpoint as the last one, and an interrupted save leaves no temporary folder behind.
+
+        Where nodes do not share a filesystem (``save_on_each_node: true``, as in transformers' Trainer), the first
+        process of every node writes the folder on its own disk, with that node's RNG states and the full weights;
+        otherwise only the main process writes it, and the other processes add their RNG states to it."""
         acc = self.accelerator
+        writer = acc.is_local_main_process if self.args.save_on_each_node else acc.is_main_process
         step = self.progress.global_step
         final = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".checkpoint-{step}.tmp"
         try:
-            if acc.is_main_process:
+            if writer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             acc.wait_for_everyone()
             acc.save_state(str(tmp / "state"))
             fault_point("mid_checkpoint")
             self.save_policy(tmp / "policy", merged=False)
-            if acc.is_main_process:
+            if writer:
                 from instructgpt.infra.outputs import atomic_write_json
 
                 atomic_write_json(tmp / TRAINER_STATE, {
                     **self.resume_state(), "kl_coef": self.kl_controller.value,
                     "num_total_batches": self.num_total_batches, "metrics": last_metrics or {},
                 })
+                self.tracker.save_identity(tmp)  # resuming from this checkpoint continues the same dashboard run
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
                 self._rotate_checkpoints()
         except BaseException:
-            if acc.is_main_process:
+            if writer:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         acc.wait_for_everyone()
@@ -792,7 +788,7 @@ class PPOTrainer:
 
     def train(self) -> dict[str, Any]:
         from instructgpt.stages.ppo.data import PromptOrder
-        from instructgpt.infra.tracking import finish_wandb, start_wandb
+        from instructgpt.infra.tracking import run_identity
 
         args, acc = self.args, self.accelerator
         order = PromptOrder(len(self.prompts), self.batch_size, args.local_batch_size, acc.process_index, args.seed)
@@ -803,7 +799,9 @@ class PPOTrainer:
             for name in (METRICS_FILE, COMPLETIONS_FILE):
                 (self.output_dir / name).unlink(missing_ok=True)
         mark_started(self.output_dir, "ppo")
-        self.wandb_run = start_wandb(args.report_to, args.project, args.run_name, "ppo", self.recipe.data, self.output_dir)
+        identity = run_identity(self.output_dir, "ppo", args.run_name, self.resume_from)
+        self.tracker = StageTracker.start(args.report_to, project=args.project, stage="ppo", config=self.recipe.data,
+                                          output_dir=self.output_dir, identity=identity)
         total = self.num_total_batches
         logging_steps = _steps(args.logging_steps, total) or 1
         save_steps = _steps(args.save_steps, total) if args.save_strategy in ("steps", "epoch") else None
@@ -872,9 +870,8 @@ class PPOTrainer:
         if save_steps:
             self.save_checkpoint(last_metrics)  # the final policy also appears among the checkpoints
         self.save_final(summary)
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        finish_wandb(self.wandb_run)
+        self.tracker.summary(summary)
+        self.tracker.finish()
         return summary
 
 
