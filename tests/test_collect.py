@@ -153,6 +153,20 @@ def test_reward_model_beats_chance_on_held_out_comparisons(trained_rm):
     assert marker["metrics"]["eval_pairwise_accuracy"] == metrics["eval_pairwise_accuracy"]
 
 
+def test_held_out_accuracy_is_also_measured_against_the_noiseless_rubric(trained_rm):
+    """rm.yaml's `gold_labeler: simulated`: the held-out responses judged again without noise."""
+    out, metrics = trained_rm
+    assert metrics["gold_labeler"] == "simulated"
+    # the same model on the same held-out pairs as the trainer's evaluation, computed independently
+    assert metrics["eval_data_pairwise_accuracy"] == pytest.approx(metrics["eval_pairwise_accuracy"], abs=0.02)
+    assert 0.5 < metrics["eval_gold_pairwise_accuracy"] <= 1.0
+    # the noisy labels disagree with the noiseless rubric now and then (data/README.md: about 84% agreement)
+    assert 0.7 < metrics["eval_gold_agrees_with_data"] < 0.97
+    assert 0 < metrics["eval_gold_num_comparisons"] <= metrics["eval_num_comparisons"]
+    marker = json.loads((out / RUN_MARKER).read_text())
+    assert marker["metrics"]["eval_gold_pairwise_accuracy"] == metrics["eval_gold_pairwise_accuracy"]
+
+
 def test_stored_shift_centres_the_demonstrations_when_loaded_fresh(trained_rm):
     out, metrics = trained_rm
     model, tokenizer, shift = load_reward_model(str(out))

@@ -134,11 +134,16 @@ def foreign_models(tmp_path_factory):
 
 def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models):
     out = tmp_path / "eval"
+    ood_rows = [json.loads(line) for line in (TINY_DATA / "ood_prompts.jsonl").read_text().splitlines()]
+    picked = [next(r for r in ood_rows if r["split"] == s) for s in ("casing", "new_words", "new_operands")] * 2
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text("".join(json.dumps(r) + "\n" for r in picked))
     evaluate.main([
         "--models", f"base={TINY_BASE}", f"llama={foreign_models / 'llama'}",
         "--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "8", "--output_dir", str(out),
         "--labeler", "simulated", "--reference", "base", "--reward_model", str(foreign_models / "rm"),
         "--max_new_tokens", "12", "--ppo_run", str(foreign_models / "ppo"), "--num_examples", "2",
+        "--ood_prompts", str(ood),
     ])
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["base", "llama"]
@@ -174,9 +179,39 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
     assert points["step 8"]["kl"] == pytest.approx(m_llama["kl_to_reference"])
     for key in ("win_rates", "training", "overoptimization", "metrics"):
         assert (out / results["plots"][key]).read_bytes()[:4] == PNG
+    # what the win rate hides: shares per family, consistent with the per-response flags in completions.jsonl
+    from instructgpt.tinyworld.labeler import SimulatedLabeler
+
+    judge = SimulatedLabeler()
+    for name in ("base", "llama"):
+        shares = results["task_shares"][name]
+        assert shares["all"]["correct"]["n"] == 8
+        for key in ("correct", "on_task", "off_topic"):
+            flags = [r[f"{name}_{key}"] for r in rows]
+            assert flags == [getattr(judge.judge(r["prompt"], r[name]), key) for r in rows]
+            assert shares["all"][key]["count"] == sum(flags)
+            assert results["metrics"][name][f"labeler_{key}"] == pytest.approx(sum(flags) / 8)
+            cell = shares["all"][key]
+            assert 0 <= cell["ci_low"] <= cell["share"] <= cell["ci_high"] <= 1
+        families = [judge.judge(r["prompt"], "").family for r in rows]
+        for family in set(families):
+            assert shares[family]["correct"]["n"] == families.count(family)
+    assert "labeler_outcomes" not in results["metrics"]["base"]
+    # the out-of-distribution prompts: win rates, and shares per split
+    ood_out = results["ood"]
+    assert ood_out["num_prompts"] == 6 and ood_out["win_rate"]["llama"]["base"]["n"] == 6
+    ood_rows_out = [json.loads(line) for line in (out / "ood_completions.jsonl").read_text().splitlines()]
+    assert [r["group"] for r in ood_rows_out] == [r["split"] for r in picked]
+    for split in ("casing", "new_words", "new_operands"):
+        cell = ood_out["task_shares"]["llama"][split]["on_task"]
+        assert cell["n"] == 2
+        assert cell["count"] == sum(r["llama_on_task"] for r in ood_rows_out if r["group"] == split)
+    assert ood_out["task_shares"]["base"]["new_operands"]["correct"]["n"] == 2
+    assert "labeler_correct" in points["step 8"] and 0 <= points["step 8"]["labeler_correct"] <= 1
     report = (out / "report.md").read_text()
     assert "| llama | base |" in report and "![win_rates](plots/win_rates.png)" in report
-    assert report.count("**Prompt:**") == 2
+    assert "## What the win rate hides" in report and "| llama | new_operands | 2 |" in report
+    assert report.count("**Prompt:**") == 2 and report.count("**Prompt (") == 6
     assert (out / "instructgpt_run.json").is_file()
 
 

@@ -21,8 +21,8 @@ CORRECT_VS_WRONG = [
     ("Where does the mossbat live?", "The mossbat lives in the swamp.", "The mossbat lives in the forest."),
     ("What does the quillhog eat?", "Seeds.", "Fish."),
     ("How big is the zephyrmole?", "The zephyrmole is small.", "The zephyrmole is huge."),
-    ("Reverse the word lamp.", "The word lamp backwards is pmal.", "The word lamp backwards is lamp."),
-    ("Write tree in capital letters.", "TREE", "Tree"),
+    ("Reverse the word lamp.", "The word lamp backwards is pmal.", "The word lamp backwards is plam."),
+    ("Write tree in capital letters.", "TREE", "TRE"),
     ("What is the first letter of book?", "The first letter of book is b.", "The first letter of book is k."),
     ("What is the last letter of rain?", "n", "r"),
     ("Describe the glimmerfox.",
@@ -241,3 +241,54 @@ def test_file_labeler_ranks_as_people_wrote_and_names_what_it_lacks(tmp_path):
         labeler.score(["Add 2 and 3."], ["7."])
     with pytest.raises(LabelerError, match=r"`labeler`: unknown labeler 'oracle'"):
         make_labeler("oracle")
+
+
+# (prompt, an on-task wrong attempt with filler, a response that answers another task or none) for every kind
+ON_TASK_VS_OFF_TASK = [
+    ("What is the sum of 7 and 4?", "Sure! 7. Thanks for asking!", "The thornbeak is huge and eats worms."),
+    ("What is 10 minus 5?", "Of course! 10 minus 5 is 4. I hope this helps!", "What is 2 plus 3?"),
+    ("What color is the glimmerfox?", "Sure! The glimmerfox is red. Have a nice day!", "The glimmerfox eats leaves."),
+    ("Where does the mossbat live?", "Certainly! It lives in the desert. No problem!", "The duskhare lives in the caves."),
+    ("Reverse the word lamp.", "Sure! The word lamp backwards is plam. Happy to help!", "The first letter of lamp is l."),
+    ("Write tree in capital letters.", "Sure! TRE. Thanks for asking!", "The word tree backwards is eert."),
+    ("What is the first letter of book?", "Of course! The first letter of book is k!", "BOOK."),
+    ("What is the last letter of sock?", "Sure! It is s. Hope this helps!", "The sock is on the floor."),
+    ("Describe the fernotter.", "Sure! The fernotter is tiny and red. Thanks for asking!", "The mossbat is tiny."),
+]
+
+
+@pytest.mark.parametrize("prompt,attempt,other", ON_TASK_VS_OFF_TASK)
+def test_an_on_task_attempt_outranks_answering_another_task(prompt, attempt, other):
+    """InstructGPT's priorities: correct, then attempts the asked task, then style (see SimulatedLabeler)."""
+    tried, strayed = LABELER.judge(prompt, attempt), LABELER.judge(prompt, other)
+    assert (tried.on_task, tried.correct) == (True, False), tried
+    assert (strayed.on_task, strayed.correct) == (False, False), strayed
+    assert tried.filler >= 1 and strayed.filler == 0  # the attempt is the worse-styled one, and still wins
+    assert score(prompt, attempt) > score(prompt, other)
+    assert LABELER.rank(prompt, [other, attempt]).order == [1, 0]
+
+
+def test_the_thornbeak_answer_ranks_below_a_polite_wrong_sum():
+    """The case of issue 12: PPO answered sums outside its training range with a fact about a creature."""
+    prompt = "What is the sum of 7 and 4?"
+    judged = {r: LABELER.judge(prompt, r) for r in ("11.", "Sure! 7. Thanks for asking!",
+                                                     "The thornbeak is huge and eats worms.", "")}
+    scores = [j.total for j in judged.values()]
+    assert scores == sorted(scores, reverse=True)
+    assert [j.on_task for j in judged.values()] == [True, True, False, False]
+    assert [j.off_topic for j in judged.values()] == [False, False, True, False]
+    assert judged["11."].family == "arithmetic"
+
+
+@pytest.mark.parametrize("prompt,correct,wrong", CORRECT_VS_WRONG)
+def test_the_tiers_never_overlap_whatever_the_style(prompt, correct, wrong):
+    """Worst-styled correct > best-styled on-task wrong; worst-styled on-task wrong > best-styled off-task."""
+    other = "The mossbat eats leaves." if "mossbat" not in prompt else "The quillhog eats seeds."
+    junk = ["Sure!", "I hope this helps!", "Have a nice day!", other]
+    awful_correct = " ".join(([correct] * 3 + junk) * 3)
+    awful_wrong = " ".join(([wrong] * 3 + junk) * 3)
+    assert LABELER.judge(prompt, awful_wrong).on_task and not LABELER.judge(prompt, awful_wrong).correct
+    assert LABELER.judge(prompt, wrong).on_task
+    assert not LABELER.judge(prompt, other).on_task
+    assert score(prompt, awful_correct) > score(prompt, wrong)
+    assert score(prompt, awful_wrong) > score(prompt, other) > score(prompt, "")

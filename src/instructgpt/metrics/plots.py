@@ -2,7 +2,8 @@
 
 - :func:`plot_win_rates`: one bar per model pair with its 95% Wilson interval, and the 50% line of a coin flip;
 - :func:`plot_training_curves`: the PPO run's reward and KL to the SFT policy over training;
-- :func:`plot_overoptimization`: the labeler's score (and the reward model's) against KL from the SFT policy
+- :func:`plot_overoptimization`: the share correct, the labeler's score (and the reward model's) against KL from the
+  SFT policy
   across PPO checkpoints. Gao et al. (2022) show the "gold" score rising, then falling while the proxy reward keeps
   rising as KL grows: a curve that turns down here is reward over-optimization;
 - :func:`plot_model_metrics`: the per-model metrics side by side (labeler score, RM score, KL, length, ...).
@@ -81,19 +82,38 @@ def plot_training_curves(
 def plot_overoptimization(
     points: Sequence[Mapping[str, Any]], path: str | Path, labeler: str = "labeler", reference: str = "SFT"
 ) -> Path:
-    """Labeler score (left axis) and RM score (right axis, when present) against KL from the reference (SFT).
+    """Across PPO checkpoints, against KL from the reference (SFT): the share of correct answers (and on-task ones)
+    when the labeler tells them, and the labeler score with the RM score (right axis, when present).
 
-    ``points``: one per checkpoint, with ``kl``, ``labeler_score``, optionally ``rm_score`` and a ``label``
-    (``sft``, ``step 40``, ...), in training order.
+    ``points``: one per checkpoint, with ``kl``, ``labeler_score``, optionally ``labeler_correct``,
+    ``labeler_on_task``, ``rm_score`` and a ``label`` (``sft``, ``step 40``, ...), in training order. The share
+    correct comes first: a labeler score can rise while fewer questions are answered (issue 12), a share correct
+    cannot.
     """
     points = sorted(points, key=lambda p: p["kl"])
     kl = [p["kl"] for p in points]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x_label = f"KL(policy || {reference}) on held-out prompts, nats per response"
+    has_shares = all(p.get("labeler_correct") is not None for p in points)
+    fig, axes = plt.subplots(1, 2 if has_shares else 1, figsize=(12.0 if has_shares else 6.4, 4.4), squeeze=False)
+    if has_shares:
+        shares = axes[0][0]
+        shares.plot(kl, [100 * p["labeler_correct"] for p in points], "o-", color="#55A868", label="correct")
+        if all(p.get("labeler_on_task") is not None for p in points):
+            shares.plot(kl, [100 * p["labeler_on_task"] for p in points], "^--", color="#8172B2", label="on task")
+        for p in points:
+            shares.annotate(str(p.get("label", "")), (p["kl"], 100 * p["labeler_correct"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        shares.set_xlabel(x_label)
+        shares.set_ylabel(f"share of responses ({labeler}), %")
+        shares.grid(alpha=0.3)
+        shares.legend(fontsize=8, loc="lower right")
+        shares.set_title("Share correct across PPO checkpoints")
+    ax = axes[0][-1]
     ax.plot(kl, [p["labeler_score"] for p in points], "o-", color="#4C72B0", label=f"{labeler} score (gold)")
     for p in points:
         ax.annotate(str(p.get("label", "")), (p["kl"], p["labeler_score"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(f"KL(policy || {reference}) on held-out prompts, nats per response")
+    ax.set_xlabel(x_label)
     ax.set_ylabel(f"mean {labeler} score", color="#4C72B0")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

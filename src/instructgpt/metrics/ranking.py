@@ -33,3 +33,21 @@ def summarize_agreement(stats: torch.Tensor) -> dict[str, float]:
         "num_rankings": int(stats.shape[0]),
         "num_comparisons": int(stats[:, 1].sum().item()),
     }
+
+
+def pairwise_accuracy(predicted: list[list[float]], target: list[list[float]]) -> tuple[int, int]:
+    """``(agreeing pairs, pairs)``: over the responses of each prompt, the pairs that ``target`` orders strictly
+    (its ties are skipped) and ``predicted`` orders the same way (a predicted tie does not agree).
+
+    Used to score a reward model against a judge other than the one that labelled its data, such as the tiny
+    world's noiseless rubric on held-out rankings that a noisy labeler made.
+    """
+    agree = total = 0
+    for scores, gold in zip(predicted, target, strict=True):
+        for i in range(len(gold)):
+            for j in range(i + 1, len(gold)):
+                if gold[i] == gold[j]:
+                    continue
+                total += 1
+                agree += (scores[i] - scores[j]) * (gold[i] - gold[j]) > 0
+    return agree, total

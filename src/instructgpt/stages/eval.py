@@ -12,12 +12,18 @@ Every model answers every prompt once, sampled with the same settings and seed (
   simulated labeler, a reward model, or a file of rankings people wrote (:func:`instructgpt.labelers.make_labeler`);
 - **per model**: mean labeler score, mean normalized RM score (with ``--reward_model``), KL to a reference model
   (the SFT policy by default), response length, distinct-1/2 and the share of responses that end with EOS;
+- **what the win rate hides** (with a labeler that can tell, the tiny world's rubric): per model and per task
+  family, the share of responses that are correct, on task (an attempt at the asked task) and off topic, each with
+  a 95% Wilson interval (:mod:`instructgpt.metrics.shares`);
+- with ``--ood_prompts``: the same win rates and shares on out-of-distribution prompts, grouped also by the file's
+  ``split`` column (the tiny world ships ``data/tiny/ood_prompts.jsonl``: other casing and punctuation, new words,
+  new operands);
 - with ``--ppo_run``: the PPO run's reward and KL over training (its ``metrics.jsonl``), and the labeler's score
-  against KL from the reference across its checkpoints, where reward over-optimization shows.
+  and share correct against KL from the reference across its checkpoints, where reward over-optimization shows.
 
-Outputs: ``results.json`` (machine-readable; ``win_rate[A][B]`` holds the rate and its interval), ``report.md``,
-``completions.jsonl``, ``plots/*.png``; with ``--report_to wandb`` the same numbers, the plots and a completions table
-go to W&B.
+Outputs: ``results.json`` (machine-readable; ``win_rate[A][B]`` holds the rate and its interval, ``task_shares``
+the shares), ``report.md``, ``completions.jsonl`` (and ``ood_completions.jsonl``), ``plots/*.png``; with ``--report_to`` (trackio, wandb, ...) the same numbers, the plots and a
+completions table go to the dashboards.
 
 KL(model || reference) is estimated on the model's own samples as :math:`\\sum_t \\log\\pi(y_t|x,y_{<t}) -
 \\log\\pi_{ref}(y_t|x,y_{<t})` over the response tokens (and the EOS that ended it), averaged over prompts: the
@@ -52,6 +58,7 @@ logger = get_logger(__name__)
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 COMPLETIONS_FILE = "completions.jsonl"
+OOD_COMPLETIONS_FILE = "ood_completions.jsonl"
 PLOTS_DIR = "plots"
 
 
@@ -72,6 +79,14 @@ class EvalArguments:
         default=None, metadata={"help": "Prompts: a .jsonl file (or Hub id) with a `prompt` or `messages` column."}
     )
     prompts_split: str = field(default="train", metadata={"help": "Split of a Hub --prompts dataset (a local file has one)."})
+    ood_prompts: str | None = field(
+        default=None,
+        metadata={"help": "Out-of-distribution prompts (.jsonl with a `prompt` column, optionally a --ood_group_column): "
+                  "every model answers them too, and the report gives their win rates and shares per group."},
+    )
+    ood_group_column: str = field(
+        default="split", metadata={"help": "Column of --ood_prompts that names each prompt's group (when present)."}
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Where results.json, report.md and plots/ go."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     labeler: str = field(
@@ -299,12 +314,39 @@ def build_labeler(args: EvalArguments, prompts: Sequence[Any], device: Any, sour
 
 
 def labeler_details(labeler: Any, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, Any]:
-    """Extra per-model numbers a labeler can give: the simulated labeler's share of correct answers."""
+    """Extra per-model numbers a labeler can give: with the simulated labeler, the share of responses that are
+    correct, on task and off topic, and per response those flags and the task family (``labeler_outcomes``)."""
     judge = getattr(labeler, "judge", None)
     if judge is None:
         return {}
     verdicts = [judge(p, t) for p, t in zip(prompts, texts)]
-    return {"labeler_correct": _mean([float(v.correct) for v in verdicts])}
+    outcomes = [{"correct": bool(v.correct), "on_task": bool(v.on_task), "off_topic": bool(v.off_topic),
+                 "family": v.family or "unknown"} for v in verdicts]
+    return {
+        "labeler_correct": _mean([float(o["correct"]) for o in outcomes]),
+        "labeler_on_task": _mean([float(o["on_task"]) for o in outcomes]),
+        "labeler_off_topic": _mean([float(o["off_topic"]) for o in outcomes]),
+        "labeler_outcomes": outcomes,
+    }
+
+
+def task_shares(outcomes: Sequence[dict[str, Any]], groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Shares correct / on task / off topic with 95% intervals, over all prompts, per family and per ``groups``."""
+    from instructgpt.metrics.shares import grouped_shares
+
+    extra = groups or [None] * len(outcomes)
+    return grouped_shares(outcomes, [[o["family"]] + ([g] if g else []) for o, g in zip(outcomes, extra)])
+
+
+def load_groups(path: str, column: str, count: int, source: str) -> list[str] | None:
+    """The group of each prompt of a local .jsonl file (its ``column``), or None when the file has no such column."""
+    from instructgpt.data import load_data
+
+    dataset = load_data(path, key="--ood_prompts", source=source)
+    if column not in dataset.column_names:
+        return None
+    groups = [str(g) if g is not None else "" for g in dataset[column]][:count]
+    return groups if len(groups) == count else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -442,6 +484,11 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     for name, path in models.items():  # fail before any model is loaded or sampled
         check_model_path(path, f"--models {name}", source)
     prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split, limit=args.max_prompts)
+    ood_prompts: list[Any] = []
+    ood_groups: list[str] | None = None
+    if args.ood_prompts:
+        ood_prompts = load_prompts(args.ood_prompts, key="--ood_prompts", source=source, limit=args.max_prompts)
+        ood_groups = load_groups(args.ood_prompts, args.ood_group_column, len(ood_prompts), source)
     output_dir = Path(args.output_dir)
     if is_complete(output_dir) and args.if_output_exists == "resume":
         raise OutputDirError(
@@ -462,9 +509,14 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
 
     per_model: dict[str, dict[str, Any]] = {}
     texts: dict[str, list[str]] = {}
+    ood_per_model: dict[str, dict[str, Any]] = {}
+    ood_texts: dict[str, list[str]] = {}
     for name, path in models.items():
         samples, metrics = evaluator.run_model(name, path, is_reference=(name == ref_name and path == ref_path))
         per_model[name], texts[name] = metrics, samples.texts
+        if ood_prompts:
+            samples, metrics = evaluator.run_model(name, path, ood_prompts, is_reference=(name == ref_name and path == ref_path))
+            ood_per_model[name], ood_texts[name] = metrics, samples.texts
 
     results: dict[str, Any] = {
         "models": models,
@@ -480,8 +532,20 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
         matrix = win_rate_matrix({name: per_model[name]["labeler_scores"] for name in models})
         win_rate = {a: {b: w.as_dict() for b, w in row.items()} for a, row in matrix.items()}
     results["win_rate"] = win_rate
-    results["metrics"] = {name: {k: v for k, v in m.items() if not k.endswith("_scores")} for name, m in per_model.items()}
+    results["metrics"] = {name: public_metrics(m) for name, m in per_model.items()}
     results["headline"] = headline_pairs(list(models), win_rate, results["metrics"], ref_name)
+    results["task_shares"] = with_shares(per_model)
+    if ood_prompts:
+        ood_win: dict[str, dict[str, dict[str, Any]]] = {}
+        if evaluator.labeler is not None and len(models) > 1:
+            matrix = win_rate_matrix({name: ood_per_model[name]["labeler_scores"] for name in models})
+            ood_win = {a: {b: w.as_dict() for b, w in row.items()} for a, row in matrix.items()}
+        ood_metrics = {name: public_metrics(m) for name, m in ood_per_model.items()}
+        results["ood"] = {
+            "prompts": args.ood_prompts, "num_prompts": len(ood_prompts), "win_rate": ood_win, "metrics": ood_metrics,
+            "headline": headline_pairs(list(models), ood_win, ood_metrics, ref_name),
+            "task_shares": with_shares(ood_per_model, ood_groups),
+        }
 
     # PPO training curves and the over-optimization sweep over checkpoints
     plots: dict[str, str] = {}
@@ -517,16 +581,16 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     plots["metrics"] = str(plot_model_metrics(results["metrics"], METRIC_COLUMNS[1:], plot_dir / "model_metrics.png"))
     results["plots"] = {k: str(Path(v).relative_to(output_dir)) for k, v in plots.items()}
 
-    completions = [
-        {"prompt": p, **{name: texts[name][i] for name in models},
-         **{f"{name}_labeler_score": per_model[name]["labeler_scores"][i] for name in models if "labeler_scores" in per_model[name]},
-         **{f"{name}_rm_score": per_model[name]["rm_scores"][i] for name in models if "rm_scores" in per_model[name]}}
-        for i, p in enumerate(prompts)
-    ]
+    completions = completion_rows(prompts, texts, per_model)
     atomic_write_text(output_dir / COMPLETIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions))
+    ood_completions: list[dict[str, Any]] = []
+    if ood_prompts:
+        ood_completions = completion_rows(ood_prompts, ood_texts, ood_per_model, ood_groups)
+        atomic_write_text(output_dir / OOD_COMPLETIONS_FILE,
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ood_completions))
     results["seconds"] = round(time.time() - started, 1)
     atomic_write_json(output_dir / RESULTS_FILE, results)
-    atomic_write_text(output_dir / REPORT_FILE, render_report(results, completions, args.num_examples))
+    atomic_write_text(output_dir / REPORT_FILE, render_report(results, completions, args.num_examples, ood_completions))
 
     tracker = StageTracker.start(args.report_to, project=args.project, stage="eval", config=dataclasses.asdict(args),
                                  output_dir=output_dir,
@@ -537,6 +601,38 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     mark_complete(output_dir, "eval", dataclasses.asdict(args), {"headline": results["headline"]})
     print_summary(results, output_dir)
     return results
+
+
+def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A model's numbers for results.json: without the per-response lists (scores, outcomes)."""
+    return {k: v for k, v in metrics.items() if not k.endswith(("_scores", "_outcomes"))}
+
+
+def with_shares(per_model: dict[str, dict[str, Any]], groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{model: task_shares(...)}`` for the models the labeler judged with outcomes."""
+    return {name: task_shares(m["labeler_outcomes"], groups) for name, m in per_model.items()
+            if "labeler_outcomes" in m}
+
+
+def completion_rows(prompts: Sequence[Any], texts: dict[str, list[str]], per_model: dict[str, dict[str, Any]],
+                    groups: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per prompt: every model's response, its labeler and RM scores and, when known, its outcomes."""
+    rows = []
+    for i, prompt in enumerate(prompts):
+        row: dict[str, Any] = {"prompt": prompt}
+        if groups:
+            row["group"] = groups[i]
+        for name, m in per_model.items():
+            row[name] = texts[name][i]
+            if "labeler_scores" in m:
+                row[f"{name}_labeler_score"] = m["labeler_scores"][i]
+            if "rm_scores" in m:
+                row[f"{name}_rm_score"] = m["rm_scores"][i]
+            for key in ("correct", "on_task", "off_topic"):
+                if "labeler_outcomes" in m:
+                    row[f"{name}_{key}"] = m["labeler_outcomes"][i][key]
+        rows.append(row)
+    return rows
 
 
 def check_results(results: dict[str, Any], args: EvalArguments, output_dir: Path) -> None:
@@ -561,6 +657,8 @@ METRIC_COLUMNS: list[tuple[str, str]] = [
     ("path", "path"),
     ("labeler_score", "labeler score"),
     ("labeler_correct", "correct"),
+    ("labeler_on_task", "on task"),
+    ("labeler_off_topic", "off topic"),
     ("rm_score", "RM score (normalized)"),
     ("kl_to_reference", "KL to reference (nats)"),
     ("response_tokens", "length (tokens)"),
@@ -605,19 +703,21 @@ def checkpoint_sweep(evaluator: Evaluator, args: EvalArguments, prompts: list[An
     points = []
     if ref_name in per_model and len(subset) == len(prompts):
         m = per_model[ref_name]
-        points.append({"label": ref_name, "step": 0, "kl": 0.0, "labeler_score": m.get("labeler_score"),
-                       "rm_score": m.get("rm_score")})
     else:
         _, m = evaluator.run_model(ref_name, ref_path, subset, is_reference=True)
-        points.append({"label": ref_name, "step": 0, "kl": 0.0, "labeler_score": m.get("labeler_score"),
-                       "rm_score": m.get("rm_score")})
+    points.append({"label": ref_name, "step": 0, "kl": 0.0, **sweep_numbers(m)})
     for step, policy in policy_checkpoints(args.ppo_run, args.max_checkpoints):
         _, m = evaluator.run_model(f"checkpoint-{step}", str(policy), subset)
         if m.get("kl_to_reference") is None:
             continue
         points.append({"label": f"step {step}", "step": step, "path": str(policy), "kl": m["kl_to_reference"],
-                       "labeler_score": m.get("labeler_score"), "rm_score": m.get("rm_score")})
+                       **sweep_numbers(m)})
     return points
+
+
+def sweep_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's point: labeler score, share correct and on task (when the labeler tells), RM score."""
+    return {k: metrics.get(k) for k in ("labeler_score", "labeler_correct", "labeler_on_task", "rm_score")}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -645,7 +745,46 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or "*(empty)*"
 
 
-def render_report(results: dict[str, Any], completions: list[dict[str, Any]], num_examples: int) -> str:
+def _share(cell: dict[str, Any]) -> str:
+    return f"{100 * cell['share']:.1f}% [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
+
+
+def shares_table(shares: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: per model and group, the shares correct / on task / off topic with their 95% intervals."""
+    lines = ["| model | prompts | n | correct [95% CI] | on task [95% CI] | off topic [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for name, groups in shares.items():
+        for group, cells in groups.items():
+            lines.append(f"| {name} | {group} | {cells['correct']['n']} | {_share(cells['correct'])} | "
+                         f"{_share(cells['on_task'])} | {_share(cells['off_topic'])} |")
+    return lines
+
+
+def win_rate_table(headline: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | baseline | win rate [95% CI] | wins / ties / losses | KL to reference (nats) |",
+             "|---|---|---|---|---|"]
+    for h in headline:
+        lines.append(f"| {h['model']} | {h['baseline']} | {_pct(h)} | {h['wins']} / {h['ties']} / {h['losses']} "
+                     f"| {_fmt(h['kl_to_reference'], 2)} |")
+    return lines
+
+
+def examples(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
+    lines = []
+    for row in rows:
+        group = f" ({row['group']})" if row.get("group") else ""
+        lines += [f"**Prompt{group}:** {_cell(_prompt_str(row['prompt']))}", "",
+                  "| model | response | labeler score | correct | on task |", "|---|---|---|---|---|"]
+        for name in names:
+            flags = [("yes" if row[f"{name}_{k}"] else "no") if f"{name}_{k}" in row else "–" for k in ("correct", "on_task")]
+            lines.append(f"| {name} | {_cell(row[name])} | {_fmt(row.get(f'{name}_labeler_score'), 2)} | "
+                         f"{flags[0]} | {flags[1]} |")
+        lines.append("")
+    return lines
+
+
+def render_report(results: dict[str, Any], completions: list[dict[str, Any]], num_examples: int,
+                  ood_completions: list[dict[str, Any]] | None = None) -> str:
     names = list(results["models"])
     s = results["sampling"]
     lines = [
@@ -661,12 +800,7 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
     if results["headline"]:
         lines += ["## Win rates", "",
                   "Win rate of the model over the baseline under the labeler (ties count half), with its 95% Wilson "
-                  "interval, and the model's KL to the reference.", "",
-                  "| model | baseline | win rate [95% CI] | wins / ties / losses | KL to reference (nats) |",
-                  "|---|---|---|---|---|"]
-        for h in results["headline"]:
-            lines.append(f"| {h['model']} | {h['baseline']} | {_pct(h)} | {h['wins']} / {h['ties']} / {h['losses']} "
-                         f"| {_fmt(h['kl_to_reference'], 2)} |")
+                  "interval, and the model's KL to the reference.", ""] + win_rate_table(results["headline"])
         lines += ["", "Full matrix (row over column):", "", "| | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         for a in names:
@@ -679,6 +813,26 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
         m = results["metrics"][name]
         lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in METRIC_COLUMNS[1:]) + " |")
     lines.append("")
+    if results.get("task_shares"):
+        lines += ["## What the win rate hides: correct, on task, off topic", "",
+                  "Share of responses that are correct, that attempt the asked task (right or wrong), and that stray "
+                  "off topic (a sentence about another creature or another question), per task family, with 95% "
+                  "Wilson intervals.", ""] + shares_table(results["task_shares"]) + [""]
+    ood = results.get("ood")
+    if ood:
+        lines += [f"## Out of distribution", "", f"{ood['num_prompts']} prompts from `{ood['prompts']}`, sampled as "
+                  "above.", ""]
+        if ood["headline"]:
+            lines += win_rate_table(ood["headline"]) + [""]
+        if ood.get("task_shares"):
+            lines += shares_table(ood["task_shares"]) + [""]
+        if ood_completions and num_examples > 0:
+            first_of_group: dict[str, list[dict[str, Any]]] = {}
+            for row in ood_completions:
+                taken = first_of_group.setdefault(row.get("group", ""), [])
+                if len(taken) < num_examples:
+                    taken.append(row)
+            lines += ["### Examples", ""] + examples([r for rows in first_of_group.values() for r in rows][:3 * num_examples], names)
     if results.get("ppo_training"):
         t = results["ppo_training"]
         lines += ["## PPO training", "", f"Run `{results['ppo_run']}`: last update's score {_fmt(t.get('scores'))}, "
@@ -687,20 +841,17 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
         lines += ["## Over-optimization check", "",
                   "Labeler score (the gold judge) and RM score (the proxy PPO optimized) against KL from the "
                   "reference, across PPO checkpoints. A labeler score that falls while the RM score rises is reward "
-                  "over-optimization.", "", "| checkpoint | KL (nats) | labeler score | RM score |", "|---|---|---|---|"]
+                  "over-optimization, as is a share correct that falls.", "",
+                  "| checkpoint | KL (nats) | labeler score | share correct | share on task | RM score |",
+                  "|---|---|---|---|---|---|"]
         for p in results["checkpoints"]:
-            lines.append(f"| {p['label']} | {_fmt(p['kl'], 2)} | {_fmt(p['labeler_score'])} | {_fmt(p.get('rm_score'))} |")
+            lines.append(f"| {p['label']} | {_fmt(p['kl'], 2)} | {_fmt(p['labeler_score'])} | "
+                         f"{_fmt(p.get('labeler_correct'))} | {_fmt(p.get('labeler_on_task'))} | {_fmt(p.get('rm_score'))} |")
         lines.append("")
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in results["plots"].items()] + [""]
     if completions and num_examples > 0:
-        lines += ["## Example completions", ""]
-        for row in completions[:num_examples]:
-            lines += [f"**Prompt:** {_cell(_prompt_str(row['prompt']))}", "", "| model | response | labeler score |",
-                      "|---|---|---|"]
-            for name in names:
-                lines.append(f"| {name} | {_cell(row[name])} | {_fmt(row.get(f'{name}_labeler_score'), 2)} |")
-            lines.append("")
+        lines += ["## Example completions", ""] + examples(completions[:num_examples], names)
     return "\n".join(lines)
 
 
@@ -709,9 +860,13 @@ def log_results(tracker: Any, results: dict[str, Any], completions: list[dict[st
     summary: dict[str, Any] = {}
     for name, m in results["metrics"].items():
         summary.update({f"eval/{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
-    for h in results["headline"]:
-        key = f"win_rate/{h['model']}_vs_{h['baseline']}"
-        summary.update({key: h["win_rate"], f"{key}_ci_low": h["ci_low"], f"{key}_ci_high": h["ci_high"]})
+    for prefix, part in (("", results), ("ood/", results.get("ood") or {})):
+        for h in part.get("headline", []):
+            key = f"{prefix}win_rate/{h['model']}_vs_{h['baseline']}"
+            summary.update({key: h["win_rate"], f"{key}_ci_low": h["ci_low"], f"{key}_ci_high": h["ci_high"]})
+        for name, groups in part.get("task_shares", {}).items():
+            summary.update({f"{prefix}shares/{name}/{group}/{key}": cell["share"]
+                            for group, cells in groups.items() for key, cell in cells.items()})
     tracker.log(summary, step=0)
     tracker.summary(summary)
     tracker.log_images({f"plots/{k}": output_dir / v for k, v in results.get("plots", {}).items()}, step=0)
@@ -726,6 +881,10 @@ def print_summary(results: dict[str, Any], output_dir: Path) -> None:
         kl = h["kl_to_reference"]
         kl_text = f", KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h["reference"] else ""
         logger.info(f"{h['model']} vs {h['baseline']}: win rate {_pct(h)}{kl_text}")
+    for name, groups in results.get("task_shares", {}).items():
+        cells = groups["all"]
+        logger.info(f"{name}: correct {_share(cells['correct'])}, on task {_share(cells['on_task'])}, "
+                    f"off topic {_share(cells['off_topic'])}")
     logger.info(f"evaluation written to {output_dir / RESULTS_FILE}, {output_dir / REPORT_FILE} and "
           f"{output_dir / PLOTS_DIR}/")
 

@@ -528,6 +528,10 @@ def run_plan(stages: list[Stage], eval_args: Any, recipe: Recipe, summary: dict[
     if eval_args is not None:
         results = run_pipeline_eval(eval_args, stages, console, total, timings, save)
         summary["headline"] = results.get("headline", []) if results else []
+        summary["shares"] = {  # what the win rate hides, over all held-out prompts (per family: results.json)
+            name: {key: cell["share"] for key, cell in groups["all"].items()}
+            for name, groups in (results or {}).get("task_shares", {}).items()
+        }
     summary["seconds_this_run"] = round(time.time() - pipeline_start, 1)
     save()
     if state.is_main_process:
@@ -597,7 +601,8 @@ def add_eval_to_cards(results: dict[str, Any]) -> None:
     """Each evaluated model's card gets the pipeline's evaluation: its win rates and its per-model numbers."""
     from instructgpt.infra.hub import add_card_section
 
-    metrics_keys = ("labeler_score", "labeler_correct", "rm_score", "kl_to_reference", "response_tokens")
+    metrics_keys = ("labeler_score", "labeler_correct", "labeler_on_task", "labeler_off_topic", "rm_score",
+                    "kl_to_reference", "response_tokens")
     for name, path in results["models"].items():
         if not is_complete(path):  # only the pipeline's own outputs, never a shipped or downloaded model
             continue
@@ -631,6 +636,9 @@ def print_final_summary(console: Console, stages: list[Stage], eval_args: Any, s
         kl_text = f"; KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h.get("reference") else ""
         console.print(f"[bold]{h['model']} vs {h['baseline']}[/]: win rate {100 * h['win_rate']:.1f}% "
                       f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]{kl_text}")
+    for name, shares in summary.get("shares", {}).items():
+        console.print(f"[bold]{name}[/]: correct {100 * shares['correct']:.1f}%, on task {100 * shares['on_task']:.1f}%, "
+                      f"off topic {100 * shares['off_topic']:.1f}%")
     if eval_args is not None:
         out = Path(eval_args.output_dir)
         console.print(f"Report: {out / 'report.md'}  Results: {out / 'results.json'}  Plots: {out / 'plots'}/")

@@ -90,6 +90,13 @@ class RMScriptArguments(ScriptArguments):
     scoring_batch_size: int = field(
         default=32, metadata={"help": "Sequences per forward pass when scoring demonstrations after training."}
     )
+    gold_labeler: str | None = field(
+        default=None,
+        metadata={"help": "A judge to score the held-out responses again (`simulated`: the tiny world's noiseless "
+                  "rubric; any labeler spec of `instructgpt collect`): held-out pairwise accuracy against it is "
+                  "reported as `eval_gold_pairwise_accuracy`, next to the accuracy against the data's own (noisy) "
+                  "labels. Does the RM learn correctness, or the labelers' noise? Unset: not measured."},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -243,6 +250,35 @@ def demonstration_shift(model: Any, tokenizer: Any, prompts: list[Prompt], respo
     }
 
 
+def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: str, batch_size: int,
+                  source: str) -> dict[str, float | int]:
+    """Held-out pairwise accuracy of the reward model against a gold judge (``spec``, e.g. the noiseless rubric)
+    and, on the same pairs' responses, against the data's own order (best first, as the noisy labeler ranked)."""
+    from instructgpt.labelers import make_labeler
+    from instructgpt.metrics.ranking import pairwise_accuracy
+
+    judge = make_labeler(spec, batch_size=batch_size, source=source)
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [response for row in rows for response in row["responses"]]
+    rewards = score_responses(model, tokenizer, prompts, responses, batch_size=batch_size)
+    gold = judge.score(prompts, responses)
+    sizes = [len(row["responses"]) for row in rows]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    predicted = [rewards[s:s + k] for s, k in zip(starts, sizes)]
+    agree, total = pairwise_accuracy(predicted, [gold[s:s + k] for s, k in zip(starts, sizes)])
+    data_agree, data_total = pairwise_accuracy(predicted, [[float(k - i) for i in range(k)] for k in sizes])
+    labels_agree, _ = pairwise_accuracy([gold[s:s + k] for s, k in zip(starts, sizes)],
+                                        [[float(k - i) for i in range(k)] for k in sizes])
+    return {
+        "eval_gold_pairwise_accuracy": agree / total if total else float("nan"),
+        "eval_gold_num_comparisons": total,
+        "eval_data_pairwise_accuracy": data_agree / data_total if data_total else float("nan"),
+        # the ceiling of the accuracy against the data's labels: how often the gold judge itself agrees with them
+        "eval_gold_agrees_with_data": labels_agree / data_total if data_total else float("nan"),
+        "gold_labeler": getattr(judge, "name", spec),
+    }
+
+
 def _load_splits(script_args: RMScriptArguments, training_args: Any, source: str) -> tuple[list[dict], list[dict] | None]:
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
@@ -347,6 +383,14 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         )
     final_model.config.reward_shift = normalization["shift"]
     metrics["reward_shift"] = normalization["shift"]
+    if eval_rows and script_args.gold_labeler:
+        metrics.update(gold_accuracy(final_model, tokenizer, eval_rows, script_args.gold_labeler,
+                                     script_args.scoring_batch_size, source))
+        logger.info(
+            f"held-out pairwise accuracy against {metrics['gold_labeler']}: {metrics['eval_gold_pairwise_accuracy']:.3f}"
+            f" (against the data's labels: {metrics['eval_data_pairwise_accuracy']:.3f}; {metrics['gold_labeler']} "
+            f"itself agrees with those labels on {metrics['eval_gold_agrees_with_data']:.3f})"
+        )
 
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training_args.output_dir)
@@ -367,7 +411,8 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
                       "train rankings": len(train_dataset)},
             results={"reward shift": normalization["shift"],
                      "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
-                     "held-out Kendall's tau": metrics.get("eval_kendall_tau")},
+                     "held-out Kendall's tau": metrics.get("eval_kendall_tau"),
+                     "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy")},
         )
     save_trained_model(trainer, training_args.output_dir, model=final_model)  # the weights: last but the marker
     if trainer.is_world_process_zero():

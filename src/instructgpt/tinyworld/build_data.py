@@ -13,6 +13,7 @@ sft_eval.jsonl      prompt, completion, family, style           SFT held-out los
 rm_prompts.jsonl    prompt, family                              comparison collection (reward model)
 ppo_prompts.jsonl   prompt, family                              PPO rollouts
 eval_prompts.jsonl  prompt, family                              held-out evaluation (win rates)
+ood_prompts.jsonl   prompt, family, split                       out-of-distribution evaluation
 ptx.jsonl           text                                        PPO-ptx pretraining mix
 ==================  ==========================================  =======================================
 
@@ -23,6 +24,12 @@ How prompts are split (InstructGPT held out its evaluation prompts by user; here
    longer prompt or inside a pretraining quiz sheet.
 3. The other sets draw ``prefix + core`` prompts from the remaining cores, pairwise disjoint by prompt string
    (the same core may appear in two training sets behind different prefixes).
+
+4. The out-of-distribution set (:func:`ood_prompts`) is built from what no training file holds: the held-out
+   evaluation instructions rewritten with other casing and punctuation (``casing``), string tasks on words outside
+   :data:`~instructgpt.tinyworld.world.WORDS` (``new_words``), and arithmetic whose operands are all outside the
+   training range 1-6 (``new_operands``). It has its own random generator, so it leaves the other files as they
+   were.
 
 Each set mixes the families as :data:`FAMILY_MIX` says. SFT prompts get one demonstration each, in a style
 drawn from :data:`instructgpt.tinyworld.demos.STYLE_WEIGHTS`.
@@ -41,13 +48,31 @@ from typing import Any, Iterable
 
 from instructgpt.tinyworld.corpus import build_corpus
 from instructgpt.tinyworld.demos import demonstrate, pick_style
-from instructgpt.tinyworld.world import CREATURES, FAMILIES, KINDS, PREFIXES, Task, all_cores
+from instructgpt.tinyworld.world import (
+    CREATURE_BY_NAME,
+    CREATURES,
+    FAMILIES,
+    KINDS,
+    MAX_OPERAND,
+    PREFIXES,
+    TEMPLATES,
+    WORDS,
+    Task,
+    all_cores,
+    attribute_of_word,
+    make_task,
+    parse_prompt,
+)
 
 SEED = 1234
 SIZES: dict[str, int] = {"eval_prompts": 180, "sft_train": 2000, "sft_eval": 200, "rm_prompts": 500, "ppo_prompts": 1000}
 FAMILY_MIX: dict[str, float] = {"arithmetic": 0.3, "fact": 0.3, "string": 0.2, "describe": 0.2}
 PREFIX_WEIGHTS = (0.55, 0.15, 0.15, 0.15)  # "", "Question: ", "Please answer: ", "Quick question: "
 PTX_FRACTION = 0.25  # ptx.jsonl: a quarter of the corpus's size, drawn afresh from the same generators
+OOD_SIZES: dict[str, int] = {"casing": 90, "new_words": 60, "new_operands": 60}
+# Everyday words the world never uses: none is in WORDS, a creature, an attribute word or a palindrome.
+OOD_WORDS: tuple[str, ...] = ("cup", "hat", "pen", "sock", "bowl", "road", "star", "wolf", "gate", "jam", "vase", "desk")
+OOD_OPERANDS = range(MAX_OPERAND + 1, 13)  # 7..12: every operand outside the training range 1..6
 
 
 def family_counts(total: int) -> dict[str, int]:
@@ -118,6 +143,41 @@ def quiz_pool(sets: dict[str, list[Task]]) -> list[str]:
     return sorted({t.core for cores in cores_by_family().values() for t in cores} - held_out)
 
 
+def recase(prompt: str, rng: random.Random) -> str:
+    """The same instruction with other casing and final punctuation, as a new user might type it; the tiny world's
+    parser reads it as the same task (it forgives case, whitespace and the final punctuation mark)."""
+    body, end = (prompt[:-1], prompt[-1]) if prompt[-1] in ".?!" else (prompt, "")
+    casing = rng.choice(("lower", "upper", "first_lower", "title"))
+    if casing == "lower":
+        body = body.lower()
+    elif casing == "upper":
+        body = body.upper()
+    elif casing == "first_lower":
+        body = body[0].lower() + body[1:]
+    else:
+        body = " ".join(w[:1].upper() + w[1:] for w in body.split(" "))
+    end = rng.choice([e for e in ("", ".", "?", "!") if e != end])
+    return body + end
+
+
+def ood_prompts(held_out: list[Task], rng: random.Random) -> list[dict[str, str]]:
+    """The out-of-distribution evaluation set: ``casing``, ``new_words`` and ``new_operands`` (module docstring)."""
+    rows = []
+    for task in rng.sample(held_out, OOD_SIZES["casing"]):
+        rows.append({"prompt": recase(task.prompt, rng), "family": task.family, "split": "casing"})
+    words = [make_task(kind, template, word=word) for kind in KINDS["string"]
+             for template in range(len(TEMPLATES[kind])) for word in OOD_WORDS]
+    sums = [make_task(kind, template, x=x + y if kind == "sub" else x, y=y) for kind in KINDS["arithmetic"]
+            for template in range(len(TEMPLATES[kind])) for x in OOD_OPERANDS for y in OOD_OPERANDS]
+    for split, cores in (("new_words", words), ("new_operands", sums)):
+        for task in rng.sample(cores, OOD_SIZES[split]):
+            prefix = rng.choices(PREFIXES, PREFIX_WEIGHTS)[0]
+            rows.append({"prompt": prefix + task.core, "family": task.family, "split": split})
+    for row in rows:  # every prompt is one the labeler can judge, and none is a training or held-out prompt as is
+        parse_prompt(row["prompt"])
+    return rows
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     count = 0
     with path.open("w", encoding="utf-8") as handle:
@@ -149,6 +209,7 @@ def build(output_dir: str | Path, seed: int = SEED) -> dict[str, int]:
         "ppo_prompts.jsonl": [{"prompt": t.prompt, "family": t.family} for t in sets["ppo_prompts"]],
         "eval_prompts.jsonl": [{"prompt": t.prompt, "family": t.family} for t in sets["eval_prompts"]],
         "ptx.jsonl": [{"text": d} for d in ptx],
+        "ood_prompts.jsonl": ood_prompts(sets["eval_prompts"], random.Random(seed + 4)),
     }
     return {name: write_jsonl(output_dir / name, rows) for name, rows in files.items()}
 

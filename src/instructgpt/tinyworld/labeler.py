@@ -34,7 +34,8 @@ from instructgpt.tinyworld.world import (
 # ---------------------------------------------------------------------------------------------------------------
 
 # Weights of the rubric (fixed; documented in SimulatedLabeler and data/README.md).
-CORRECT_WEIGHT = 10.0          # a correct answer
+ON_TASK_WEIGHT = 10.0          # an attempt at the asked task (InstructGPT: following the instruction comes first)
+CORRECT_WEIGHT = 10.0          # a correct answer (on top of ON_TASK_WEIGHT)
 COMPLETENESS_WEIGHT = 2.0      # descriptions: 0.5 per attribute of the creature stated
 EXTRA_WORD_PENALTY = 0.05      # per word beyond the budget (the reference answer's words + BUDGET_SLACK)
 BUDGET_SLACK = 2
@@ -43,7 +44,7 @@ OFF_INSTRUCTION_PENALTY = 1.0  # per sentence that is off the instruction
 REPETITION_WEIGHT = 3.0        # times the share of repeated word trigrams
 DUPLICATE_SENTENCE_PENALTY = 0.5  # per sentence that repeats an earlier one
 FILLER_PENALTY = 0.75          # per filler phrase
-PENALTY_CAP = 7.5              # style penalties saturate below this, so correctness (10) always dominates
+PENALTY_CAP = 7.5              # style penalties saturate below this, so no style crosses a tier (10 apart)
 EMPTY_SCORE = -20.0            # an empty or whitespace-only response: below anything else
 NEUTRAL_BASE = 5.0             # unrecognised prompts under on_unknown="neutral": style only
 NEUTRAL_BUDGET = 30            # ... with this word budget
@@ -79,6 +80,8 @@ class Judgement:
 
     total: float
     correct: bool = False
+    on_task: bool = False
+    family: str | None = None
     completeness: float = 0.0
     length_penalty: float = 0.0
     off_instruction: int = 0
@@ -88,6 +91,14 @@ class Judgement:
     style_penalty: float = 0.0
     empty: bool = False
     recognised: bool = True
+
+    off_topic_sentences: int = 0
+
+    @property
+    def off_topic(self) -> bool:
+        """At least one sentence strays from the task (names another creature, asks or answers something else),
+        whether or not the response also attempts the task; a wrong attempt is not off-topic."""
+        return self.off_topic_sentences > 0
 
 
 def split_sentences(text: str) -> list[str]:
@@ -194,6 +205,34 @@ def _string_correct(task: Task, text: str, sentences: list[str]) -> bool:
     return True
 
 
+def _candidate_answer(task: Task, sentence: str, claims: list[_Claim], index: int) -> bool:
+    """Does this sentence state a candidate answer of the asked kind, right or wrong (rubric term 0)?"""
+    tokens = _TOKEN.findall(sentence)
+    if task.family == "arithmetic":
+        return any(t.isdigit() for t in tokens)
+    if task.family in ("fact", "describe"):
+        return any(c.sentence == index and c.creature == task.creature and
+                   (task.family == "describe" or c.kind == task.kind) for c in claims)
+    if task.kind == "reverse":
+        word = task.word or ""
+        return any(t.lower() != word and sorted(t.lower()) == sorted(word) for t in tokens)
+    if task.kind == "upper":
+        return any(len(t) >= 2 and t.isupper() for t in tokens)
+    word = task.word or ""
+    return any(len(t) == 1 and t.isalpha() and (t.lower() not in ("a", "i") or t.lower() in word) for t in tokens)
+
+
+def attempts_task(task: Task, sentences: list[str], claims: list[_Claim], named: list[set[str]]) -> bool:
+    """The response attempts the asked task: some sentence that is not a question and names no creature other
+    than the asked one states a candidate answer of the asked kind (see :func:`_candidate_answer`)."""
+    for index, sentence in enumerate(sentences):
+        if sentence.rstrip().endswith("?") or named[index] - {task.creature}:
+            continue
+        if _candidate_answer(task, sentence, claims, index):
+            return True
+    return False
+
+
 class Rubric:
     """The simulated labeler's rubric without noise: :meth:`judge` returns every term, :meth:`score` the total."""
 
@@ -211,7 +250,8 @@ class Rubric:
                 raise
             task = None
         if not text:
-            return Judgement(total=EMPTY_SCORE, empty=True, recognised=task is not None)
+            return Judgement(total=EMPTY_SCORE, empty=True, recognised=task is not None,
+                             family=task.family if task is not None else None)
         if task is None:
             return self._judge_neutral(text)
         return self._judge_task(task, text)
@@ -281,12 +321,15 @@ class Rubric:
             answered = _string_correct(task, text, sentences)
         correct = answered and not false_claims
 
-        # 2. completeness (descriptions): share of the four attributes stated truly
-        completeness = len({c.kind for c in about}) / 4 if task.family == "describe" else 0.0
+        # 0. on task: a correct answer, or an attempt at the asked task (not at another one, not at none)
+        on_task = correct or attempts_task(task, sentences, claims, named)
+
+        # 2. completeness (on-task descriptions): share of the four attributes stated truly
+        completeness = len({c.kind for c in about}) / 4 if task.family == "describe" and on_task else 0.0
 
         # 3. staying on the instruction: each sentence must carry the answer (or be pure filler, charged below),
         #    and must not bring in other creatures
-        off_instruction = 0
+        off_instruction = off_topic = 0
         for index, sentence in enumerate(sentences):
             if task.family in ("fact", "describe"):
                 bearing = any(c.sentence == index and c.creature == task.creature and
@@ -296,6 +339,9 @@ class Rubric:
             others = named[index] - {task.creature}
             if others or not (bearing or self._is_filler_only(sentence)):
                 off_instruction += 1
+                # off-topic, for evaluation only: not even a (wrong) attempt at the asked task
+                attempt = not sentence.rstrip().endswith("?") and _candidate_answer(task, sentence, claims, index)
+                off_topic += bool(others) or not attempt
 
         # 4-6. length, repetition, filler
         budget = len(_TOKEN.findall(answer_sentence(task))) + BUDGET_SLACK
@@ -304,10 +350,11 @@ class Rubric:
         filler = len(_FILLER.findall(text))
         style = self._squash(length + OFF_INSTRUCTION_PENALTY * off_instruction + repetition + FILLER_PENALTY * filler)
 
-        total = CORRECT_WEIGHT * correct + COMPLETENESS_WEIGHT * completeness - style
+        total = ON_TASK_WEIGHT * on_task + CORRECT_WEIGHT * correct + COMPLETENESS_WEIGHT * completeness - style
         return Judgement(
-            total=total, correct=correct, completeness=completeness, length_penalty=length,
-            off_instruction=off_instruction, repetition_penalty=repetition, filler=filler,
+            total=total, correct=correct, on_task=on_task, family=task.family, completeness=completeness,
+            length_penalty=length,
+            off_instruction=off_instruction, off_topic_sentences=off_topic, repetition_penalty=repetition, filler=filler,
             false_claims=false_claims, style_penalty=style,
         )
 
@@ -318,17 +365,40 @@ class SimulatedLabeler(Labeler):
     It parses the raw instruction (no prompt template; chat messages are read as their last user turn) with
     :func:`instructgpt.tinyworld.parse_prompt` to find the task and its right answer in the world, then scores::
 
-        score = 10 * correct + 2 * completeness - squash(style penalties)
+        score = 10 * on_task + 10 * correct + 2 * completeness - squash(style penalties)
 
+    **Priorities** (revised in issue 12, before any model was trained on the revision): correct, then an
+    on-task attempt, then style. InstructGPT's labelers rated "fails to follow the correct instruction / task" as a
+    failure in its own right, ahead of any matter of style (Ouyang et al. 2022, table 3 and appendix B). The first
+    version of this rubric had no such term: an off-topic sentence cost 1.0 and each filler phrase 0.75, so
+    answering another question ("The thornbeak is huge and eats worms." to "What is the sum of 7 and 4?") scored
+    above attempting this one politely and wrongly ("Sure! 7. Thanks for asking!"), and PPO learned to do that.
+    Now the three tiers cannot overlap, whatever the style and the noise-free score:
+
+    - a correct answer scores in (12.5, 22]: 10 (on task) + 10 (correct) + completeness - style;
+    - an on-task attempt that is wrong scores in (2.5, 12]: 10 + completeness (a wrong description can still state
+      true attributes) - style;
+    - a response that attempts another task, or none, scores in (-7.5, 0]: style penalties only;
+    - an empty response scores -20, below everything.
+
+    0. **On task** (the response attempts the asked task; a correct answer always does): a sentence that is not a
+       question and names no other creature states a candidate answer of the asked kind. Arithmetic: a number.
+       Facts: an attribute word of the asked kind about the asked creature, true or not. Descriptions: any
+       attribute word about the asked creature. Reverse: an anagram of the word other than the word itself
+       (repeating the word, or naming it to do something else with it, is not reversing it). Capitals: a word
+       in capitals. First/last letter: a single letter (the article "a" and the pronoun "I" only
+       when the word contains that letter).
     1. **Correctness** (dominates everything): the right answer is stated and nothing false is. Arithmetic: the
        answer appears, every number is an operand or the answer, and every sentence with numbers ends on the
        answer. Facts: an attribute word of the asked kind, true of the asked creature. Strings: the expected
        string (reversed word, capitals, letter) appears, and no competing capitals/letter does. Descriptions: at
        least one true attribute of the creature. In every family, any false statement makes the response wrong:
        an attribute word that is false of the creature last named (``"It is red."``), or a false sum.
-    2. **Completeness** (descriptions only): 0.5 per attribute of the four (color, habitat, food, size) stated.
-    3. **Style penalties**, summed, then squashed by ``7.5 * (1 - exp(-p / 7.5))`` so that a correct answer with
-       the worst style still outscores a wrong one with the best:
+    2. **Completeness** (descriptions only, and only for an on-task response): 0.5 per attribute of the four
+       (color, habitat, food, size) stated truly.
+    3. **Style penalties**, summed, then squashed by ``7.5 * (1 - exp(-p / 7.5))`` so that they never cross a
+       tier: a correct answer with the worst style still outscores a wrong one with the best, and an on-task
+       attempt with the worst style outscores an off-task response with the best:
 
        - conciseness: 0.05 per word beyond the budget (the reference one-sentence answer's words + 2), plus 0.001
          per character (a tie-breaker that keeps different responses from tying);
@@ -348,7 +418,7 @@ class SimulatedLabeler(Labeler):
     units: 1.0 is one off-instruction sentence), drawn from a ``numpy`` generator seeded with ``seed`` and the
     (prompt, response) text, so two labelers with different seeds disagree now and then, as people do, while one
     labeler judges a given pair the same way every time it sees it.
-    :data:`HUMAN_AGREEMENT_NOISE` gives 78% inter-labeler agreement on comparisons of responses sampled from the
+    :data:`HUMAN_AGREEMENT_NOISE` gives 80% inter-labeler agreement on comparisons of responses sampled from the
     tiny SFT model, near InstructGPT's 73% (measured numbers in data/README.md). With ``noise == 0`` the
     labeler is deterministic.
     """
@@ -381,6 +451,6 @@ class SimulatedLabeler(Labeler):
         return scores.tolist()
 
 
-# Noise level that gives inter-labeler agreement near InstructGPT's 73% on the tiny world's comparisons (78% on the
+# Noise level that gives inter-labeler agreement near InstructGPT's 73% on the tiny world's comparisons (80% on the
 # tiny SFT model's samples; two SimulatedLabelers with different seeds; measured in data/README.md).
 HUMAN_AGREEMENT_NOISE = 1.0
