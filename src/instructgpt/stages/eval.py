@@ -820,7 +820,7 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
                   "Wilson intervals.", ""] + shares_table(results["task_shares"]) + [""]
     ood = results.get("ood")
     if ood:
-        lines += [f"## Out of distribution", "", f"{ood['num_prompts']} prompts from `{ood['prompts']}`, sampled as "
+        lines += ["## Out of distribution", "", f"{ood['num_prompts']} prompts from `{ood['prompts']}`, sampled as "
                   "above.", ""]
         if ood["headline"]:
             lines += win_rate_table(ood["headline"]) + [""]
