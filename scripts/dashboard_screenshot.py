@@ -1,6 +1,7 @@
 """Open a run's Trackio dashboard in headless Chromium, check that it shows the PPO curves, and save a screenshot.
 
-    python scripts/dashboard_screenshot.py --project instructgpt-tiny --out docs/images/trackio_dashboard.png
+    python scripts/dashboard_screenshot.py --project instructgpt-tiny --out docs/images/trackio_dashboard.png \
+        --scroll_to objective
 
 It serves the project's dashboard on 127.0.0.1 (``trackio show``, from ``TRACKIO_DIR`` or Trackio's default
 folder), loads it in Debian's ``chromium`` through ``chromium-driver`` and Selenium, and waits until the page shows
@@ -68,7 +69,7 @@ def page_shows(text: str, expected: list[str]) -> list[str]:
 
 
 def screenshot(project: str, out: Path, expected: list[str], timeout: float = 120, width: int = 1400,
-               height: int = 900) -> str:
+               height: int = 900, scroll_to: str | None = None) -> str:
     """Serve, load, wait for every expected section and plot, save the PNG; return the page's visible text."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/?project={project}"
@@ -88,6 +89,11 @@ def screenshot(project: str, out: Path, expected: list[str], timeout: float = 12
             time.sleep(1)
         else:
             raise TimeoutError(f"the dashboard of project {project!r} never showed {', '.join(missing)}")
+        if scroll_to:  # bring one section (e.g. PPO's `objective`) to the top of the window
+            heading = driver.find_elements(
+                "xpath", f"//*[starts-with(normalize-space(text()), '{scroll_to}')][not(self::script)]")
+            if heading:
+                driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading[0])
         time.sleep(2)  # the plots draw after their titles appear
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
@@ -106,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", nargs="+", default=["objective", "kl", "scores"],
                         help="Section and plot titles the page must show.")
     parser.add_argument("--timeout", type=float, default=120, help="Seconds to wait for the server and the page.")
+    parser.add_argument("--scroll_to", default=None, help="A section title to scroll to before the screenshot.")
     args = parser.parse_args(argv)
     if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which("chromedriver"):
         print("dashboard_screenshot: needs Debian's chromium and chromium-driver (apt-get install chromium "
               "chromium-driver)", file=sys.stderr)
         return 1
     try:
-        screenshot(args.project, args.out, args.expect, args.timeout)
+        screenshot(args.project, args.out, args.expect, args.timeout, scroll_to=args.scroll_to)
     except (TimeoutError, OSError) as err:
         print(f"dashboard_screenshot: {err}", file=sys.stderr)
         return 1
