@@ -30,9 +30,9 @@ def _run_from_repo_root(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict[str, str | None] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command in a subprocess from the repo root (for entry points, exit codes and `accelerate launch`)."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None unsets a variable
     return subprocess.run(
         args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )

@@ -15,6 +15,9 @@ from conftest import python_m, run_cli
 from instructgpt.infra.outputs import RUN_MARKER
 
 FAULT_ENV = "INSTRUCTGPT_FAULT"
+# A stage resumed after a crash is a new process with its own W&B service, not one that inherits this test
+# process's service (which in-process W&B tests start), where the killed run would still hold its id.
+OWN_WANDB_SERVICE = {"WANDB_SERVICE": None}
 
 
 def trackio_runs(project: str) -> dict[str, list[dict]]:
@@ -89,7 +92,7 @@ def _ppo(out: Path, sft: Path, rm: Path, project: str, env: dict[str, str] | Non
         "8", "--gradient_accumulation_steps", "1", "--num_mini_batches", "1", "--num_ppo_epochs", "1",
         "--response_length", "10",
         "--save_steps", "1", "--logging_steps", "1", "--num_sample_generations", "2", "--eval_num_prompts", "0",
-    ), env=env)
+    ), env={**OWN_WANDB_SERVICE, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +163,10 @@ def test_sft_resumed_after_a_kill_continues_its_trackio_and_wandb_run(tmp_path):
                     "trackio,wandb", "--project", project, "--max_train_samples", "80", "--per_device_train_batch_size",
                     "8", "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "steps",
                     "--save_steps", "4", "--logging_steps", "1")
-    assert run_cli(args, env={FAULT_ENV: "train_step:7"}).returncode == -signal.SIGKILL
+    assert run_cli(args, env={FAULT_ENV: "train_step:7", **OWN_WANDB_SERVICE}).returncode == -signal.SIGKILL
     identity = json.loads((out / "trackers.json").read_text())
     assert json.loads((out / "checkpoint-4" / "trackers.json").read_text()) == identity
-    result = run_cli(args)
+    result = run_cli(args, env=OWN_WANDB_SERVICE)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = trackio_runs(project)
     assert list(runs) == [identity["run_name"]]
