@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from instructgpt.infra.errors import InstructGPTError
 
@@ -20,8 +20,9 @@ class DataError(InstructGPTError):
     """A dataset that cannot feed the stage: missing file, bad row, missing column, empty."""
 
 
-def _check_jsonl(path: Path) -> None:
-    """Parse every line up front so a broken row is reported by line number, not as a pyarrow trace."""
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every non-blank line of a JSONL file; a line that is not UTF-8, not JSON or not
+    an object is a :class:`DataError` naming the file and the line."""
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -36,6 +37,13 @@ def _check_jsonl(path: Path) -> None:
             raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number} must be a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def _check_jsonl(path: Path) -> None:
+    """Parse every line up front so a broken row is reported by line number, not as a pyarrow trace."""
+    for _ in jsonl_rows(path):
+        pass
 
 
 def load_data(

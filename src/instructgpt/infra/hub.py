@@ -53,6 +53,20 @@ def _markdown_table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _card_sections(datasets: Sequence[str | None], data_label: str, settings: dict[str, Any] | None,
+                   results: dict[str, Any] | None) -> list[str]:
+    """The lines every card ends with: the local data (no Hub page to link), the settings and the results."""
+    lines: list[str] = []
+    local = [d for d in datasets if d and not hub_id(d)]
+    if local:
+        lines += [f"{data_label}: " + ", ".join(f"`{d}`" for d in local) + ".", ""]
+    if settings:
+        lines += ["### Settings", "", _markdown_table(settings), ""]
+    if results:
+        lines += ["### Results", "", _markdown_table(results), ""]
+    return lines
+
+
 def write_model_card(
     output_dir: str | Path,
     *,
@@ -91,13 +105,7 @@ def write_model_card(
         card.text = card.text.replace("[None](https://huggingface.co/None)", f"`{base_model}`")
     section = [f"## {title}", "", summary.strip(), ""]
     section += [f"Base model: `{base_model}`." if base_model else "", ""]
-    local = [d for d in datasets if d and not hub_id(d)]
-    if local:
-        section += ["Local data: " + ", ".join(f"`{d}`" for d in local) + ".", ""]
-    if settings:
-        section += ["### Settings", "", _markdown_table(settings), ""]
-    if results:
-        section += ["### Results", "", _markdown_table(results), ""]
+    section += _card_sections(datasets, "Local data", settings, results)
     text = str(card).rstrip() + "\n\n" + "\n".join(line for line in section) + "\n"
     path = output_dir / CARD_FILE
     atomic_write_text(path, text)
@@ -129,13 +137,7 @@ def write_dataset_card(
     lines = [f"# {output_dir.name}", "", f"## {title}", "", summary.strip(), ""]
     if source_model:
         lines += [f"Responses sampled from `{source_model}`.", ""]
-    local = [d for d in datasets if d and not hub_id(d)]
-    if local:
-        lines += ["Prompts: " + ", ".join(f"`{d}`" for d in local) + ".", ""]
-    if settings:
-        lines += ["### Settings", "", _markdown_table(settings), ""]
-    if results:
-        lines += ["### Results", "", _markdown_table(results), ""]
+    lines += _card_sections(datasets, "Prompts", settings, results)
     lines += ["### Citation", "", "```bibtex", INSTRUCTGPT_CITATION, "```", ""]
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     path = output_dir / CARD_FILE

@@ -15,7 +15,6 @@ against the simulated labeler or a reward model, which scores every response the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from itertools import combinations
@@ -30,7 +29,7 @@ Rankings = dict[str, dict[Any, dict[str, float]]]  # labeler -> item -> response
 
 def read_rankings(path: str) -> tuple[Rankings, dict[Any, Any]]:
     """Every labeler's ranking of every item, and each item's prompt; errors name the file and line."""
-    from instructgpt.data import DataError
+    from instructgpt.data import DataError, jsonl_rows
     from instructgpt.data.formats import prompt_text
 
     file = Path(path)
@@ -38,15 +37,9 @@ def read_rankings(path: str) -> tuple[Rankings, dict[Any, Any]]:
         raise DataError(f"{path}: rankings file not found")
     by_labeler: Rankings = {}
     prompts: dict[Any, Any] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+    for number, row in jsonl_rows(file):
         where = f"{path}: line {number}"
-        responses = row.get("responses") if isinstance(row, dict) else None
+        responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
             raise DataError(f"{where}: needs `responses`, a list of at least 2 strings, best first")
         labeler = row.get("labeler_id", row.get("labeler"))
