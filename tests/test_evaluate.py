@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,10 @@ def foreign_models(tmp_path_factory):
              "objective/kl": 0.3 * s} for s in range(1, 9)]
     rows.insert(0, {"step": 0, "eval/scores": 0.0, "eval/kl": 0.0})  # an evaluation line: no training metrics
     (ppo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # a Trainer stage's run (RLOO's layout): the policy is the checkpoint folder itself
+    llama.save_pretrained(root / "rloo" / "checkpoint-3")
+    tokenizer.save_pretrained(root / "rloo" / "checkpoint-3")
+    (root / "rloo" / "checkpoint-3" / "optimizer.pt").write_bytes(b"")
     return root
 
 
@@ -143,7 +148,7 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
         "--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "8", "--output_dir", str(out),
         "--labeler", "simulated", "--reference", "base", "--reward_model", str(foreign_models / "rm"),
         "--max_new_tokens", "12", "--ppo_run", str(foreign_models / "ppo"), "--num_examples", "2",
-        "--ood_prompts", str(ood),
+        "--ood_prompts", str(ood), "--checkpoint_runs", f"rloo={foreign_models / 'rloo'}",
     ])
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["base", "llama"]
@@ -177,8 +182,12 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
     assert points["step 4"]["kl"] == 0.0  # checkpoint 4 is the base model itself: same samples, same scores
     assert points["step 4"]["labeler_score"] == pytest.approx(m_base["labeler_score"])
     assert points["step 8"]["kl"] == pytest.approx(m_llama["kl_to_reference"])
-    for key in ("win_rates", "training", "overoptimization", "metrics"):
+    for key in ("win_rates", "training", "overoptimization", "metrics", "frontier"):
         assert (out / results["plots"][key]).read_bytes()[:4] == PNG
+    # the frontier: the Trainer-layout run is swept too, its checkpoint is the Llama again
+    assert set(results["sweeps"]) == {"ppo", "rloo"} and results["sweeps"]["ppo"] == results["checkpoints"]
+    assert [p["label"] for p in results["sweeps"]["rloo"]] == ["base", "step 3"]
+    assert results["sweeps"]["rloo"][1]["kl"] == pytest.approx(m_llama["kl_to_reference"])
     # what the win rate hides: shares per family, consistent with the per-response flags in completions.jsonl
     from instructgpt.tinyworld.labeler import SimulatedLabeler
 
@@ -210,6 +219,7 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
     assert "labeler_correct" in points["step 8"] and 0 <= points["step 8"]["labeler_correct"] <= 1
     report = (out / "report.md").read_text()
     assert "| llama | base |" in report and "![win_rates](plots/win_rates.png)" in report
+    assert "## Methods side by side (against base)" in report and "| rloo | step 3 |" in report
     assert "## What the win rate hides" in report and "| llama | new_operands | 2 |" in report
     assert report.count("**Prompt:**") == 2 and report.count("**Prompt (") == 6
     assert (out / "instructgpt_run.json").is_file()
@@ -239,3 +249,41 @@ def test_eval_refuses_bad_models_with_the_name(tmp_path, foreign_models, capsys)
         evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(tmp_path / "none.jsonl"),
                        "--output_dir", str(tmp_path)])
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_best_of_n_keeps_the_reward_models_favourite_and_reports_its_closed_form_kl(tmp_path, foreign_models):
+    """best_of_4: of the 4 samples the shared sampler draws per prompt (same seed), the one the RM scores highest."""
+    from instructgpt.data.formats import load_prompts
+    from instructgpt.modeling import load_policy
+    from instructgpt.modeling.reward import load_reward_model, score_responses
+    from instructgpt.sampling import generate_samples
+    from instructgpt.stages.eval import EvalArguments, sample_best_of_n
+
+    prompts = load_prompts(str(TINY_DATA / "eval_prompts.jsonl"), key="--prompts", source="test", limit=5)
+    model, tokenizer = load_policy(str(TINY_BASE), key="model", source="test")
+    reward = load_reward_model(str(foreign_models / "rm"))
+    args = EvalArguments(max_new_tokens=10, seed=3)
+    picked = sample_best_of_n(model, tokenizer, prompts, args, 4, reward)
+    candidates = generate_samples(model, tokenizer, prompts, num_samples=4, max_new_tokens=10, seed=3)
+    for prompt, text, row in zip(prompts, picked.texts, candidates):
+        scores = score_responses(reward[0], reward[1], [prompt] * 4, [s.text for s in row])
+        assert text == row[max(range(4), key=scores.__getitem__)].text
+    assert picked.kl == [pytest.approx(math.log(4) - 0.75)] * 5
+
+    out = tmp_path / "eval"
+    evaluate.main(["--models", f"base={TINY_BASE}", f"best_of_4=best_of_4:{TINY_BASE}", "--prompts",
+                   str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "5", "--output_dir", str(out),
+                   "--reference", "base", "--reward_model", str(foreign_models / "rm"), "--max_new_tokens", "10",
+                   "--seed", "3"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["best_of_4"]["kl_to_reference"] == pytest.approx(math.log(4) - 0.75)
+    assert results["metrics"]["best_of_4"]["rm_score"] == pytest.approx(
+        sum(score_responses(reward[0], reward[1], prompts, picked.texts)) / 5)
+    assert "| best_of_4 |" in (out / "report.md").read_text()
+
+
+def test_best_of_n_needs_a_reward_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--models", f"best=best_of_4:{TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
+                       "--output_dir", str(tmp_path / "eval")])
+    assert exit_.value.code != 0 and "--models best: best-of-n picks with a reward model" in capsys.readouterr().err

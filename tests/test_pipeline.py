@@ -88,10 +88,10 @@ def fake_stages(tmp_path, monkeypatch):
     (tmp_path / "fake_stage.py").write_text(FAKE_STAGE)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("fake_stage", None)
-    for stage in ("pretrain", "sft", "collect", "rm", "ppo"):
+    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"):
         monkeypatch.setitem(cli.STAGES, stage, "fake_stage")
     log = tmp_path / "calls.jsonl"
-    for stage in ("pretrain", "sft", "collect", "rm", "ppo"):
+    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"):
         (tmp_path / f"{stage}.yaml").write_text(f"stage: {stage}\nsteps: 3\nlog: {log}\nrun_name: fake-{stage}\n")
 
     def calls() -> list[dict]:
@@ -213,6 +213,43 @@ def test_bad_pipeline_recipes_get_clear_errors(tmp_path, fake_stages):
     (tmp_path / "norm.yaml").write_text(recipe.read_text().replace(f"rm: {tmp_path / 'rm.yaml'}", "rm: null"))
     with pytest.raises(Exception, match=r"`ppo` needs `rm`"):
         run([str(tmp_path / "norm.yaml")])
+
+
+def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_path, fake_stages):
+    from instructgpt.stages.pipeline import Planner
+
+    extra = f"dpo: {tmp_path / 'dpo.yaml'}\nrloo: {tmp_path / 'rloo.yaml'}\nmethods: [ppo, dpo, rloo, best_of_4]\n"
+    recipe = write_pipeline(tmp_path, extra)
+    run([str(recipe)])
+    root = tmp_path / "run"
+    by_stage = {c["stage"]: c for c in fake_stages()}
+    assert [c["stage"] for c in fake_stages()] == ["pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"]
+    assert by_stage["dpo"]["model"] == by_stage["rloo"]["model"] == by_stage["ppo"]["model"] == str(root / "sft")
+    assert by_stage["dpo"]["data"] == by_stage["rm"]["data"] == str(root / "collect" / "rankings.jsonl")
+    assert by_stage["rloo"]["reward_model"] == by_stage["ppo"]["reward_model"] == str(root / "rm")
+    assert is_complete(root / "dpo") and is_complete(root / "rloo")
+
+    # the evaluation sees every method next to base and SFT, and sweeps PPO's and RLOO's checkpoints
+    args, parsed, per_stage = parse_args([str(recipe), "--eval", '{"prompts": "p.jsonl"}'])
+    _, settings = Planner(args, parsed, per_stage).plan()
+    assert settings["models"] == [f"base={root / 'pretrain'}", f"sft={root / 'sft'}", f"ppo={root / 'ppo'}",
+                                  f"dpo={root / 'dpo'}", f"rloo={root / 'rloo'}", f"best_of_4=best_of_4:{root / 'sft'}"]
+    assert settings["ppo_run"] == str(root / "ppo") and settings["checkpoint_runs"] == [f"rloo={root / 'rloo'}"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("methods: [dpo]\n", r"`methods` lists dpo but `dpo` \(its stage recipe\) is not set"),
+    ("methods: [ppo, best_of_0]\n", r"unknown method 'best_of_0'"),
+    ("methods: [ppo, sgd]\n", r"unknown method 'sgd'"),
+    ("methods: [ppo, ppo]\n", r"names a method twice"),
+    ("dpo: DPO\nmethods: [ppo]\n", r"`dpo` is set but not listed in `methods`"),
+    ("methods: [ppo, best_of_4]\nrounds: 2\n", r"`rounds` > 1 runs InstructGPT's PPO loop only"),
+])
+def test_bad_methods_are_refused_with_the_reason(tmp_path, fake_stages, extra, message):
+    recipe = write_pipeline(tmp_path, extra.replace("DPO", str(tmp_path / "dpo.yaml")))
+    with pytest.raises(Exception, match=message):
+        run([str(recipe)])
+    assert fake_stages() == []
 
 
 def test_a_bad_stage_recipe_stops_the_pipeline_before_any_stage_runs(tmp_path, fake_stages, capsys):

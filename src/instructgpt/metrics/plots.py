@@ -6,7 +6,9 @@
   SFT policy
   across PPO checkpoints. Gao et al. (2022) show the "gold" score rising, then falling while the proxy reward keeps
   rising as KL grows: a curve that turns down here is reward over-optimization;
-- :func:`plot_model_metrics`: the per-model metrics side by side (labeler score, RM score, KL, length, ...).
+- :func:`plot_model_metrics`: the per-model metrics side by side (labeler score, RM score, KL, length, ...);
+- :func:`plot_frontier`: the reward–KL frontier: the labeler's score against KL from the SFT policy, one point per
+  method (PPO, DPO, RLOO, best-of-n, ...) and one line per run whose checkpoints were evaluated.
 
 Every function writes one PNG and returns its path.
 """
@@ -145,4 +147,41 @@ def plot_model_metrics(metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_frontier(
+    points: Mapping[str, Mapping[str, Any]],
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    labeler: str = "labeler",
+    reference: str = "sft",
+) -> Path:
+    """The reward–KL frontier: the labeler's (gold) score against KL(policy || reference), nats per response.
+
+    ``points``: ``{method: {"kl": ..., "labeler_score": ...}}``, one marker per evaluated model (methods without a
+    KL, such as another tokenizer's model, are left out). ``curves``: ``{run: [{"kl", "labeler_score", "label"},
+    ...]}``, the checkpoints of a run in training order, drawn as a line. A method up and to the left of another
+    buys more of the judge's score for less KL: the comparison Gao et al. (2022) and AlpacaFarm (Dubois et al.
+    2023) draw between PPO, best-of-n and the others.
+    """
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = {name: colors[i % len(colors)] for i, name in enumerate(dict.fromkeys([*points, *curves]))}
+    for name, run in curves.items():
+        run = [p for p in run if p.get("kl") is not None and p.get("labeler_score") is not None]
+        if len(run) >= 2:
+            ax.plot([p["kl"] for p in run], [p["labeler_score"] for p in run], "-", marker=".", alpha=0.6,
+                    color=color_of[name], label=f"{name} checkpoints")
+    for name, p in points.items():
+        if p.get("kl") is None or p.get("labeler_score") is None:
+            continue
+        ax.scatter([p["kl"]], [p["labeler_score"]], s=60, color=color_of[name], edgecolor="black", zorder=3,
+                   label=name)
+        ax.annotate(name, (p["kl"], p["labeler_score"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(f"KL(policy || {reference}) on held-out prompts, nats per response")
+    ax.set_ylabel(f"mean {labeler} score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Reward–KL frontier of each method")
     return _save(fig, path)

@@ -19,7 +19,11 @@ Every model answers every prompt once, sampled with the same settings and seed (
   ``split`` column (the tiny world ships ``data/tiny/ood_prompts.jsonl``: other casing and punctuation, new words,
   new operands);
 - with ``--ppo_run``: the PPO run's reward and KL over training (its ``metrics.jsonl``), and the labeler's score
-  and share correct against KL from the reference across its checkpoints, where reward over-optimization shows.
+  and share correct against KL from the reference across its checkpoints, where reward over-optimization shows;
+- **best-of-n** as a method: a model given as ``NAME=best_of_N:PATH`` samples N responses per prompt from PATH and
+  answers with the one the ``--reward_model`` scores highest (:func:`sample_best_of_n`);
+- **the reward–KL frontier**: every model's labeler score against its KL to the reference, with one line per run of
+  ``--checkpoint_runs`` (PPO's checkpoints, RLOO's, ...) evaluated checkpoint by checkpoint (``plots/frontier.png``).
 
 Outputs: ``results.json`` (machine-readable; ``win_rate[A][B]`` holds the rate and its interval, ``task_shares``
 the shares), ``report.md``, ``completions.jsonl`` (and ``ood_completions.jsonl``), ``plots/*.png``; with ``--report_to`` (trackio, wandb, ...) the same numbers, the plots and a
@@ -121,7 +125,12 @@ class EvalArguments:
     ppo_run: str | None = field(
         default=None,
         metadata={"help": "A PPO output_dir: plot its reward and KL over training (metrics.jsonl) and evaluate its "
-                  "checkpoints (checkpoint-*/policy) for the over-optimization plot."},
+                  "checkpoints (checkpoint-*/policy) for the over-optimization plot and the frontier."},
+    )
+    checkpoint_runs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "More training runs whose checkpoints to evaluate for the reward-KL frontier, as "
+                  "NAME=OUTPUT_DIR (checkpoint-N/ of a Trainer stage such as rloo, or checkpoint-N/policy of PPO)."},
     )
     max_checkpoints: int = field(
         default=6, metadata={"help": "Evaluate at most this many PPO checkpoints, evenly spaced (the last included)."}
@@ -155,6 +164,23 @@ class EvalArguments:
                 raise EvalError(f"{source}: --{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0:
             raise EvalError(f"{source}: --temperature must be >= 0, got {self.temperature}")
+        for name, path in parse_models(self.models).items():
+            if best_of_n(path, f"--models {name}", source) is not None and not self.reward_model:
+                raise EvalError(f"{source}: --models {name}: best-of-n picks with a reward model; give --reward_model")
+
+
+BEST_OF_N = re.compile(r"best_of_(\d+):(.+)")
+
+
+def best_of_n(path: str, key: str = "--models", source: str = "instructgpt eval") -> tuple[int, str] | None:
+    """``best_of_8:runs/sft`` -> ``(8, "runs/sft")``: the method best-of-8 on that policy; None for a plain path."""
+    match = BEST_OF_N.fullmatch(path)
+    if match is None:
+        return None
+    n = int(match.group(1))
+    if n < 1:
+        raise EvalError(f"{source}: {key}: best_of_N needs N >= 1, got {path!r}")
+    return n, match.group(2)
 
 
 def parse_models(entries: Sequence[str], source: str = "--models") -> dict[str, str]:
@@ -234,6 +260,43 @@ def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalA
 
 
 @torch.inference_mode()
+def sample_best_of_n(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, n: int,
+                     reward: tuple[Any, Any, float]) -> Samples:
+    """Best-of-n (Nakano et al. 2021, section 3.3; Stiennon et al. 2020): sample ``n`` responses per prompt from the
+    policy and keep the one the reward model scores highest (the first of equal scores). No training: the method's
+    only knob is ``n``, and its only cost is n times the sampling and scoring.
+
+    Its KL to the policy it samples from has a closed form in ``n`` alone, used by Stiennon et al. (2020) and Gao
+    et al. (2022) to put best-of-n on the same axis as RL:
+
+    .. math:: KL(\\pi_{best\\,of\\,n} \\| \\pi) = \\log n - (n - 1) / n
+
+    (an upper bound that is tight for distinct responses, Beirami et al. 2024). Samples' ``kl`` holds it per response.
+    """
+    from instructgpt.modeling.reward import score_responses
+    from instructgpt.sampling import generate_samples
+
+    rows = generate_samples(
+        model, tokenizer, prompts, num_samples=n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
+    )
+    rm_model, rm_tokenizer, _ = reward
+    scores = score_responses(rm_model, rm_tokenizer, [p for p, row in zip(prompts, rows) for _ in row],
+                             [s.text for row in rows for s in row], batch_size=args.batch_size)
+    picks = []
+    for i, row in enumerate(rows):
+        row_scores = scores[i * n:(i + 1) * n]
+        picks.append(row[max(range(n), key=row_scores.__getitem__)])
+    return Samples(
+        texts=[s.text for s in picks],
+        prompt_ids=[list(s.prompt_ids or []) for s in picks],
+        response_ids=[s.token_ids for s in picks],
+        finished=[s.finished for s in picks],
+        scored_ids=[s.scored_ids for s in picks],
+        kl=[math.log(n) - (n - 1) / n] * len(picks),
+    )
+
+
 def response_logprobs(
     model: Any, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], temperature: float,
     pad_token_id: int, batch_size: int = 32,
@@ -364,14 +427,18 @@ def read_metrics_log(ppo_run: str | Path) -> list[dict[str, Any]]:
     return read_jsonl(path) if path.is_file() else []
 
 
-def policy_checkpoints(ppo_run: str | Path, limit: int) -> list[tuple[int, Path]]:
-    """``(step, checkpoint-N/policy)`` of a PPO run, at most ``limit`` evenly spaced ones, the last included."""
+def policy_checkpoints(run: str | Path, limit: int) -> list[tuple[int, Path]]:
+    """``(step, policy directory)`` of a training run's checkpoints, at most ``limit`` evenly spaced ones, the last
+    included: ``checkpoint-N/policy`` of PPO, ``checkpoint-N`` itself of a Trainer stage (RLOO, DPO)."""
     found = []
-    for child in Path(ppo_run).glob("checkpoint-*"):
+    for child in Path(run).glob("checkpoint-*"):
         match = re.fullmatch(r"checkpoint-(\d+)", child.name)
-        policy = child / "policy"
-        if match and ((policy / "config.json").is_file() or (policy / "adapter_config.json").is_file()):
-            found.append((int(match.group(1)), policy))
+        if not match:
+            continue
+        for policy in (child / "policy", child):
+            if (policy / "config.json").is_file() or (policy / "adapter_config.json").is_file():
+                found.append((int(match.group(1)), policy))
+                break
     found.sort()
     if len(found) <= limit:
         return found
@@ -395,11 +462,12 @@ class Evaluator:
             from instructgpt.modeling.reward import load_reward_model
 
             self.reward = load_reward_model(args.reward_model, device=device, key="--reward_model", source=source)
-        self.ref_model = self.ref_tokenizer = None
+        self.ref_model = self.ref_tokenizer = self.ref_path = None
 
     def load_reference(self, path: str, key: str = "--reference") -> None:
         from instructgpt.modeling import load_policy
 
+        self.ref_path = path
         self.ref_model, self.ref_tokenizer = load_policy(
             path, key=key, source=self.source, prompt_template=self.args.prompt_template, device=self.device
         )
@@ -411,14 +479,23 @@ class Evaluator:
         prompts = self.prompts if prompts is None else prompts
         args = self.args
         logger.info(f"eval: {name} ({path}) on {len(prompts)} prompts")
-        if is_reference and self.ref_model is not None:
+        best_of = best_of_n(path, f"--models {name}", self.source)
+        policy_path = best_of[1] if best_of else path
+        if (is_reference or policy_path == self.ref_path) and self.ref_model is not None:
             model, tokenizer = self.ref_model, self.ref_tokenizer
         else:
-            model, tokenizer = load_policy(path, key=f"--models {name}", source=self.source,
+            model, tokenizer = load_policy(policy_path, key=f"--models {name}", source=self.source,
                                            prompt_template=args.prompt_template, device=self.device)
-        samples = sample_model(model, tokenizer, prompts, args)
+        if best_of:
+            samples = sample_best_of_n(model, tokenizer, prompts, args, best_of[0], self.reward)
+            if policy_path != self.ref_path:  # the closed form is the KL to the sampled policy, not to another one
+                samples.kl = None
+        else:
+            samples = sample_model(model, tokenizer, prompts, args)
         if is_reference:
             samples.kl = [0.0] * len(prompts)
+        elif best_of:
+            pass
         elif self.ref_model is not None:
             if same_vocabulary(tokenizer, self.ref_tokenizer):
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -482,7 +559,11 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     from instructgpt.modeling import check_model_path
 
     for name, path in models.items():  # fail before any model is loaded or sampled
-        check_model_path(path, f"--models {name}", source)
+        check_model_path((best_of_n(path, f"--models {name}", source) or (0, path))[1], f"--models {name}", source)
+    runs = checkpoint_runs(args, models)
+    for name, run_dir in runs.items():
+        if not Path(run_dir).is_dir():
+            raise EvalError(f"{source}: --checkpoint_runs {name}: {run_dir} is not a directory")
     prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split, limit=args.max_prompts)
     ood_prompts: list[Any] = []
     ood_groups: list[str] | None = None
@@ -561,15 +642,28 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
                                       "objective/rlhf_reward": training["rlhf_reward"]},
                 training["kl"], plot_dir / "ppo_training.png"))
             results["ppo_training"] = {k: v[-1] for k, v in training.items() if v}
-        if evaluator.labeler is not None and ref_path is not None:
-            sweep = checkpoint_sweep(evaluator, args, prompts, ref_name, ref_path, per_model, models)
-            results["checkpoints"] = sweep
-            if len(sweep) >= 2:
-                from instructgpt.metrics.plots import plot_overoptimization
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    if evaluator.labeler is not None and ref_path is not None:
+        for run_name, run_dir in runs.items():
+            sweeps[run_name] = checkpoint_sweep(evaluator, args, prompts, ref_name, ref_path, per_model, run_dir)
+        results["sweeps"] = sweeps
+        ppo_sweep = sweeps.get(ppo_run_name(args, models) or "", [])
+        if args.ppo_run:
+            results["checkpoints"] = ppo_sweep
+        if len(ppo_sweep) >= 2:
+            from instructgpt.metrics.plots import plot_overoptimization
 
-                plots["overoptimization"] = str(plot_overoptimization(
-                    sweep, plot_dir / "overoptimization.png", labeler=results["labeler"] or "labeler",
-                    reference=ref_name or "reference"))
+            plots["overoptimization"] = str(plot_overoptimization(
+                ppo_sweep, plot_dir / "overoptimization.png", labeler=results["labeler"] or "labeler",
+                reference=ref_name or "reference"))
+    frontier = {name: {"kl": m.get("kl_to_reference"), "labeler_score": m.get("labeler_score")}
+                for name, m in results["metrics"].items()}
+    if ref_path is not None and sum(p["kl"] is not None and p["labeler_score"] is not None
+                                    for p in frontier.values()) >= 2:
+        from instructgpt.metrics.plots import plot_frontier
+
+        plots["frontier"] = str(plot_frontier(frontier, sweeps, plot_dir / "frontier.png",
+                                              labeler=results["labeler"] or "labeler", reference=ref_name or "reference"))
 
     if win_rate:
         from instructgpt.metrics.plots import plot_win_rates
@@ -696,9 +790,26 @@ def training_curves(ppo_run: str | Path) -> dict[str, list[Any]]:
     }
 
 
+def ppo_run_name(args: EvalArguments, models: dict[str, str]) -> str | None:
+    """The name the --ppo_run goes by: the --models name of its final policy, else ``ppo``."""
+    if not args.ppo_run:
+        return None
+    same = [n for n, p in models.items() if Path(p).resolve() == Path(args.ppo_run).resolve()]
+    return same[0] if same else "ppo"
+
+
+def checkpoint_runs(args: EvalArguments, models: dict[str, str]) -> dict[str, str]:
+    """``{name: output_dir}`` of every run whose checkpoints are evaluated: --ppo_run, then --checkpoint_runs."""
+    runs = parse_models(args.checkpoint_runs, "--checkpoint_runs")
+    name = ppo_run_name(args, models)
+    if name is not None and name not in runs:
+        runs = {name: args.ppo_run, **runs}
+    return runs
+
+
 def checkpoint_sweep(evaluator: Evaluator, args: EvalArguments, prompts: list[Any], ref_name: str, ref_path: str,
-                     per_model: dict[str, dict[str, Any]], models: dict[str, str]) -> list[dict[str, Any]]:
-    """Labeler score, RM score and KL to the reference of the reference and each PPO checkpoint."""
+                     per_model: dict[str, dict[str, Any]], run_dir: str) -> list[dict[str, Any]]:
+    """Labeler score, RM score and KL to the reference of the reference and each checkpoint of one run."""
     subset = prompts[: args.checkpoint_prompts] if args.checkpoint_prompts else prompts
     points = []
     if ref_name in per_model and len(subset) == len(prompts):
@@ -706,7 +817,7 @@ def checkpoint_sweep(evaluator: Evaluator, args: EvalArguments, prompts: list[An
     else:
         _, m = evaluator.run_model(ref_name, ref_path, subset, is_reference=True)
     points.append({"label": ref_name, "step": 0, "kl": 0.0, **sweep_numbers(m)})
-    for step, policy in policy_checkpoints(args.ppo_run, args.max_checkpoints):
+    for step, policy in policy_checkpoints(run_dir, args.max_checkpoints):
         _, m = evaluator.run_model(f"checkpoint-{step}", str(policy), subset)
         if m.get("kl_to_reference") is None:
             continue
@@ -769,6 +880,44 @@ def win_rate_table(headline: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def methods_table(results: dict[str, Any]) -> list[str]:
+    """Every method against the reference (the SFT policy) in one table: win rate, judge and RM scores, KL, length
+    and diversity; the README's comparison of PPO, DPO, RLOO and best-of-n."""
+    ref = (results.get("reference") or {}).get("name")
+    win_rate = results.get("win_rate") or {}
+    names = [n for n in results["models"] if n != ref and ref in win_rate.get(n, {})]
+    if not names:
+        return []
+    lines = [f"## Methods side by side (against {ref})", "",
+             f"Win rate over **{ref}** under the {results.get('labeler') or 'labeler'} judge (ties count half) with its "
+             "95% Wilson interval; mean judge score; mean normalized RM score (the proxy the RL methods optimized); "
+             f"KL to {ref} (best-of-n: the closed form log n - (n-1)/n); response length; distinct-1/2.", "",
+             f"| method | win rate over {ref} [95% CI] | judge score | RM score | KL (nats) | length (tokens) | "
+             "distinct-1 | distinct-2 |", "|---|---|---|---|---|---|---|---|"]
+    for name in [ref, *names]:
+        m = results["metrics"][name]
+        rate = "–" if name == ref else _pct(win_rate[name][ref])
+        lines.append(f"| {name} | {rate} | {_fmt(m.get('labeler_score'))} | {_fmt(m.get('rm_score'))} | "
+                     f"{_fmt(m.get('kl_to_reference'), 2)} | {_fmt(m.get('response_tokens'), 1)} | "
+                     f"{_fmt(m.get('distinct_1'))} | {_fmt(m.get('distinct_2'))} |")
+    return lines + [""]
+
+
+def frontier_section(results: dict[str, Any]) -> list[str]:
+    """The checkpoints of every evaluated run other than PPO's (whose table is the over-optimization check)."""
+    sweeps = {k: v for k, v in (results.get("sweeps") or {}).items() if v is not results.get("checkpoints")
+              and v != results.get("checkpoints")}
+    if not sweeps:
+        return []
+    lines = ["## Reward–KL frontier: checkpoints", "", "| run | checkpoint | KL (nats) | judge score | share correct | "
+             "RM score |", "|---|---|---|---|---|---|"]
+    for run, points in sweeps.items():
+        for p in points:
+            lines.append(f"| {run} | {p['label']} | {_fmt(p['kl'], 2)} | {_fmt(p['labeler_score'])} | "
+                         f"{_fmt(p.get('labeler_correct'))} | {_fmt(p.get('rm_score'))} |")
+    return lines + [""]
+
+
 def examples(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
     lines = []
     for row in rows:
@@ -807,6 +956,7 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
             cells = ["–" if a == b else f"{100 * results['win_rate'][a][b]['win_rate']:.1f}%" for b in names]
             lines.append(f"| **{a}** | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += methods_table(results)
     lines += ["## Per-model metrics", "", "| model | " + " | ".join(t for _, t in METRIC_COLUMNS[1:]) + " |",
               "|---" * len(METRIC_COLUMNS) + "|"]
     for name in names:
@@ -848,6 +998,7 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
             lines.append(f"| {p['label']} | {_fmt(p['kl'], 2)} | {_fmt(p['labeler_score'])} | "
                          f"{_fmt(p.get('labeler_correct'))} | {_fmt(p.get('labeler_on_task'))} | {_fmt(p.get('rm_score'))} |")
         lines.append("")
+    lines += frontier_section(results)
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in results["plots"].items()] + [""]
     if completions and num_examples > 0:

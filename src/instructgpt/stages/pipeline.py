@@ -12,6 +12,11 @@ or embeds (a mapping; ``recipe: PATH`` inside it starts from a file and the othe
 3. ``ppo``: PPO against the reward model, KL-penalized towards the SFT policy;
 4. ``eval``: the base, SFT and PPO models on held-out prompts (:mod:`instructgpt.stages.eval`).
 
+``methods: [ppo, dpo, rloo, best_of_8]`` compares alternatives to step 3 on the same data (AlpacaFarm's table,
+Dubois et al. 2023): every method starts from the same SFT model; DPO trains on the same rankings the reward model
+did, RLOO and best-of-n use that reward model; the evaluation puts them all, with the SFT and base models, in one
+win-rate matrix and on one reward–KL frontier (PPO's and RLOO's checkpoints included).
+
 ``rounds: N`` repeats InstructGPT's loop: rounds 2..N collect comparisons from the previous round's PPO policy,
 retrain the reward model (from the SFT model, on the comparisons of every round so far) and run PPO again from
 the SFT policy against it, so KL(PPO || SFT) stays comparable across rounds.
@@ -33,6 +38,7 @@ import dataclasses
 import gc
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -47,7 +53,9 @@ from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
 
 STATE_FILE = "pipeline.json"
-TRAINING_STAGES = ("pretrain", "sft", "collect", "rm", "ppo")
+TRAINING_STAGES = ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo")
+TRAINED_METHODS = ("ppo", "dpo", "rloo")  # methods that are a training stage with a recipe key of the same name
+BEST_OF = re.compile(r"best_of_(\d+)")
 StageSpec = str | dict[str, Any] | None
 
 
@@ -77,6 +85,19 @@ class PipelineArguments:
     )
     rm: StageSpec = _spec_field("Stage recipe of the reward model (required with `ppo`).")
     ppo: StageSpec = _spec_field("Stage recipe of PPO. Null: stop after the reward model.")
+    dpo: StageSpec = _spec_field(
+        "Stage recipe of DPO (a method in `methods`): trained from the SFT model on the collected rankings."
+    )
+    rloo: StageSpec = _spec_field(
+        "Stage recipe of RLOO (a method in `methods`): trained from the SFT model against the reward model."
+    )
+    methods: list[str] | None = field(
+        default=None,
+        metadata={"help": "The alternatives to compare, each from the same SFT model, reward model and rankings: "
+                  "`ppo`, `dpo`, `rloo` (each needs its stage recipe key) and `best_of_N` (N samples from the SFT "
+                  "policy, the reward model's favourite kept; no training). Default: the methods whose recipes are "
+                  "given."},
+    )
     eval: dict[str, Any] | None = field(
         default_factory=dict,
         metadata={"help": "Settings of the evaluation (keys of `instructgpt eval`: prompts, max_new_tokens, "
@@ -113,6 +134,24 @@ class PipelineArguments:
             raise ValueError("`ppo` needs `rm` (the reward model it optimizes against)")
         if self.rounds > 1 and (self.collect is None or self.ppo is None):
             raise ValueError("`rounds` > 1 needs `collect`, `rm` and `ppo` (each round collects from the last PPO policy)")
+        given = [m for m in TRAINED_METHODS if getattr(self, m) is not None]
+        if self.methods is None:
+            self.methods = given
+        for method in self.methods:
+            if method in TRAINED_METHODS:
+                if getattr(self, method) is None:
+                    raise ValueError(f"`methods` lists {method} but `{method}` (its stage recipe) is not set")
+            elif BEST_OF.fullmatch(method) is None or int(method[len("best_of_"):]) < 1:
+                raise ValueError(f"`methods`: unknown method {method!r}; expected ppo, dpo, rloo or best_of_N (N >= 1)")
+            if method != "dpo" and self.rm is None:
+                raise ValueError(f"`methods`: {method} needs `rm` (the reward model it optimizes or picks with)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"`methods` names a method twice: {self.methods}")
+        unused = [m for m in given if m not in self.methods]
+        if unused:
+            raise ValueError(f"`{unused[0]}` is set but not listed in `methods` {self.methods}; list it or remove it")
+        if self.rounds > 1 and set(self.methods) != {"ppo"}:
+            raise ValueError("`rounds` > 1 runs InstructGPT's PPO loop only; compare `methods` with `rounds: 1`")
 
 
 @dataclass
@@ -248,7 +287,7 @@ class Planner:
                 if r > 1 and args.collect is not None:
                     stage.merge_rankings = list(rankings)
                 stages.append(stage)
-            if args.ppo is not None:
+            if args.ppo is not None and "ppo" in args.methods:
                 ppo_dir = where / "ppo"
                 stages.append(self.stage("ppo", "ppo" + suffix, ppo_dir,
                                          {"model_name_or_path": str(sft_dir), "reward_model_path": str(rm_dir),
@@ -256,6 +295,23 @@ class Planner:
                 policies.append(("ppo" if args.rounds == 1 else f"ppo_r{r}", ppo_dir))
         if args.rounds > 1:
             self._name_later_rounds(stages)
+        for method in args.methods:
+            if method == "dpo":
+                dpo_dir = root / "dpo"
+                wiring = {"model_name_or_path": str(sft_dir), "output_dir": str(dpo_dir)}
+                inputs = [sft_dir]
+                if rankings:  # the same comparisons the reward model learned from
+                    wiring["dataset_name"] = str(rankings[0])
+                    inputs.append(rankings[0].parent)
+                stages.append(self.stage("dpo", "dpo", dpo_dir, wiring, inputs))
+                policies.append(("dpo", dpo_dir))
+            elif method == "rloo":
+                rloo_dir = root / "rloo"
+                stages.append(self.stage("rloo", "rloo", rloo_dir,
+                                         {"model_name_or_path": str(sft_dir), "reward_model_path": str(rm_dir),
+                                          "output_dir": str(rloo_dir)}, [sft_dir, rm_dir]))
+                policies.append(("rloo", rloo_dir))
+        policies.sort(key=lambda p: args.methods.index(p[0]) if p[0] in args.methods else -1)
         return stages, self.eval_settings(stages, sft, policies, rm_dir)
 
     def _name_later_rounds(self, stages: list[Stage]) -> None:
@@ -271,18 +327,21 @@ class Planner:
         if self.args.eval is None:
             return None
         settings = {**self.args.eval, **self.stage_overrides.get("eval", {})}
-        wired = {"models", "output_dir", "reward_model", "ppo_run"}
+        wired = {"models", "output_dir", "reward_model", "ppo_run", "checkpoint_runs"}
         clash = sorted(set(settings) & wired)
         if clash:
             raise PipelineError(f"{self.source}: `eval`: {', '.join(f'`{k}`' for k in clash)} is set by the pipeline")
         sft_settings = sft.settings()
         base = str(self.root / "pretrain") if self.args.pretrain is not None else sft_settings.get("model_name_or_path")
         models = [f"{self.args.base_name}={base}", f"sft={sft.output_dir}"] + [f"{n}={p}" for n, p in policies]
+        models += [f"{m}={m}:{sft.output_dir}" for m in self.args.methods if BEST_OF.fullmatch(m)]
         settings.update(models=models, output_dir=str(self.root / "eval"))
         if rm_dir is not None:
             settings["reward_model"] = str(rm_dir)
-        if policies:
-            settings["ppo_run"] = str(policies[-1][1])
+        ppo_runs = [p for n, p in policies if n.startswith("ppo")]
+        if ppo_runs:
+            settings["ppo_run"] = str(ppo_runs[-1])
+        settings["checkpoint_runs"] = [f"{n}={p}" for n, p in policies if n == "rloo"]
         if "prompt_template" not in settings and sft_settings.get("prompt_template"):
             settings["prompt_template"] = sft_settings["prompt_template"]  # the base model reads prompts as SFT did
         if self.args.report_to is not None and "report_to" not in settings:
