@@ -236,13 +236,17 @@ def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_pat
                                   f"dpo={root / 'dpo'}", f"rloo={root / 'rloo'}", f"best_of_4=best_of_4:{root / 'sft'}"]
     assert settings["ppo_run"] == str(root / "ppo") and settings["checkpoint_runs"] == [f"rloo={root / 'rloo'}"]
 
+    # an explicit list chooses among the recipes given; the others are named in the log, not run
+    args, parsed, per_stage = parse_args([str(recipe), "--methods", "[dpo]"])
+    stages, _ = Planner(args, parsed, per_stage).plan()
+    assert [s.stage for s in stages] == ["pretrain", "sft", "collect", "rm", "dpo"]
+
 
 @pytest.mark.parametrize("extra, message", [
     ("methods: [dpo]\n", r"`methods` lists dpo but `dpo` \(its stage recipe\) is not set"),
     ("methods: [ppo, best_of_0]\n", r"unknown method 'best_of_0'"),
     ("methods: [ppo, sgd]\n", r"unknown method 'sgd'"),
     ("methods: [ppo, ppo]\n", r"names a method twice"),
-    ("dpo: DPO\nmethods: [ppo]\n", r"`dpo` is set but not listed in `methods`"),
     ("methods: [ppo, best_of_4]\nrounds: 2\n", r"`rounds` > 1 runs InstructGPT's PPO loop only"),
 ])
 def test_bad_methods_are_refused_with_the_reason(tmp_path, fake_stages, extra, message):

@@ -47,10 +47,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.log import get_logger
 from instructgpt.stages import load_stage
 from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
+
+logger = get_logger(__name__)
 
 STATE_FILE = "pipeline.json"
 TRAINING_STAGES = ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo")
@@ -147,9 +150,7 @@ class PipelineArguments:
                 raise ValueError(f"`methods`: {method} needs `rm` (the reward model it optimizes or picks with)")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"`methods` names a method twice: {self.methods}")
-        unused = [m for m in given if m not in self.methods]
-        if unused:
-            raise ValueError(f"`{unused[0]}` is set but not listed in `methods` {self.methods}; list it or remove it")
+        self.skipped_methods = [m for m in given if m not in self.methods]  # said in the plan, not silently dropped
         if self.rounds > 1 and set(self.methods) != {"ppo"}:
             raise ValueError("`rounds` > 1 runs InstructGPT's PPO loop only; compare `methods` with `rounds: 1`")
 
@@ -295,6 +296,8 @@ class Planner:
                 policies.append(("ppo" if args.rounds == 1 else f"ppo_r{r}", ppo_dir))
         if args.rounds > 1:
             self._name_later_rounds(stages)
+        for method in args.skipped_methods:
+            logger.info(f"{self.source}: `{method}` has a recipe but is not in `methods` {args.methods}: not run")
         for method in args.methods:
             if method == "dpo":
                 dpo_dir = root / "dpo"
