@@ -305,15 +305,22 @@ class LLMJudge:
     def _answer_all(self, questions: dict[str, str]) -> dict[str, str | None]:
         """Answers to every question (None: failed under ``on_failure: skip``), ``concurrency`` requests at once."""
         answers: dict[str, str | None] = {}
+        stop = threading.Event()  # set by the first error: the questions not yet asked are not asked
 
         def one(item: tuple[str, str]) -> None:
             key, question = item
+            if stop.is_set():
+                return
             try:
                 answers[key] = self.ask(question)
             except JudgeUnavailable:
                 if self.settings.on_failure == "error":
+                    stop.set()
                     raise
                 answers[key] = None
+            except BaseException:
+                stop.set()
+                raise
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             futures = [pool.submit(one, item) for item in questions.items()]
