@@ -103,3 +103,58 @@ def test_gold_rm_refuses_what_is_not_a_reward_model_in_one_line(tmp_path):
         assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
     with pytest.raises(LabelerError, match="pairwise judge"):
         make_labeler("llm:gpt-4o-mini")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In the eval stage
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_policy(tmp_path_factory) -> Path:
+    """A second policy that answers differently from the tiny base model: the tiny Llama with random weights."""
+    from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("policy") / "llama", TINY_BASE,
+                            TinyArchitecture(hidden_size=32, num_hidden_layers=1, intermediate_size=64))
+
+
+def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_policy, tmp_path):
+    import json
+
+    from conftest import TINY_DATA
+    from instructgpt.metrics.winrate import win_rate_from_scores
+    from instructgpt.stages import eval as evaluate
+
+    out = tmp_path / "eval"
+    evaluate.main(["--models", f"base={TINY_BASE}", f"llama={other_policy}", "--prompts",
+                   str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "6", "--max_new_tokens", "10",
+                   "--labeler", f"gold_rm:{gold_rm}", "--reference", "none", "--output_dir", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"] == {"name": f"gold_rm:{gold_rm}", "kind": "pointwise", "independent_of_reward_model": True}
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    judge = make_labeler(f"gold_rm:{gold_rm}")
+    for name in ("base", "llama"):  # the scores eval wrote are the gold RM's scores of the texts it wrote
+        scores = judge.score([r["prompt"] for r in rows], [r[name] for r in rows])
+        assert [r[f"{name}_labeler_score"] for r in rows] == pytest.approx(scores, abs=1e-5)
+    expected = win_rate_from_scores([r["llama_labeler_score"] for r in rows], [r["base_labeler_score"] for r in rows])
+    got = results["win_rate"]["llama"]["base"]
+    assert got == pytest.approx(expected.as_dict())
+    assert got["bootstrap_low"] <= got["win_rate"] <= got["bootstrap_high"]
+    report = (out / "report.md").read_text()
+    assert f"Judge: **gold_rm:{gold_rm}** (it scored each answer" in report
+    boot = f"[{100 * got['bootstrap_low']:.1f}, {100 * got['bootstrap_high']:.1f}]"
+    assert f"| llama | base | {100 * got['win_rate']:.1f}% [" in report and f"| {boot} |" in report
+
+
+def test_eval_on_real_prompts_defaults_to_a_gold_rm_never_the_optimized_reward_model(tmp_path):
+    from instructgpt.judges import DEFAULT_GOLD_RM
+    from instructgpt.stages.eval import EvalArguments, judge_spec
+
+    real = ["Write a poem about rain.", "Summarize the French revolution."]
+    tiny = ["Describe the rustbeetle."]
+    two = EvalArguments(models=["sft=a", "ppo=b"], prompts="p.jsonl", output_dir=str(tmp_path), reward_model="rm")
+    assert judge_spec(two, real) == f"gold_rm:{DEFAULT_GOLD_RM}" == "gold_rm:Skywork/Skywork-Reward-V2-Qwen3-0.6B"
+    assert judge_spec(two, tiny) == "simulated"
+    assert judge_spec(EvalArguments(models=["sft=a"], labeler="auto"), real) is None
+    assert judge_spec(EvalArguments(models=["sft=a", "b"], labeler="llm:gpt-4o-mini"), real) == "llm:gpt-4o-mini"

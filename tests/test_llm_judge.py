@@ -340,3 +340,76 @@ def test_transformers_serve_killed_mid_run_and_restarted_lets_the_run_finish(ser
     with pytest.raises(JudgeUnavailable) as err:
         gone.compare(["Say hi."], ["hi"], ["bye"])
     assert "no answer after 3 attempts (last: ConnectError" in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In the eval stage
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def instruction_in(question: str) -> str:
+    return question.split("[Instruction]\n", 1)[1].split("\n\n[Response A]", 1)[0]
+
+
+def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_the_cache(fake, tmp_path):
+    from conftest import TINY_DATA
+    from instructgpt.stages import eval as evaluate
+    from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
+
+    prompts = [json.loads(line)["prompt"] for line in (TINY_DATA / "eval_prompts.jsonl").read_text().splitlines()[:6]]
+
+    def longer_wins(question: str) -> str:  # a judge with a length bias, and no opinion on the first prompt
+        if instruction_in(question) == prompts[0]:
+            return "maybe"
+        a, b = responses_in(question)
+        return "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
+
+    server = fake(longer_wins)
+    llama = build_tiny_model(tmp_path / "llama", TINY_BASE, TinyArchitecture(hidden_size=32, num_hidden_layers=1))
+    cache = tmp_path / "judge-cache.jsonl"
+
+    def run(out: Path) -> dict:
+        evaluate.main(["--models", f"base={TINY_BASE}", f"llama={llama}", "--prompts",
+                       str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "6", "--max_new_tokens", "10",
+                       "--labeler", "llm:judge-model", "--llm_judge_base_url", server.url, "--llm_judge_cache",
+                       str(cache), "--reference", "none", "--output_dir", str(out)])
+        return json.loads((out / "results.json").read_text())
+
+    results = run(tmp_path / "eval")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    # the win rate is the judge's verdicts: longer answer wins, first prompt unparseable and left out
+    expected = [1.0 if len(r["llama"]) > len(r["base"]) else 0.0 if len(r["llama"]) < len(r["base"]) else 0.5
+                for r in rows[1:]]
+    got = results["win_rate"]["llama"]["base"]
+    assert got["n"] == 5 and got["win_rate"] == pytest.approx(sum(expected) / 5)
+    assert results["win_rate"]["base"]["llama"]["win_rate"] == pytest.approx(1 - sum(expected) / 5)
+    judge = results["judge"]
+    assert judge["name"] == f"llm:judge-model at {server.url}" and judge["kind"] == "pairwise"
+    identical = sum(r["llama"] == r["base"] for r in rows[1:])
+    total = judge["counts"]["total"]
+    assert total["unparseable"] == 1 and total["judged"] == 5 and total["identical"] == identical
+    assert total["inconsistent"] == 0 and judge["requests"] == server.requests == 2 * (6 - identical)
+    assert judge["counts"]["pairs"]["base vs llama"]["unparseable_examples"] == ["maybe", "maybe"]
+    assert "labeler_score" not in results["metrics"]["llama"]  # a pairwise judge gives no per-model score
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"Judge: **llm:judge-model at {server.url}** (pairwise" in report
+    assert "| base vs llama | 6 | 5 |" in report and "`maybe`" in report
+    # a second evaluation with the same answers makes no request
+    again = run(tmp_path / "eval-again")
+    assert server.requests == 2 * (6 - identical) and again["judge"]["requests"] == 0
+    assert again["win_rate"] == results["win_rate"]
+
+
+def test_eval_refuses_an_api_key_in_the_recipe_in_one_line(tmp_path, capsys):
+    from conftest import TINY_DATA
+    from instructgpt.stages import eval as evaluate
+
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--models", f"a={TINY_BASE}", f"b={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
+                       "--labeler", "llm:gpt-4o-mini", "--llm_judge_base_url", "https://api.openai.com/v1",
+                       "--llm_judge_api_key_env", "sk-proj-abc123", "--output_dir", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "not the key itself" in err and "llm_judge_api_key_env" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()  # refused before anything was written

@@ -147,6 +147,13 @@ def conversation_text(prompt: Prompt) -> str:
     return "\n\n".join(f"{turn['role'].capitalize()}: {turn['content']}" for turn in prompt)
 
 
+def default_cache_path() -> Path:
+    """Where answers are cached unless a run names a file: ``$XDG_CACHE_HOME/instructgpt/llm_judge_cache.jsonl``
+    (``~/.cache/instructgpt/...`` without it), shared by every evaluation (the key holds the judge and the question)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "instructgpt" / "llm_judge_cache.jsonl"
+
+
 class AnswerCache:
     """The judge's answers on disk, one JSON line each, keyed by the request's hash; appends are single writes."""
 

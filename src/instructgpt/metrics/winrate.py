@@ -33,7 +33,11 @@ class WinRate:
     def n(self) -> int:
         return self.wins + self.ties + self.losses
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The numbers for results.json; with no comparison at all (n = 0) the rate is None, not NaN."""
+        if self.n == 0:
+            return {"win_rate": None, "ci_low": None, "ci_high": None, "bootstrap_low": None,
+                    "bootstrap_high": None, "wins": 0, "ties": 0, "losses": 0, "n": 0}
         return {
             "win_rate": self.win_rate, "ci_low": self.ci_low, "ci_high": self.ci_high,
             "bootstrap_low": self.bootstrap_low, "bootstrap_high": self.bootstrap_high,
