@@ -200,9 +200,12 @@ class LLMJudge:
     pairwise = True
 
     def __init__(self, settings: LLMJudgeSettings):
-        import httpx
-
         settings.validate()
+        try:
+            import httpx
+        except ImportError:
+            raise LLMJudgeError(f"{settings.source}: the llm: judge needs httpx: pip install 'instructgpt[judge]'") from None
+
         self.settings = settings
         self.name = f"llm:{settings.model} at {settings.base_url}"
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
