@@ -18,7 +18,8 @@ answer, or the second) and counter it by asking twice. Here:
 - **cache**: every answer the server gave (parseable or not) is appended to a JSONL file, one line per request,
   keyed by the hash of (template version, base URL, judge model, the full question: instruction and both responses
   in their order). Each line goes out in one ``write`` on a file opened for appending, so a killed run leaves at most
-  one torn last line, which the next run skips. A rerun reads the answers back and makes no requests.
+  one torn last line, which the next run skips. A rerun reads the answers back and makes no requests. The eval
+  stage's default file is shared by every run (:func:`default_cache_path`).
 
 The API key is read from the environment variable the settings name (``OPENAI_API_KEY`` by default), never from a
 recipe; when that variable is unset no key is sent (a local server needs none).
