@@ -50,3 +50,60 @@ def test_interval_contains_estimate_and_shrinks_with_n():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="differ in length"):
         win_rate_from_scores([1, 2], [1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paired bootstrap over prompts
+# ---------------------------------------------------------------------------------------------------------------
+
+from instructgpt.metrics.winrate import (  # noqa: E402
+    outcomes_from_scores,
+    paired_bootstrap_interval,
+    win_rate_from_outcomes,
+    win_rate_matrix_from_outcomes,
+)
+
+
+def test_bootstrap_of_one_win_and_one_loss_spans_everything():
+    # two prompts resampled: means 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4, so the 2.5% and 97.5% percentiles
+    # of 2000 draws are 0 and 1
+    assert paired_bootstrap_interval([1.0, 0.0]) == (0.0, 1.0)
+
+
+def test_bootstrap_counts_ties_exactly_where_wilson_widens():
+    # every prompt a tie: every resample's mean is exactly 1/2; Wilson treats the ties as 5 successes of 10
+    result = win_rate_from_outcomes([0.5] * 10)
+    assert (result.bootstrap_low, result.bootstrap_high) == (0.5, 0.5)
+    assert (result.ci_low, result.ci_high) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert (result.wins, result.ties, result.losses) == (0, 10, 0)
+    sweep = win_rate_from_outcomes([1.0] * 7)
+    assert (sweep.bootstrap_low, sweep.bootstrap_high) == (1.0, 1.0)
+
+
+def test_bootstrap_is_seeded_and_close_to_the_normal_interval_for_many_prompts():
+    outcomes = [1.0] * 240 + [0.0] * 160  # p = 0.6, n = 400: normal interval 0.6 -+ 1.96 sqrt(0.24 / 400)
+    low, high = paired_bootstrap_interval(outcomes)
+    assert (low, high) == paired_bootstrap_interval(outcomes)  # seeded: the same interval every time
+    half = 1.96 * math.sqrt(0.6 * 0.4 / 400)
+    assert low == pytest.approx(0.6 - half, abs=0.01) and high == pytest.approx(0.6 + half, abs=0.01)
+    few = outcomes[230:250]  # the seed drives the draws (50 resamples: too few for the percentiles to settle)
+    assert paired_bootstrap_interval(few, seed=0, resamples=50) != paired_bootstrap_interval(few, seed=1, resamples=50)
+
+
+def test_bootstrap_of_b_over_a_mirrors_a_over_b_and_shows_in_the_dict():
+    outcomes = [1.0] * 6 + [0.5] * 2 + [0.0] * 2
+    matrix = win_rate_matrix_from_outcomes({("ppo", "sft"): outcomes})
+    ab, ba = matrix["ppo"]["sft"], matrix["sft"]["ppo"]
+    assert ab.win_rate == pytest.approx(0.7) and ba.win_rate == pytest.approx(0.3)
+    assert (ab.wins, ab.ties, ab.losses) == (6, 2, 2) and (ba.wins, ba.ties, ba.losses) == (2, 2, 6)
+    assert ab.bootstrap_low == pytest.approx(1 - ba.bootstrap_high) and ab.bootstrap_high == pytest.approx(1 - ba.bootstrap_low)
+    assert ab.bootstrap_low < 0.7 < ab.bootstrap_high
+    d = ab.as_dict()
+    assert d["bootstrap_low"] == ab.bootstrap_low and d["n"] == 10 and d["ci_low"] == ab.ci_low
+
+
+def test_outcomes_from_scores_and_bad_outcomes():
+    assert outcomes_from_scores([3, 2, 1], [1, 2, 4]) == [1.0, 0.5, 0.0]
+    assert outcomes_from_scores([1.0, 1.05], [1.02, 1.0], tie_tolerance=0.03) == [0.5, 1.0]
+    with pytest.raises(ValueError, match="got 0.7"):
+        win_rate_from_outcomes([1.0, 0.7])

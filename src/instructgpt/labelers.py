@@ -153,7 +153,9 @@ def make_labeler(
     device: Any = None,
     source: str = "recipe",
 ) -> Labeler:
-    """A labeler from its recipe value: ``simulated``, ``reward_model:PATH`` or ``file:PATH.jsonl``."""
+    """A labeler from its recipe value: ``simulated``, ``reward_model:PATH`` (a reward model of this project, read
+    as it was trained, minus its stored shift), ``gold_rm:PATH`` (any sequence-classification reward model in its
+    own format: :mod:`instructgpt.judges.gold_rm`) or ``file:PATH.jsonl``."""
     kind, _, path = spec.partition(":")
     if kind == "simulated" and not path:
         from instructgpt.tinyworld.labeler import SimulatedLabeler
@@ -163,6 +165,14 @@ def make_labeler(
         return RewardModelLabeler(path, batch_size=batch_size, device=device, source=source)
     if kind == "file" and path:
         return FileLabeler(path, source=source)
+    if kind == "gold_rm" and path:
+        from instructgpt.judges.gold_rm import GoldRewardModelJudge
+
+        return GoldRewardModelJudge(path, batch_size=batch_size, device=device, source=source)
+    if kind == "llm":
+        raise LabelerError(f"{source}: `labeler`: {spec!r} is a pairwise judge: it compares two responses and cannot "
+                           "score or rank one; it judges `instructgpt eval`'s win rates only")
     raise LabelerError(
-        f"{source}: `labeler`: unknown labeler {spec!r}; use `simulated`, `reward_model:PATH` or `file:PATH.jsonl`"
+        f"{source}: `labeler`: unknown labeler {spec!r}; use `simulated`, `reward_model:PATH`, `gold_rm:PATH` or "
+        "`file:PATH.jsonl`"
     )

@@ -7,9 +7,13 @@ Every model answers every prompt once, sampled with the same settings and seed (
 :func:`instructgpt.sampling.generate_responses`). Then:
 
 - **win rates** (InstructGPT's headline metric, section 4.1; AlpacaFarm's with simulated annotators): for each pair
-  of models, a labeler scores both answers to each prompt; a win counts 1, a tie 1/2, and ``win_rate[A][B]`` is the
-  mean over prompts, with a 95% Wilson interval (:mod:`instructgpt.metrics.winrate`). The labeler is the tiny world's
-  simulated labeler, a reward model, or a file of rankings people wrote (:func:`instructgpt.labelers.make_labeler`);
+  of models, a judge compares the two answers to each prompt; a win counts 1, a tie 1/2, and ``win_rate[A][B]`` is
+  the mean over prompts, with a 95% Wilson interval and a 95% paired bootstrap interval over prompts
+  (:mod:`instructgpt.metrics.winrate`). The judge (``--labeler``) is the tiny world's simulated labeler, a gold
+  reward model in its own format (``gold_rm:PATH``), an LLM behind an OpenAI-compatible endpoint (``llm:MODEL``,
+  pairwise: it compares the two answers, in both orders), a reward model of this project, or a file of rankings
+  people wrote (:mod:`instructgpt.judges`). On prompts that are not the tiny world's it defaults to a gold reward
+  model, never to the reward model PPO optimized;
 - **per model**: mean labeler score, mean normalized RM score (with ``--reward_model``), KL to a reference model
   (the SFT policy by default), response length, distinct-1/2 and the share of responses that end with EOS;
 - **what the win rate hides** (with a labeler that can tell, the tiny world's rubric): per model and per task
@@ -95,10 +99,40 @@ class EvalArguments:
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     labeler: str = field(
         default="auto",
-        metadata={"help": "Who judges the win rates: `simulated` (the tiny world's rubric), `reward_model:PATH`, "
-                  "`file:PATH.jsonl` (rankings people wrote), `none`, or `auto`: simulated when every prompt is a "
-                  "tiny-world instruction, else the --reward_model, else none."},
+        metadata={"help": "Who judges the win rates: `simulated` (the tiny world's rubric), `gold_rm:PATH` (any "
+                  "sequence-classification reward model, Hub id or directory, in its own chat template), `llm:MODEL` "
+                  "(a pairwise LLM judge at --llm_judge_base_url), `reward_model:PATH` (a reward model of this "
+                  "project), `file:PATH.jsonl` (rankings people wrote), `none`, or `auto`: simulated when every "
+                  "prompt is a tiny-world instruction, else (with two or more models) the gold reward model "
+                  "Skywork/Skywork-Reward-V2-Qwen3-0.6B, never the reward model PPO optimized."},
     )
+    llm_judge_base_url: str | None = field(
+        default=None,
+        metadata={"help": "`labeler: llm:MODEL`: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
+                  "http://127.0.0.1:8000/v1 (a local `transformers serve` or vLLM)."},
+    )
+    llm_judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "`llm:` judge: the NAME of the environment variable that holds the API key (never the key "
+                  "itself; unset: no key sent)."},
+    )
+    llm_judge_cache: str | None = field(
+        default=None,
+        metadata={"help": "`llm:` judge: JSONL file of its answers, shared by every run (default: "
+                  "$XDG_CACHE_HOME/instructgpt/llm_judge_cache.jsonl, ~/.cache/... without it). A rerun, or another "
+                  "evaluation with the same answers, makes no request for an answer it holds."},
+    )
+    llm_judge_max_retries: int = field(
+        default=5, metadata={"help": "`llm:` judge: retries of a request after a connection error, timeout or "
+                             "HTTP 408/429/5xx, with exponential backoff (1, 2, 4, ... s, at most 30 s)."},
+    )
+    llm_judge_timeout: float = field(default=60.0, metadata={"help": "`llm:` judge: seconds per request."})
+    llm_judge_on_failure: Literal["error", "skip"] = field(
+        default="error",
+        metadata={"help": "`llm:` judge: when a request still fails after the retries, `error` stops the evaluation "
+                  "(rerun it: answers so far are cached) and `skip` leaves that comparison out, counted as failed."},
+    )
+    llm_judge_concurrency: int = field(default=4, metadata={"help": "`llm:` judge: requests in flight at once."})
     labeler_noise: float = field(default=0.0, metadata={"help": "Simulated labeler: noise on its scores (0: exact)."})
     labeler_seed: int = field(default=0, metadata={"help": "Simulated labeler: seed of its noise."})
     reward_model: str | None = field(
@@ -167,6 +201,8 @@ class EvalArguments:
         for name, path in parse_models(self.models).items():
             if best_of_n(path, f"--models {name}", source) is not None and not self.reward_model:
                 raise EvalError(f"{source}: --models {name}: best-of-n picks with a reward model; give --reward_model")
+        if self.labeler.startswith("llm:"):  # fail before any model is sampled
+            llm_judge_settings(self, source).validate()
 
 
 BEST_OF_N = re.compile(r"best_of_(\d+):(.+)")
@@ -181,6 +217,21 @@ def best_of_n(path: str, key: str = "--models", source: str = "instructgpt eval"
     if n < 1:
         raise EvalError(f"{source}: {key}: best_of_N needs N >= 1, got {path!r}")
     return n, match.group(2)
+
+
+def llm_judge_settings(args: "EvalArguments", source: str) -> Any:
+    """The ``llm:MODEL`` judge's settings from the ``llm_judge_*`` fields."""
+    from instructgpt.judges.llm import LLMJudgeSettings
+
+    from instructgpt.judges.llm import default_cache_path
+
+    return LLMJudgeSettings(
+        model=args.labeler.partition(":")[2], base_url=args.llm_judge_base_url or "",
+        api_key_env=args.llm_judge_api_key_env, cache=args.llm_judge_cache or str(default_cache_path()),
+        max_retries=args.llm_judge_max_retries,
+        timeout=args.llm_judge_timeout, on_failure=args.llm_judge_on_failure,
+        concurrency=args.llm_judge_concurrency, source=source,
+    )
 
 
 def parse_models(entries: Sequence[str], source: str = "--models") -> dict[str, str]:
@@ -356,24 +407,39 @@ def tiny_world_prompts(prompts: Sequence[Any]) -> bool:
     return True
 
 
-def build_labeler(args: EvalArguments, prompts: Sequence[Any], device: Any, source: str) -> Any | None:
-    """The labeler that judges win rates, or None (``none``, or ``auto`` with nothing that can judge)."""
+def judge_spec(args: EvalArguments, prompts: Sequence[Any]) -> str | None:
+    """The judge ``--labeler`` names, ``auto`` resolved: the simulated labeler on the tiny world's prompts; on
+    others, with two or more models to compare, a gold reward model (never the reward model PPO optimized, which
+    the policy learned to please); else none."""
+    from instructgpt.judges import DEFAULT_GOLD_RM
+
     spec = args.labeler
     if spec == "none":
         return None
-    if spec == "auto":
-        if tiny_world_prompts(prompts):
-            spec = "simulated"
-        elif args.reward_model:
-            spec = f"reward_model:{args.reward_model}"
-        else:
-            logger.info("eval: the prompts are not the tiny world's and no --reward_model is given: no win "
-                  "rates (set --labeler reward_model:PATH or file:PATH.jsonl)")
-            return None
-    from instructgpt.labelers import make_labeler
+    if spec != "auto":
+        return spec
+    if tiny_world_prompts(prompts):
+        return "simulated"
+    if len(args.models) > 1:
+        logger.info(f"eval: judge: gold_rm:{DEFAULT_GOLD_RM} (`labeler: auto` on prompts that are not the tiny "
+                    "world's; set --labeler gold_rm:PATH, llm:MODEL, reward_model:PATH or file:PATH.jsonl to choose)")
+        return f"gold_rm:{DEFAULT_GOLD_RM}"
+    logger.info("eval: one model and prompts that are not the tiny world's: no judge (set --labeler to score it)")
+    return None
 
-    return make_labeler(spec, noise=args.labeler_noise, seed=args.labeler_seed, batch_size=args.batch_size,
-                        device=device, source=source)
+
+def build_labeler(args: EvalArguments, prompts: Sequence[Any], device: Any, source: str) -> Any | None:
+    """The judge of the win rates (a labeler that scores, or a pairwise judge), or None."""
+    spec = judge_spec(args, prompts)
+    if spec is None:
+        return None
+    from instructgpt.judges import make_judge
+
+    llm = vars(llm_judge_settings(args, source)) if spec.startswith("llm:") else None
+    if llm is not None:
+        llm = {k: v for k, v in llm.items() if k not in ("model", "source")}
+    return make_judge(spec, llm_settings=llm, noise=args.labeler_noise, seed=args.labeler_seed,
+                      batch_size=args.batch_size, device=device, source=source)
 
 
 def labeler_details(labeler: Any, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, Any]:
@@ -455,8 +521,13 @@ class Evaluator:
     """Loads one model at a time (the reference stays loaded), samples, and scores with the judges."""
 
     def __init__(self, args: EvalArguments, prompts: list[Any], device: Any, source: str):
+        from instructgpt.judges import is_pairwise
+
         self.args, self.prompts, self.device, self.source = args, prompts, device, source
-        self.labeler = build_labeler(args, prompts, device, source)
+        judge = build_labeler(args, prompts, device, source)
+        # a labeler scores each response (per-model scores, win rates from them); a pairwise judge compares two
+        self.pairwise = judge if is_pairwise(judge) else None
+        self.labeler = None if self.pairwise is not None else judge
         self.reward = None
         if args.reward_model:
             from instructgpt.modeling.reward import load_reward_model
@@ -551,8 +622,6 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     )
     from instructgpt.data.formats import load_prompts
     from instructgpt.infra.tracking import StageTracker, run_identity
-    from instructgpt.metrics.winrate import win_rate_matrix
-
     args.validate(source)
     started = time.time()
     models = parse_models(args.models)
@@ -604,26 +673,24 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
         "prompts": args.prompts,
         "num_prompts": len(prompts),
         "sampling": {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")},
-        "labeler": getattr(evaluator.labeler, "name", None),
+        "labeler": getattr(evaluator.pairwise or evaluator.labeler, "name", None),
+        "judge": judge_description(evaluator, args),
         "reward_model": args.reward_model,
         "reference": {"name": ref_name, "path": ref_path} if ref_path else None,
     }
-    win_rate: dict[str, dict[str, dict[str, Any]]] = {}
-    if evaluator.labeler is not None and len(models) > 1:
-        matrix = win_rate_matrix({name: per_model[name]["labeler_scores"] for name in models})
-        win_rate = {a: {b: w.as_dict() for b, w in row.items()} for a, row in matrix.items()}
+    win_rate, judge_counts = win_rates(evaluator, prompts, per_model, texts)
+    if judge_counts is not None:
+        results["judge"]["counts"] = judge_counts
     results["win_rate"] = win_rate
     results["metrics"] = {name: public_metrics(m) for name, m in per_model.items()}
     results["headline"] = headline_pairs(list(models), win_rate, results["metrics"], ref_name)
     results["task_shares"] = with_shares(per_model)
     if ood_prompts:
-        ood_win: dict[str, dict[str, dict[str, Any]]] = {}
-        if evaluator.labeler is not None and len(models) > 1:
-            matrix = win_rate_matrix({name: ood_per_model[name]["labeler_scores"] for name in models})
-            ood_win = {a: {b: w.as_dict() for b, w in row.items()} for a, row in matrix.items()}
+        ood_win, ood_counts = win_rates(evaluator, ood_prompts, ood_per_model, ood_texts)
         ood_metrics = {name: public_metrics(m) for name, m in ood_per_model.items()}
         results["ood"] = {
             "prompts": args.ood_prompts, "num_prompts": len(ood_prompts), "win_rate": ood_win, "metrics": ood_metrics,
+            **({"judge_counts": ood_counts} if ood_counts is not None else {}),
             "headline": headline_pairs(list(models), ood_win, ood_metrics, ref_name),
             "task_shares": with_shares(ood_per_model, ood_groups),
         }
@@ -668,7 +735,7 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     if win_rate:
         from instructgpt.metrics.plots import plot_win_rates
 
-        pairs = [(h["model"], h["baseline"], h) for h in results["headline"]]
+        pairs = [(h["model"], h["baseline"], h) for h in results["headline"] if h["win_rate"] is not None]
         plots["win_rates"] = str(plot_win_rates(pairs, plot_dir / "win_rates.png", labeler=results["labeler"] or ""))
     from instructgpt.metrics.plots import plot_model_metrics
 
@@ -682,6 +749,8 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
         ood_completions = completion_rows(ood_prompts, ood_texts, ood_per_model, ood_groups)
         atomic_write_text(output_dir / OOD_COMPLETIONS_FILE,
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ood_completions))
+    if evaluator.pairwise is not None:  # HTTP requests this run made (0 when every answer came from the cache)
+        results["judge"]["requests"] = evaluator.pairwise.requests
     results["seconds"] = round(time.time() - started, 1)
     atomic_write_json(output_dir / RESULTS_FILE, results)
     atomic_write_text(output_dir / REPORT_FILE, render_report(results, completions, args.num_examples, ood_completions))
@@ -695,6 +764,46 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     mark_complete(output_dir, "eval", dataclasses.asdict(args), {"headline": results["headline"]})
     print_summary(results, output_dir)
     return results
+
+
+def win_rates(evaluator: Evaluator, prompts: list[Any], per_model: dict[str, dict[str, Any]],
+              texts: dict[str, list[str]]) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any] | None]:
+    """``win_rate[A][B]`` for every pair of models (rate, Wilson and bootstrap intervals, counts), from the labeler's
+    per-prompt scores or from a pairwise judge's verdicts; with a pairwise judge also its counts per pair."""
+    from instructgpt.metrics.winrate import win_rate_matrix, win_rate_matrix_from_outcomes
+
+    if len(per_model) < 2:
+        return {}, None
+    if evaluator.pairwise is not None:
+        from instructgpt.judges import judge_pairs, total_counts
+
+        outcomes, counts = judge_pairs(evaluator.pairwise, prompts, texts)
+        matrix = win_rate_matrix_from_outcomes(outcomes)
+        counts = {"total": total_counts(counts), "pairs": counts}
+        logger.info(f"eval: {evaluator.pairwise.name}: " + ", ".join(f"{k} {v}" for k, v in counts["total"].items()))
+    elif evaluator.labeler is not None:
+        matrix, counts = win_rate_matrix({name: m["labeler_scores"] for name, m in per_model.items()}), None
+    else:
+        return {}, None
+    return {a: {b: w.as_dict() for b, w in row.items()} for a, row in matrix.items()}, counts
+
+
+def judge_description(evaluator: Evaluator, args: EvalArguments) -> dict[str, Any] | None:
+    """What results.json and the report say about the judge: its name, kind, and whether it is independent of the
+    reward model given as --reward_model (a judge that is that model is the proxy judging itself)."""
+    judge = evaluator.pairwise or evaluator.labeler
+    if judge is None:
+        return None
+    name = judge.name
+    kind = "pairwise" if evaluator.pairwise is not None else "pointwise"
+    same = bool(args.reward_model) and name == f"reward_model:{args.reward_model}"
+    out: dict[str, Any] = {"name": name, "kind": kind, "independent_of_reward_model": not same}
+    if evaluator.pairwise is not None:
+        from instructgpt.judges.llm import TEMPLATE_VERSION
+
+        out["template"] = TEMPLATE_VERSION
+        out["cache"] = evaluator.pairwise.settings.cache
+    return out
 
 
 def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -845,7 +954,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _pct(w: dict[str, Any]) -> str:
+    if w["win_rate"] is None:
+        return "– (no verdict)"
     return f"{100 * w['win_rate']:.1f}% [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]"
+
+
+def _boot(w: dict[str, Any]) -> str:
+    if w.get("bootstrap_low") is None:
+        return "–"
+    return f"[{100 * w['bootstrap_low']:.1f}, {100 * w['bootstrap_high']:.1f}]"
 
 
 def _prompt_str(prompt: Any) -> str:
@@ -872,11 +989,38 @@ def shares_table(shares: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def win_rate_table(headline: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | baseline | win rate [95% CI] | wins / ties / losses | KL to reference (nats) |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | baseline | win rate [95% Wilson] | 95% bootstrap | wins / ties / losses | KL to reference (nats) |",
+             "|---|---|---|---|---|---|"]
     for h in headline:
-        lines.append(f"| {h['model']} | {h['baseline']} | {_pct(h)} | {h['wins']} / {h['ties']} / {h['losses']} "
-                     f"| {_fmt(h['kl_to_reference'], 2)} |")
+        lines.append(f"| {h['model']} | {h['baseline']} | {_pct(h)} | {_boot(h)} | {h['wins']} / {h['ties']} / "
+                     f"{h['losses']} | {_fmt(h['kl_to_reference'], 2)} |")
+    return lines
+
+
+def judge_line(results: dict[str, Any]) -> str:
+    """Which judge decided the win rates, and how."""
+    judge = results.get("judge")
+    if not judge:
+        return "Judge: **none** (no win rates)."
+    how = ("pairwise: it compared the two answers to each prompt in both orders; disagreeing verdicts count as a tie"
+           if judge["kind"] == "pairwise" else "it scored each answer; the higher score wins")
+    line = f"Judge: **{judge['name']}** ({how})."
+    if not judge.get("independent_of_reward_model", True):
+        line += (" This judge is the reward model given as --reward_model: if PPO optimized it, the win rates "
+                 "measure the proxy, not quality.")
+    return line
+
+
+def judge_counts_table(counts: dict[str, Any]) -> list[str]:
+    """Markdown rows: per pair of models, what the pairwise judge's verdicts were."""
+    lines = ["| pair | prompts | judged | consistent | inconsistent (tie) | identical answers (tie) | unparseable "
+             "(left out) | failed (left out) |", "|---|---|---|---|---|---|---|---|"]
+    for pair, c in counts["pairs"].items():
+        lines.append(f"| {pair} | {c['comparisons']} | {c['judged']} | {c['consistent']} | {c['inconsistent']} | "
+                     f"{c['identical']} | {c['unparseable']} | {c['failed']} |")
+    examples = [e for c in counts["pairs"].values() for e in c.get("unparseable_examples", [])][:3]
+    if examples:
+        lines += ["", "Unparseable answers, e.g.: " + "; ".join(f"`{_cell(e)[:80]}`" for e in examples)]
     return lines
 
 
@@ -890,14 +1034,14 @@ def methods_table(results: dict[str, Any]) -> list[str]:
         return []
     lines = [f"## Methods side by side (against {ref})", "",
              f"Win rate over **{ref}** under the {results.get('labeler') or 'labeler'} judge (ties count half) with its "
-             "95% Wilson interval; mean judge score; mean normalized RM score (the proxy the RL methods optimized); "
+             "95% Wilson and paired bootstrap intervals; mean judge score (pointwise judges); mean normalized RM score (the proxy the RL methods optimized); "
              f"KL to {ref} (best-of-n: the closed form log n - (n-1)/n); response length; distinct-1/2.", "",
-             f"| method | win rate over {ref} [95% CI] | judge score | RM score | KL (nats) | length (tokens) | "
-             "distinct-1 | distinct-2 |", "|---|---|---|---|---|---|---|---|"]
+             f"| method | win rate over {ref} [95% Wilson] | 95% bootstrap | judge score | RM score | KL (nats) | "
+             "length (tokens) | distinct-1 | distinct-2 |", "|---|---|---|---|---|---|---|---|---|"]
     for name in [ref, *names]:
         m = results["metrics"][name]
-        rate = "–" if name == ref else _pct(win_rate[name][ref])
-        lines.append(f"| {name} | {rate} | {_fmt(m.get('labeler_score'))} | {_fmt(m.get('rm_score'))} | "
+        rate, boot = ("–", "–") if name == ref else (_pct(win_rate[name][ref]), _boot(win_rate[name][ref]))
+        lines.append(f"| {name} | {rate} | {boot} | {_fmt(m.get('labeler_score'))} | {_fmt(m.get('rm_score'))} | "
                      f"{_fmt(m.get('kl_to_reference'), 2)} | {_fmt(m.get('response_tokens'), 1)} | "
                      f"{_fmt(m.get('distinct_1'))} | {_fmt(m.get('distinct_2'))} |")
     return lines + [""]
@@ -942,20 +1086,29 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
         f"{results['num_prompts']} prompts from `{results['prompts']}`; one response per model, sampled with "
         f"temperature {s['temperature']}, top-k {s['top_k']}, top-p {s['top_p']}, at most {s['max_new_tokens']} "
         f"new tokens, seed {s['seed']}.",
-        f"Labeler: **{results['labeler'] or 'none'}**. Reward model: `{results['reward_model'] or 'none'}`. "
+        judge_line(results),
+        f"Reward model: `{results['reward_model'] or 'none'}`. "
         f"KL reference: **{(results['reference'] or {}).get('name') or 'none'}**.",
         "",
     ]
     if results["headline"]:
         lines += ["## Win rates", "",
-                  "Win rate of the model over the baseline under the labeler (ties count half), with its 95% Wilson "
-                  "interval, and the model's KL to the reference.", ""] + win_rate_table(results["headline"])
+                  "Win rate of the model over the baseline under the judge (ties count half), with its 95% Wilson "
+                  "interval (ties as half a success: approximate) and its 95% paired bootstrap interval (prompts "
+                  "resampled 2000 times, seed 0: ties counted exactly), and the model's KL to the reference.",
+                  ""] + win_rate_table(results["headline"])
         lines += ["", "Full matrix (row over column):", "", "| | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         for a in names:
-            cells = ["–" if a == b else f"{100 * results['win_rate'][a][b]['win_rate']:.1f}%" for b in names]
+            cells = ["–" if a == b or results["win_rate"][a][b]["win_rate"] is None
+                     else f"{100 * results['win_rate'][a][b]['win_rate']:.1f}%" for b in names]
             lines.append(f"| **{a}** | " + " | ".join(cells) + " |")
         lines.append("")
+    if (results.get("judge") or {}).get("counts"):
+        lines += ["### The judge's verdicts", "",
+                  "Each pair of answers was judged twice, with the positions swapped. Unparseable answers and failed "
+                  "requests are left out of the win rate (its n counts judged prompts only).", ""]
+        lines += judge_counts_table(results["judge"]["counts"]) + [""]
     lines += methods_table(results)
     lines += ["## Per-model metrics", "", "| model | " + " | ".join(t for _, t in METRIC_COLUMNS[1:]) + " |",
               "|---" * len(METRIC_COLUMNS) + "|"]
@@ -974,6 +1127,8 @@ def render_report(results: dict[str, Any], completions: list[dict[str, Any]], nu
                   "above.", ""]
         if ood["headline"]:
             lines += win_rate_table(ood["headline"]) + [""]
+        if ood.get("judge_counts"):
+            lines += judge_counts_table(ood["judge_counts"]) + [""]
         if ood.get("task_shares"):
             lines += shares_table(ood["task_shares"]) + [""]
         if ood_completions and num_examples > 0:
@@ -1014,7 +1169,9 @@ def log_results(tracker: Any, results: dict[str, Any], completions: list[dict[st
     for prefix, part in (("", results), ("ood/", results.get("ood") or {})):
         for h in part.get("headline", []):
             key = f"{prefix}win_rate/{h['model']}_vs_{h['baseline']}"
-            summary.update({key: h["win_rate"], f"{key}_ci_low": h["ci_low"], f"{key}_ci_high": h["ci_high"]})
+            if h["win_rate"] is not None:
+                summary.update({key: h["win_rate"], f"{key}_ci_low": h["ci_low"], f"{key}_ci_high": h["ci_high"],
+                                f"{key}_bootstrap_low": h["bootstrap_low"], f"{key}_bootstrap_high": h["bootstrap_high"]})
         for name, groups in part.get("task_shares", {}).items():
             summary.update({f"{prefix}shares/{name}/{group}/{key}": cell["share"]
                             for group, cells in groups.items() for key, cell in cells.items()})
@@ -1028,6 +1185,7 @@ def log_results(tracker: Any, results: dict[str, Any], completions: list[dict[st
 
 
 def print_summary(results: dict[str, Any], output_dir: Path) -> None:
+    logger.info(judge_line(results))
     for h in results["headline"]:
         kl = h["kl_to_reference"]
         kl_text = f", KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h["reference"] else ""
