@@ -239,3 +239,28 @@ def test_a_killed_plackett_luce_run_resumes_from_its_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming the interrupted run" in resumed.stderr + resumed.stdout
     assert json.loads((out / RUN_MARKER).read_text())["metrics"]["global_step"] == 4
+
+
+def test_with_lora_the_reference_is_the_adapter_free_model_and_the_output_is_merged(tmp_path):
+    """No second copy under LoRA: the adapter starts at zero, so policy = reference and the first loss is log K!
+    exactly; the saved model is merged (loads without peft) and the adapter is kept beside it."""
+    rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", f"{i + 2}.", "No idea."]} for i in range(8)]
+    data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
+    out = tmp_path / "lora"
+    metrics = dpo(out, Path("data/tiny/base-model"), data, "--ranking_loss", "plackett_luce", "--use_peft", "true",
+                  "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                  "--eval_fraction", "0", "--learning_rate", "1e-3", "--warmup_steps", "0")
+    assert metrics["first_logged_loss"] == pytest.approx(math.log(6), abs=1e-5)
+    assert metrics["last_logged_loss"] < math.log(6)
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
+    assert _changed_weights(Path("data/tiny/base-model"), out) > 0
+
+
+def test_the_console_script_answers_help():
+    import shutil
+    import subprocess
+
+    exe = shutil.which("instructgpt-dpo")
+    assert exe, "instructgpt-dpo is not installed (pip install -e .)"
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--ranking_loss" in result.stdout and "--beta" in result.stdout
