@@ -264,3 +264,14 @@ def test_the_console_script_answers_help():
     assert exe, "instructgpt-dpo is not installed (pip install -e .)"
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--ranking_loss" in result.stdout and "--beta" in result.stdout
+
+
+def test_sequences_longer_than_max_length_are_counted(tmp_path, capsys):
+    rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", " ".join(["very"] * 60) + " long.", "No."]}
+            for i in range(4)]
+    data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
+    # per ranking: pairs (0,1), (0,2), (1,2) are 6 sequences, 2 with the long response; whole rankings are 3, 1 long
+    for loss, expected in (("pairs", "8 of 24"), ("plackett_luce", "4 of 12")):
+        dpo(tmp_path / loss, Path("data/tiny/base-model"), data, "--ranking_loss", loss, "--max_length", "48",
+            "--max_steps", "1", "--eval_fraction", "0")
+        assert f"{expected} prompt + response sequences are longer than max_length=48" in capsys.readouterr().out

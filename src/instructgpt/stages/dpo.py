@@ -364,6 +364,25 @@ def _check_nothing_lost(prepared: Any, given: int, what: str, max_length: int | 
     return kept
 
 
+def report_truncation(prepared: Any, max_length: int | None, name: str) -> int:
+    """Say how many prompt + response sequences are longer than ``max_length`` (they keep their start, as TRL's
+    collator truncates them); returns the count."""
+    if max_length is None:
+        return 0
+    columns = [c for c in ("chosen_ids", "rejected_ids", "response_ids") if c in prepared.column_names]
+    count, total = 0, 0
+    for example in prepared:
+        prompt = len(example["prompt_ids"])
+        for column in columns:
+            responses = example[column] if column == "response_ids" else [example[column]]
+            total += len(responses)
+            count += sum(prompt + len(r) > max_length for r in responses)
+    if count:
+        logger.info(f"{name}: {count} of {total} prompt + response sequences are longer than max_length={max_length}; "
+                    "they are truncated (the start is kept)")
+    return count
+
+
 def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Train and save one DPO policy as the recipe describes; returns the final metrics."""
     from transformers import AutoModelForCausalLM
@@ -417,6 +436,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         **extra,
     )
     num_train = _check_nothing_lost(trainer.train_dataset, len(train_dataset), unit, training_args.max_length, source)
+    report_truncation(trainer.train_dataset, training_args.max_length, f"{source}: train data")
     if eval_dataset is not None:
         _check_nothing_lost(trainer.eval_dataset, len(eval_dataset), f"held-out {unit}", training_args.max_length, source)
 
