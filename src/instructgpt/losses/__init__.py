@@ -97,3 +97,8 @@ def unflatten_rewards(flat: torch.Tensor, num_responses: torch.Tensor) -> torch.
     k_max = int(num_responses.max())
     valid = torch.arange(k_max, device=flat.device).unsqueeze(0) < num_responses.unsqueeze(1)
     return torch.zeros(valid.shape, dtype=flat.dtype, device=flat.device).masked_scatter(valid, flat)
+
+
+# DPO on pairs and on whole rankings (its own module, like PPO's math; imported here so `losses` exports it)
+from instructgpt.losses.dpo import dpo_pairwise_loss, plackett_luce_dpo_loss, ranking_pairs  # noqa: E402
+
