@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "rm": "instructgpt.stages.rm",
     "label": "instructgpt.stages.label",
     "ppo": "instructgpt.stages.ppo.trainer",
+    "rloo": "instructgpt.stages.rloo",
     "eval": "instructgpt.stages.eval",
     "pipeline": "instructgpt.stages.pipeline",
 }
