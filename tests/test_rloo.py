@@ -5,6 +5,7 @@ one line."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -101,22 +102,26 @@ def test_rloo_runs_end_to_end_keeps_a_policy_per_checkpoint_and_resumes(sft_mode
     assert [row["step"] for row in history if "kl" in row] == [1, 2, 3]  # steps 1-2 from the checkpoint, 3 new
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--reward_model_path", "SFT"], "`reward_model_path`: .* holds a GPT2LMHeadModel"),
-    (["--num_generations", "1"], "RLOO requires at least 2 generations per prompt"),
-    (["--dataset_name", "data/tiny/nope.jsonl"], "`dataset_name`"),
-    (["--missing_eos_penalty", "-1"], "`missing_eos_penalty` must be >= 0"),
-])
-def test_bad_input_is_one_line_naming_the_key(sft_model, trained_rm, tmp_path, extra, message):
-    import re
-
-    extra = [str(sft_model) if x == "SFT" else x for x in extra]
+def test_bad_input_is_one_line_naming_the_key(sft_model, trained_rm, tmp_path):
+    """From the command line: the SFT model given as the reward model (it has no score head) is one line, exit != 0."""
     result = run_cli(python_m("instructgpt.stages.rloo", "recipes/tiny/rloo.yaml", "--model_name_or_path",
-                              str(sft_model), "--reward_model_path", str(trained_rm[0]), "--output_dir",
-                              str(tmp_path / "o"), "--report_to", "none", *extra))
+                              str(sft_model), "--reward_model_path", str(sft_model), "--output_dir",
+                              str(tmp_path / "o"), "--report_to", "none"))
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert re.search(message, lines[-1]), lines[-1]
+    assert re.search(r"`reward_model_path`: .* holds a GPT2LMHeadModel", lines[-1]), lines[-1]
+    assert not (tmp_path / "o" / RUN_MARKER).exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num_generations", "1"], "RLOO requires at least 2 generations per prompt"),
+    (["--dataset_name", "data/tiny/nope.jsonl"], "`dataset_name`"),
+    (["--missing_eos_penalty", "-1"], "`missing_eos_penalty` must be at least 0"),
+    (["--max_completion_length", "128"], "`max_completion_length` \\(128\\) leaves no room for a prompt"),
+])
+def test_bad_settings_are_refused_naming_the_key(sft_model, trained_rm, tmp_path, extra, message):
+    with pytest.raises(InstructGPTError, match=message):
+        rloo(tmp_path / "o", sft_model, trained_rm[0], *extra)
     assert not (tmp_path / "o" / RUN_MARKER).exists()
 
 
