@@ -140,10 +140,30 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
     (script, config, model), recipe = parse_args([
         "recipes/rloo.yaml", "--model_name_or_path", str(sft_model), "--reward_model_path", str(trained_rm[0]),
         "--dataset_name", str(FIXTURES / "ultrafeedback_binarized"), "--output_dir", str(out), *FAST, *SMALL,
-        "--max_steps", "1", "--save_strategy", "no", "--bf16", "false", "--max_eval_samples", "4",
+        "--max_steps", "1", "--save_strategy", "no", "--max_eval_samples", "4",
         "--per_device_eval_batch_size", "8",
     ])
     assert (script.dataset_train_split, script.dataset_test_split) == ("train_gen", "test_gen")
     metrics = run_rloo(script, config, model, recipe)
     assert metrics["global_step"] == 1 and "eval_reward" in metrics
     assert (out / "model.safetensors").is_file() and (out / RUN_MARKER).is_file()
+
+
+def test_lora_checkpoint_policies_are_adapters_on_the_sft_model_and_the_output_is_merged(sft_model, trained_rm, tmp_path):
+    """With LoRA the reference is the adapter-free policy (TRL's disable-adapter path); checkpoint-N/policy is the
+    adapter, whose base is the SFT model's absolute path; output_dir holds the merged model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    metrics = rloo(out, sft_model, trained_rm[0], "--max_steps", "1", "--save_steps", "1", "--use_peft", "true",
+                   "--learning_rate", "1e-2")
+    assert metrics["global_step"] == 1
+    adapter = json.loads((out / "checkpoint-1" / "policy" / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == sft_model.resolve()
+    policy = AutoModelForCausalLM.from_pretrained(out / "checkpoint-1" / "policy")
+    assert hasattr(policy, "peft_config")
+    merged, sft = load_file(out / "model.safetensors"), load_file(sft_model / "model.safetensors")
+    assert not any("lora" in k for k in merged) and set(merged) == set(sft)
+    assert any(not torch.equal(merged[k], sft[k]) for k in sft)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

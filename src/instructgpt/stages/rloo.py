@@ -247,6 +247,9 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     model = AutoModelForCausalLM.from_pretrained(
         model_path, **model_init_kwargs(model_args, trust_remote_code=trust, source=source)
     )
+    if Path(model_path).expanduser().is_dir():
+        # peft records this as the adapter's base: absolute, so checkpoint-N/policy loads from any directory
+        model.name_or_path = str(Path(model_path).expanduser().resolve())
     model.config.pad_token_id = tokenizer.pad_token_id
     eos_ids = {tokenizer.eos_token_id}
     if model.generation_config is not None:
