@@ -118,6 +118,8 @@ def test_bad_input_is_one_line_naming_the_key(sft_model, trained_rm, tmp_path):
     (["--dataset_name", "data/tiny/nope.jsonl"], "`dataset_name`"),
     (["--missing_eos_penalty", "-1"], "`missing_eos_penalty` must be at least 0"),
     (["--max_completion_length", "128"], "`max_completion_length` \\(128\\) leaves no room for a prompt"),
+    (["--eval_dataset_name", "data/tiny/eval_prompts.jsonl", "--per_device_eval_batch_size", "6"],
+     "`per_device_eval_batch_size` x processes \\(6\\) must be a multiple of"),
 ])
 def test_bad_settings_are_refused_naming_the_key(sft_model, trained_rm, tmp_path, extra, message):
     with pytest.raises(InstructGPTError, match=message):

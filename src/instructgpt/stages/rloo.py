@@ -243,6 +243,13 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
             split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples,
         )
         eval_dataset = prompt_dataset(eval_prompts, tokenizer, max_prompt, f"{source}: `{key}`")
+        generations = training_args.num_generations_eval or training_args.num_generations
+        eval_batch = training_args.per_device_eval_batch_size * training_args.world_size
+        if eval_batch % generations:  # TRL checks this only with eval_strategy; the final evaluation needs it too
+            raise InstructGPTError(
+                f"{source}: `per_device_eval_batch_size` x processes ({eval_batch}) must be a multiple of "
+                f"`num_generations_eval` or `num_generations` ({generations}) to evaluate on `{key}`"
+            )
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path, **model_init_kwargs(model_args, trust_remote_code=trust, source=source)
