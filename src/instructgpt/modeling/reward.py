@@ -202,3 +202,69 @@ def load_sequence_classifier(
     kwargs = model_init_kwargs(model_args, trust_remote_code=trust_remote_code, quantize=quantize, source=source)
     with suppress_seqcls_warning():
         return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **kwargs)
+
+
+def completion_text(completion: str | Sequence[dict[str, str]]) -> str:
+    """A TRL completion as the response text: a string as it is, chat messages (``[{"role": "assistant", ...}]``,
+    what TRL's GRPO/RLOO trainers hand a reward function for conversational prompts) as their contents joined."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(message.get("content") or "") for message in completion)
+
+
+class RewardModelReward:
+    """The frozen reward model of the RM stage as a TRL reward function: ``reward(prompts, completions, **kw)``.
+
+    It returns the normalized reward :math:`r_\\theta(x, y) - b` of :func:`score_responses` (the shift ``b`` stored by
+    the RM stage, so demonstrations score 0), reading each ``(prompt, response)`` exactly as the reward model was
+    trained and as PPO scores it: the reward model's own chat template, ending at the answer's EOS
+    (:func:`reward_texts`). TRL decodes the sampled tokens without special tokens and passes the text; the template
+    writes the closing EOS back.
+
+    ``missing_eos_penalty`` (PPO's key, same meaning): subtracted from the reward of a response that never produced
+    an EOS token (it hit the length limit), read from the ``completion_ids`` TRL passes; without them (a call from
+    outside a trainer) no penalty applies.
+
+    The model stays on whatever device it was put on (:meth:`to`); TRL does not move custom reward functions.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        missing_eos_penalty: float | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        batch_size: int = 32,
+        dtype: Any = None,
+        key: str = "reward_model_path",
+        source: str = "recipe",
+    ):
+        if missing_eos_penalty is not None and missing_eos_penalty < 0:
+            raise InstructGPTError(f"{source}: `missing_eos_penalty` must be >= 0, got {missing_eos_penalty}")
+        self.path = path
+        self.model, self.tokenizer, self.shift = load_reward_model(path, dtype=dtype, key=key, source=source)
+        self.missing_eos_penalty = missing_eos_penalty or 0.0
+        self.eos_token_ids = set(eos_token_ids or [])
+        self.batch_size = batch_size
+        self.__name__ = "reward_model"  # TRL names its logged metrics after the function: rewards/reward_model/mean
+
+    def to(self, device: str | torch.device) -> "RewardModelReward":
+        self.model.to(device)
+        return self
+
+    def ended(self, completion_ids: Sequence[Sequence[int]]) -> list[bool]:
+        """Whether each sampled response ends with an EOS token (TRL cuts the ids after the first one)."""
+        return [bool(ids) and ids[-1] in self.eos_token_ids for ids in completion_ids]
+
+    def __call__(
+        self,
+        prompts: Sequence[Prompt],
+        completions: Sequence[str | Sequence[dict[str, str]]],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        responses = [completion_text(c) for c in completions]
+        scores = score_responses(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size)
+        if self.missing_eos_penalty and completion_ids is not None and self.eos_token_ids:
+            scores = [s if done else s - self.missing_eos_penalty for s, done in zip(scores, self.ended(completion_ids))]
+        return scores

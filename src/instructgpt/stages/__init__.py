@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "label": "instructgpt.stages.label",
     "ppo": "instructgpt.stages.ppo.trainer",
     "dpo": "instructgpt.stages.dpo",
+    "rloo": "instructgpt.stages.rloo",
     "eval": "instructgpt.stages.eval",
     "pipeline": "instructgpt.stages.pipeline",
 }
