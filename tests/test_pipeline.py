@@ -8,6 +8,7 @@ pipeline's logic in milliseconds. The smoke test runs the real stages with tiny 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import textwrap
@@ -321,6 +322,9 @@ SMOKE_OVERRIDES = [
     "--rm.eval_strategy", "no", "--rm.save_strategy", "no",
     "--ppo.total_episodes", "16", "--ppo.per_device_train_batch_size", "8", "--ppo.gradient_accumulation_steps", "1",
     "--ppo.num_ppo_epochs", "1", "--ppo.num_mini_batches", "1", "--ppo.response_length", "16", "--ppo.save_steps", "1",
+    "--dpo.max_steps", "2", "--dpo.per_device_train_batch_size", "8", "--dpo.save_strategy", "no",
+    "--rloo.max_steps", "2", "--rloo.per_device_train_batch_size", "8", "--rloo.gradient_accumulation_steps", "1",
+    "--rloo.max_completion_length", "16", "--rloo.save_steps", "1",
     "--eval.max_prompts", "8", "--eval.max_new_tokens", "16", "--eval.max_checkpoints", "2",
 ]
 
@@ -331,10 +335,15 @@ def test_smoke_run_of_the_whole_tiny_pipeline(tmp_path):
     argv = ["recipes/tiny/pipeline.yaml", "--output_dir", str(root), "--report_to", "wandb", *SMOKE_OVERRIDES]
     os.environ["WANDB_MODE"] = "offline"
     summary = run(argv)
-    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "eval"):
+    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo", "eval"):
         assert is_complete(root / stage), stage
     results = json.loads((root / "eval" / "results.json").read_text())
-    assert list(results["models"]) == ["base", "sft", "ppo"]
+    assert list(results["models"]) == ["base", "sft", "ppo", "dpo", "rloo", "best_of_8"]
+    # every method on the frontier, RLOO's checkpoints swept like PPO's
+    assert results["metrics"]["best_of_8"]["kl_to_reference"] == pytest.approx(math.log(8) - 7 / 8)
+    assert [p["label"] for p in results["sweeps"]["rloo"]] == ["sft", "step 1", "step 2"]
+    assert (root / "eval" / results["plots"]["frontier"]).stat().st_size > 0
+    assert "## Methods side by side (against sft)" in (root / "eval" / "report.md").read_text()
     assert results["models"]["sft"] == str(root / "sft")
     assert results["reference"]["name"] == "sft" and results["reward_model"] == str(root / "rm")
     for a, b in (("sft", "base"), ("ppo", "sft"), ("ppo", "base")):
@@ -350,7 +359,7 @@ def test_smoke_run_of_the_whole_tiny_pipeline(tmp_path):
     group = json.loads((root / "pipeline.json").read_text())["wandb_group"]
     assert group.startswith("tiny-pipeline-")
 
-    before = {s: (root / s / RUN_MARKER).stat().st_mtime for s in ("pretrain", "sft", "rm", "ppo", "eval")}
+    before = {s: (root / s / RUN_MARKER).stat().st_mtime for s in ("pretrain", "sft", "rm", "ppo", "dpo", "rloo", "eval")}
     run(argv)  # finished: every stage (and the evaluation, same settings) is skipped
     after = {s: (root / s / RUN_MARKER).stat().st_mtime for s in before}
     assert after == before

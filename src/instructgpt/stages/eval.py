@@ -872,16 +872,21 @@ METRIC_COLUMNS: list[tuple[str, str]] = [
 
 
 def headline_pairs(names: list[str], win_rate: dict, metrics: dict, ref_name: str | None) -> list[dict[str, Any]]:
-    """Every later model against every earlier one (``ppo vs sft``, ``sft vs base``, ...), later models first."""
+    """Every later model against every earlier one, the reference's pairs first: each model after the reference
+    over it (``ppo vs sft``, ``dpo vs sft``, ...), the reference over each model before it (``sft vs base``), then the
+    other pairs, later models first (``dpo vs ppo``, ...)."""
+    pairs = [(names[i], names[j]) for i in range(len(names) - 1, 0, -1) for j in range(i - 1, -1, -1)]
+    if ref_name in names:
+        r = names.index(ref_name)
+        first = [(a, ref_name) for a in names[r + 1:]] + [(ref_name, b) for b in reversed(names[:r])]
+        pairs = first + [p for p in pairs if p not in first]
     rows = []
-    for i in range(len(names) - 1, 0, -1):
-        for j in range(i - 1, -1, -1):
-            a, b = names[i], names[j]
-            if a in win_rate and b in win_rate[a]:
-                row = {"model": a, "baseline": b, **win_rate[a][b]}
-                row["kl_to_reference"] = metrics[a].get("kl_to_reference")
-                row["reference"] = ref_name
-                rows.append(row)
+    for a, b in pairs:
+        if a in win_rate and b in win_rate[a]:
+            row = {"model": a, "baseline": b, **win_rate[a][b]}
+            row["kl_to_reference"] = metrics[a].get("kl_to_reference")
+            row["reference"] = ref_name
+            rows.append(row)
     return rows
 
 

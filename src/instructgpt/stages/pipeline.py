@@ -693,7 +693,8 @@ def print_final_summary(console: Console, stages: list[Stage], eval_args: Any, s
                      f"{t['cpu_seconds']:.0f}" if "cpu_seconds" in t else "-"])
     console.table("Where everything is (seconds: the last run of each stage)", ["stage", "output", "seconds", "CPU s"],
                   rows)
-    for h in summary.get("headline", []):
+    headline = summary.get("headline", [])
+    for h in [h for h in headline if h.get("reference") in (h["model"], h["baseline"])] or headline:
         kl = h.get("kl_to_reference")
         kl_text = f"; KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h.get("reference") else ""
         console.print(f"[bold]{h['model']} vs {h['baseline']}[/]: win rate {100 * h['win_rate']:.1f}% "
