@@ -167,19 +167,60 @@ def saved_dtype(model_path: str, trust_remote_code: bool = False) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
 
+def engine_worker(llm: Any) -> Any:
+    """vLLM's worker in this process (needs :func:`in_process_environment`)."""
+    worker = llm.llm_engine.model_executor.driver_worker
+    return getattr(worker, "worker", worker)  # a WorkerWrapperBase holds the worker
+
+
 def engine_model(llm: Any) -> Any:
-    """The ``nn.Module`` vLLM runs, in this process (needs :func:`in_process_environment`)."""
-    executor = llm.llm_engine.model_executor
-    worker = executor.driver_worker
-    worker = getattr(worker, "worker", worker)  # a WorkerWrapperBase holds the worker
-    return worker.model_runner.model
+    """The ``nn.Module`` vLLM runs, in this process."""
+    worker = engine_worker(llm)
+    return worker.model_runner.model if hasattr(worker.model_runner, "model") else worker.model_runner.get_model()
 
 
-def load_weights(llm: Any, named_tensors: Any) -> None:
-    """Copy ``(hf_name, tensor)`` pairs into the engine's model (vLLM maps the HF names, fused QKV and tied
-    embeddings itself) and drop any cached prefix computed with the old weights."""
-    engine_model(llm).load_weights(named_tensors)
+def load_weights(llm: Any, named_tensors: list[tuple[str, Any]]) -> None:
+    """Copy ``(hf_name, tensor)`` pairs into the engine's model and drop any prefix cached with the old weights.
+
+    vLLM maps the transformers names, GPT-2's Conv1D layout, fused QKV and tied embeddings itself. vLLM >= 0.15
+    processes weights after loading (e.g. repacked for the CPU's GEMM kernels, dropping their loaders), so new
+    weights go through the worker's in-place ``reload_weights`` (which redoes that processing); older vLLM (as
+    TRL's colocate mode) calls the model's ``load_weights`` directly.
+    """
+    worker = engine_worker(llm)
+    if hasattr(worker, "reload_weights"):
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors),
+                                                     "is_checkpoint_format": True})
+        repack_cpu_embeddings(engine_model(llm))
+    else:
+        engine_model(llm).load_weights(named_tensors)
     llm.reset_prefix_cache()
+
+
+def repack_cpu_embeddings(model: Any) -> int:
+    """vLLM-CPU: rebuild the GEMM kernel of every layer that keeps its weight beside a packed copy (the embedding,
+    and with it a tied LM head); returns how many were rebuilt.
+
+    vLLM's in-place reload redoes the processing of each layer it loads, but a tied LM head shares the input
+    embedding's weight and keeps the packed copy made from the *old* one (vLLM documents this limit of its
+    layerwise reload), so logits would come from the SFT head. Measured on the tiny GPT-2 without this: a 2.6 nat
+    log-prob gap after changing only the embedding; with it, 6e-6. Layers whose weight was moved into the packed
+    kernel (``weight`` empty) were rebuilt by the reload itself and are left alone. No-op off CPU.
+    """
+    try:
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+        from vllm.platforms import current_platform
+    except ImportError:
+        return 0
+    if not current_platform.is_cpu():
+        return 0
+    rebuilt = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and weight is not None and weight.ndim == 2 and weight.numel() > 0:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            rebuilt += 1
+    return rebuilt
 
 
 def hf_weights(policy: Any) -> list[tuple[str, Any]]:
