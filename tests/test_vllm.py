@@ -170,3 +170,26 @@ def test_two_process_ppo_with_vllm(sft_model, trained_rm, tmp_path):
     assert marker["metrics"]["num_processes"] == 2 and marker["metrics"]["global_step"] == 2
     for row in (r for r in read_metrics(out) if "objective/kl" in r):
         assert row["vllm/logprob_abs_diff_max"] < PUSH_TOLERANCE, row
+
+
+def test_eval_with_vllm_scores_what_vllm_sampled_and_matches_hf_greedily(sft_model, tmp_path):
+    """Greedy eval of two models (the SFT policy against the base model as KL reference): vLLM's completions, KL and
+    labeler scores are HF's; and a sampled vLLM eval scores its own samples (the KL recomputed on vLLM's ids)."""
+    from instructgpt.stages import eval as evaluate
+
+    common = ["--models", f"base={TINY_BASE}", f"sft={sft_model}", "--prompts", "data/tiny/eval_prompts.jsonl",
+              "--max_prompts", "16", "--labeler", "simulated", "--reference", "base", "--max_new_tokens", "24",
+              "--report_to", "none"]
+    evaluate.main([*common, "--output_dir", str(tmp_path / "hf"), "--temperature", "0"])
+    result = run_cli(python_m("instructgpt", "eval", *common, "--output_dir", str(tmp_path / "vllm"),
+                              "--temperature", "0", "--use_vllm", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf = json.loads((tmp_path / "hf" / "results.json").read_text())["metrics"]
+    vl = json.loads((tmp_path / "vllm" / "results.json").read_text())["metrics"]
+    hf_rows = (tmp_path / "hf" / "completions.jsonl").read_text().splitlines()
+    assert (tmp_path / "vllm" / "completions.jsonl").read_text().splitlines() == hf_rows
+    for name in ("base", "sft"):
+        for key in ("labeler_score", "response_tokens", "eos_fraction"):
+            assert vl[name][key] == pytest.approx(hf[name][key]), (name, key)
+        assert vl[name]["kl_to_reference"] == pytest.approx(hf[name]["kl_to_reference"], abs=1e-3)
+    assert vl["sft"]["kl_to_reference"] > 0.1  # the SFT policy is measurably off the base model
