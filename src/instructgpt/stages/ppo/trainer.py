@@ -8,7 +8,9 @@ Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implem
 1. **rollout** (no gradients): sample a response per prompt from the policy with the KV cache
    (:mod:`instructgpt.stages.ppo.rollout`, which also yields :math:`\\log\\pi_{old}`); one forward each of the reference
    (for the KL), the value function (:math:`V_{old}`) and the reward model (the score, normalised, minus
-   ``missing_eos_penalty`` for a response that never ended);
+   ``missing_eos_penalty`` for a response that never ended). With ``use_vllm`` a colocated vLLM engine samples
+   instead, holding the weights pushed after the last update, and :math:`\log\pi_{old}` comes from one forward of
+   the policy (see :meth:`PPOTrainer._vllm_samples` for why);
 2. **advantages**: per-token reward :math:`-\\beta\\,\\mathrm{kl}_t` plus the score on the last token, GAE, whitening
    (:mod:`instructgpt.losses.ppo`);
 3. **PPO epochs**: ``num_ppo_epochs`` passes in ``num_mini_batches`` shuffled minibatches; per micro-batch one
