@@ -431,9 +431,11 @@ class PPOTrainer:
         and then the ratio at the first minibatch would not be 1 and the k1 KL would carry that noise. One extra
         no-grad forward of the policy over the batch costs little next to sampling it token by token, and makes
         :math:`\pi_{old}` exact. What remains is that the tokens were drawn from vLLM's copy of the policy, which
-        the weight push after every update keeps equal to the trainer's up to that numerical noise (logged as
-        ``vllm/logprob_abs_diff``, the mean per-token gap; small enough here that no importance correction is
-        needed, and where it grows, e.g. a bf16 engine for an fp32 trainer, that metric shows it).
+        the weight push after every update keeps equal to the trainer's up to that numerical noise, logged as
+        ``vllm/logprob_abs_diff`` (the mean per-token gap) and ``vllm/logprob_abs_diff_max`` (the largest): ~1e-6
+        nats on the tiny model in float32, too small to need an importance correction. Where it grows (a bf16 engine
+        for an fp32 trainer, say), those metrics show it, and a truncated importance weight
+        :math:`\min(\pi_\theta / \pi_{vllm}, C)` on the policy loss would be the next step.
         """
         from instructgpt.stages.ppo.models import Sequences, response_logits, supports_logits_to_keep
         from instructgpt.stages.ppo.rollout import Samples
@@ -457,8 +459,8 @@ class PPOTrainer:
             logits = response_logits(policy, seqs, self.args.temperature, supports_logits_to_keep(policy))
         logprobs = torch.where(mask, core.logprobs_from_logits(logits, response).float(), torch.zeros((), device=device))
         if self.args.top_k == 0 and self.args.top_p >= 1.0:  # vLLM's log-probs are of the same, untruncated policy
-            gap = ((logprobs - vllm_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
-            self._vllm_gaps.append(gap.detach())
+            gap = (logprobs - vllm_logprobs).abs() * mask
+            self._vllm_gaps.append(torch.stack([gap.sum() / mask.sum().clamp(min=1), gap.max()]).detach())
         return Samples(response=response, mask=mask, logprobs=logprobs, ended=ended)
 
     @torch.no_grad()
@@ -690,9 +692,9 @@ class PPOTrainer:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["episode"] = self.progress.episode
         if self.vllm is not None and self._vllm_gaps:  # this update's rollout: vLLM's copy against the trainer's
-            metrics["vllm/logprob_abs_diff"] = self._global_mean(torch.stack(self._vllm_gaps).mean())
-            metrics["vllm/logprob_abs_diff_max"] = self.accelerator.gather(
-                torch.stack(self._vllm_gaps).max().reshape(1)).max().item()
+            gaps = torch.stack(self._vllm_gaps)  # (chunks, [mean, max]) per-token |log-prob| gaps
+            metrics["vllm/logprob_abs_diff"] = self._global_mean(gaps[:, 0].mean())
+            metrics["vllm/logprob_abs_diff_max"] = self.accelerator.gather(gaps[:, 1].max().reshape(1)).max().item()
         self._vllm_gaps.clear()
         return metrics
 
