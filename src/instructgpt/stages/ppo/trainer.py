@@ -314,7 +314,16 @@ class PPOTrainer:
         """
         from instructgpt.sampling_vllm import make_engine
 
+        from accelerate.utils import DistributedType
+
         args, acc = self.args, self.accelerator
+        sharded = acc.distributed_type == DistributedType.FSDP or (
+            acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+        if sharded:  # each process holds a shard of the policy: the push, which reads whole weights, would be wrong
+            raise InstructGPTError(
+                f"{self.source}: `use_vllm` with a sharded policy (FSDP or DeepSpeed ZeRO-3) is not supported yet; "
+                "use DDP or ZeRO-1/2, or set `use_vllm: false`"
+            )
         if acc.num_processes > 1:
             os.environ["RANK"] = str(acc.process_index)
             os.environ["LOCAL_RANK"] = str(acc.local_process_index)
