@@ -88,6 +88,16 @@ class CollectArguments:
         default=3,
         metadata={"help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K."},
     )
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]') instead of transformers' "
+                  "generate: same settings, per-request seeds, the tokens vLLM drew are the ones ranked."},
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.9,
+        metadata={"help": "With use_vllm: the share of GPU memory vLLM takes for weights and KV cache (no effect on "
+                  "CPU, where VLLM_CPU_KVCACHE_SPACE in GiB sizes the cache; 1 GiB unless set)."},
+    )
     labeler: str = field(
         default="simulated",
         metadata={
@@ -132,6 +142,8 @@ class CollectArguments:
             raise ValueError(f"max_sampling_rounds must be at least 1, got {self.max_sampling_rounds}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -224,7 +236,7 @@ def merge_parts(output_dir: Path, num_prompts: int) -> list[dict[str, Any]]:
 DEFINING_SETTINGS = (
     "model_name_or_path", "dataset_name", "dataset_config", "dataset_train_split", "max_prompts", "prompt_template",
     "num_responses", "max_new_tokens", "temperature", "top_k", "top_p", "max_sampling_rounds", "seed",
-    "labeler", "labeler_noise", "labeler_seed",
+    "labeler", "labeler_noise", "labeler_seed", "use_vllm",
 )
 
 
@@ -320,11 +332,16 @@ def collect_prompts(
     handle: Any,
     policy_name: str,
     show_progress: bool,
+    generate_responses: Any = None,
 ) -> None:
-    """Sample, deduplicate, rank and append one row per prompt of ``todo`` (flushed as soon as it is written)."""
+    """Sample, deduplicate, rank and append one row per prompt of ``todo`` (flushed as soon as it is written).
+
+    ``generate_responses`` is the sampler (:func:`instructgpt.sampling.generate_responses`, or a vLLM sampler's
+    method of the same signature, which ignores ``model``)."""
     from tqdm.auto import tqdm
 
-    from instructgpt.sampling import generate_responses
+    if generate_responses is None:
+        from instructgpt.sampling import generate_responses
 
     k = args.num_responses
     bar = tqdm(total=len(todo), desc="Collecting comparisons", unit="prompt", disable=not show_progress)
@@ -371,6 +388,11 @@ def collect_prompts(
     bar.close()
 
 
+def _vllm_call(sampler: Any) -> Any:
+    """The vLLM sampler behind the HF sampler's signature ``(model, tokenizer, prompts, **settings)``."""
+    return lambda _model, _tokenizer, prompts, **settings: sampler.generate_responses(prompts, **settings)
+
+
 def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     """Collect rankings as the recipe describes; returns the collection's metrics."""
     from instructgpt.infra.processes import process_state
@@ -384,6 +406,10 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         raise InstructGPTError(f"{source}: `dataset_name` is required (prompts: a .jsonl file or a Hub id)")
     if not args.output_dir:
         raise InstructGPTError(f"{source}: `output_dir` is required")
+    if args.use_vllm:  # before anything is loaded or written
+        from instructgpt.sampling_vllm import require_vllm
+
+        require_vllm(source)
     state = process_state()
     prompts = load_prompts(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
                            split=args.dataset_train_split, limit=args.max_prompts)
@@ -405,17 +431,27 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         logger.info(f"resuming: {len(done)} of {len(prompts)} prompts already collected in {output_dir}")
 
     tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
-    kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
-    if args.dtype is not None:
-        kwargs["dtype"] = args.dtype
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
+    sampler = None
+    if args.use_vllm:  # the engine holds the policy: no transformers copy of it
+        from instructgpt.sampling_vllm import VLLMSampler
+
+        sampler = VLLMSampler(model_path, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                              dtype=args.dtype, trust_remote_code=args.trust_remote_code, seed=args.seed, source=source,
+                              distributed=state.num_processes > 1)
+        model = None
+    else:
+        kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+        if args.dtype is not None:
+            kwargs["dtype"] = args.dtype
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
 
     mark_started(output_dir, "collect")
     tracker = StageTracker.start(args.report_to, project=args.project, stage="collect", config=recipe.data,
                                  output_dir=output_dir,
                                  identity=run_identity(output_dir, "collect", args.run_name, resuming=bool(done)))
     with open_part(output_dir, state.process_index) as handle:
-        collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process)
+        collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process,
+                        generate_responses=None if sampler is None else _vllm_call(sampler))
     state.wait_for_everyone()  # every process has written and closed its part before the merge
 
     metrics: dict[str, Any] = {}

@@ -152,6 +152,16 @@ class EvalArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling (the same for every model)."})
     batch_size: int = field(default=64, metadata={"help": "Sequences per generation / scoring batch."})
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]'), one engine per model in "
+                  "turn; the KL and the judges score the tokens vLLM drew. A LoRA adapter directory is merged first."},
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.5,
+        metadata={"help": "With --use_vllm: the share of GPU memory vLLM takes (weights + KV cache); the models "
+                  "being scored share the rest. No effect on CPU (VLLM_CPU_KVCACHE_SPACE, GiB, sizes the cache)."},
+    )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
         metadata={"help": "Prompt format for a model whose tokenizer has no chat template (a base model)."},
@@ -203,6 +213,13 @@ class EvalArguments:
                 raise EvalError(f"{source}: --models {name}: best-of-n picks with a reward model; give --reward_model")
         if self.labeler.startswith("llm:"):  # fail before any model is sampled
             llm_judge_settings(self, source).validate()
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise EvalError(f"{source}: --vllm_gpu_memory_utilization must be in (0, 1], got "
+                            f"{self.vllm_gpu_memory_utilization}")
+        if self.use_vllm:
+            from instructgpt.sampling_vllm import require_vllm
+
+            require_vllm(source, key="--use_vllm")
 
 
 BEST_OF_N = re.compile(r"best_of_(\d+):(.+)")
@@ -288,18 +305,23 @@ class Samples:
         }
 
 
-def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments) -> Samples:
+def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, path: str | None = None,
+                 source: str = "instructgpt eval") -> Samples:
     """Sample one response per prompt, keeping the token ids the sampler drew and how each response ended.
 
     Everything downstream (length, the EOS rate, the KL to the reference) is computed on these ids: the text is
-    never tokenized again, which could split it differently than the model did.
+    never tokenized again, which could split it differently than the model did. With ``use_vllm`` an engine over
+    ``path`` samples (:func:`vllm_samples`) and is closed before the next model.
     """
-    from instructgpt.sampling import generate_samples
+    if args.use_vllm:
+        rows = vllm_samples(tokenizer, prompts, args, path, source)
+    else:
+        from instructgpt.sampling import generate_samples
 
-    rows = generate_samples(
-        model, tokenizer, prompts, num_samples=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
-    )
+        rows = generate_samples(
+            model, tokenizer, prompts, num_samples=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
+        )
     samples = [row[0] for row in rows]
     return Samples(
         texts=[s.text for s in samples],
@@ -308,6 +330,38 @@ def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalA
         finished=[s.finished for s in samples],
         scored_ids=[s.scored_ids for s in samples],
     )
+
+
+def vllm_samples(tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, path: str,
+                 source: str) -> list[list[Any]]:
+    """One vLLM sample per prompt from the model at ``path`` (same settings and seed for every model).
+
+    vLLM loads a plain model directory; a LoRA adapter directory (a LoRA PPO run's checkpoint policy) is first
+    merged into its base with peft and saved to a temporary directory, removed afterwards."""
+    import shutil
+    import tempfile
+
+    from instructgpt.sampling_vllm import VLLMSampler
+
+    folder = Path(path)
+    temporary = None
+    if (folder / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        temporary = tempfile.mkdtemp(prefix="instructgpt-vllm-")
+        AutoPeftModelForCausalLM.from_pretrained(str(folder)).merge_and_unload().save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        folder = Path(temporary)
+    sampler = VLLMSampler(str(folder), tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                          seed=args.seed, source=source)
+    try:
+        return sampler.generate_samples(list(prompts), num_samples=1, max_new_tokens=args.max_new_tokens,
+                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                        seed=args.seed, progress=True)
+    finally:
+        sampler.close()
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 @torch.inference_mode()
@@ -323,6 +377,7 @@ def sample_best_of_n(model: Any, tokenizer: Any, prompts: Sequence[Any], args: E
     .. math:: KL(\\pi_{best\\,of\\,n} \\| \\pi) = \\log n - (n - 1) / n
 
     (an upper bound that is tight for distinct responses, Beirami et al. 2024). Samples' ``kl`` holds it per response.
+    The n samples are drawn with transformers (`use_vllm` applies to the one-sample models).
     """
     from instructgpt.modeling.reward import score_responses
     from instructgpt.sampling import generate_samples
@@ -562,7 +617,7 @@ class Evaluator:
             if policy_path != self.ref_path:  # the closed form is the KL to the sampled policy, not to another one
                 samples.kl = None
         else:
-            samples = sample_model(model, tokenizer, prompts, args)
+            samples = sample_model(model, tokenizer, prompts, args, path=policy_path, source=self.source)
         if is_reference:
             samples.kl = [0.0] * len(prompts)
         elif best_of:

@@ -226,6 +226,31 @@ class PPOConfig(TrainingArguments):
         },
     )
 
+    # ---- vLLM rollouts (the `[vllm]` extra) -------------------------------------------------------------------------
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample rollouts (and held-out evaluations) with vLLM colocated in each training process (the "
+            "`[vllm]` extra: pip install -e '.[vllm]'). The policy's weights are pushed to vLLM after every update "
+            "(LoRA: merged); the log-probs of the ratio and the KL are recomputed by the trainer's own forward."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "With use_vllm: the share of GPU memory vLLM takes (weights + KV cache), the rest being left "
+            "to training (TRL's GRPO colocate default: 0.3). No effect on CPU, where VLLM_CPU_KVCACHE_SPACE (GiB, "
+            "1 unless set) sizes the cache."
+        },
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_vllm on a GPU: free vLLM's weights and KV cache between rollouts (sleep level 2), "
+            "giving their memory to the update; the weights are pushed again before each rollout."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.bf16 is None:
             import torch
@@ -265,6 +290,8 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"`max_kl` must be > 0 (or null), got {self.max_kl}")
         if self.ptx_batch_size is not None and self.ptx_batch_size < 1:
             raise ValueError(f"`ptx_batch_size` must be >= 1, got {self.ptx_batch_size}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"`vllm_gpu_memory_utilization` must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if self.eval_num_prompts < 0:
             raise ValueError(f"`eval_num_prompts` must be >= 0, got {self.eval_num_prompts}")
         if self.local_batch_size % self.num_mini_batches:

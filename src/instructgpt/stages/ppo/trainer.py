@@ -8,7 +8,9 @@ Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implem
 1. **rollout** (no gradients): sample a response per prompt from the policy with the KV cache
    (:mod:`instructgpt.stages.ppo.rollout`, which also yields :math:`\\log\\pi_{old}`); one forward each of the reference
    (for the KL), the value function (:math:`V_{old}`) and the reward model (the score, normalised, minus
-   ``missing_eos_penalty`` for a response that never ended);
+   ``missing_eos_penalty`` for a response that never ended). With ``use_vllm`` a colocated vLLM engine samples
+   instead, holding the weights pushed after the last update, and :math:`\log\pi_{old}` comes from one forward of
+   the policy (see :meth:`PPOTrainer._vllm_samples` for why);
 2. **advantages**: per-token reward :math:`-\\beta\\,\\mathrm{kl}_t` plus the score on the last token, GAE, whitening
    (:mod:`instructgpt.losses.ppo`);
 3. **PPO epochs**: ``num_ppo_epochs`` passes in ``num_mini_batches`` shuffled minibatches; per micro-batch one
@@ -121,6 +123,9 @@ class PPOTrainer:
         self._load_models()
         self._build_optimization()
         self.progress = Progress()
+        self.vllm = self._start_vllm() if args.use_vllm else None
+        self._vllm_step: int | None = None  # the update whose weights vLLM holds (None: not pushed yet)
+        self._vllm_gaps: list[torch.Tensor] = []
         # a different sampling stream per process (TRL's `local_seed`), restored from checkpoints with the RNG state
         torch.manual_seed(args.seed + self.accelerator.process_index * 100003)
 
@@ -133,6 +138,18 @@ class PPOTrainer:
         from instructgpt.modeling.reward import check_reward_model
 
         sa, source = self.script_args, self.source
+        if self.args.use_vllm:
+            from instructgpt.sampling_vllm import require_vllm
+
+            require_vllm(source)  # first: nothing is loaded or written without it
+            if getattr(self.model_args, "load_in_4bit", False) or getattr(self.model_args, "load_in_8bit", False):
+                raise InstructGPTError(
+                    f"{source}: `use_vllm` with a quantized policy (`load_in_4bit`/`load_in_8bit`) is not supported: "
+                    "its LoRA cannot be merged into 4/8-bit weights for vLLM; train in 16/32 bits or set `use_vllm: false`"
+                )
+            if self.args.vllm_enable_sleep_mode and not torch.cuda.is_available():
+                raise InstructGPTError(f"{source}: `vllm_enable_sleep_mode` needs a GPU (vLLM's sleep mode is CUDA "
+                                       "only); set it to false on CPU")
         self.policy_path = check_model_path(self.model_args.model_name_or_path, "model_name_or_path", source)
         if not sa.reward_model_path:
             raise InstructGPTError(f"{source}: `reward_model_path` is required (the output_dir of instructgpt-rm)")
@@ -288,6 +305,44 @@ class PPOTrainer:
         self.reward_model = prepare_frozen_model(self.reward_model, acc)
         self.ref_model = prepare_frozen_model(self.ref_model, acc)
 
+    def _start_vllm(self) -> Any:
+        """One vLLM engine per process over the SFT policy, colocated with training (TRL's GRPO colocate mode).
+
+        Under ``accelerate launch`` every process keeps its own engine, in-process, through vLLM's
+        ``external_launcher`` (it reads RANK / WORLD_SIZE as torchrun sets them) and samples its own share of the
+        prompts. The engine's context is the longest prompt plus ``response_length``, which keeps its KV cache small.
+        """
+        from instructgpt.sampling_vllm import make_engine
+
+        from accelerate.utils import DistributedType
+
+        args, acc = self.args, self.accelerator
+        sharded = acc.distributed_type == DistributedType.FSDP or (
+            acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+        if sharded:  # each process holds a shard of the policy: the push, which reads whole weights, would be wrong
+            raise InstructGPTError(
+                f"{self.source}: `use_vllm` with a sharded policy (FSDP or DeepSpeed ZeRO-3) is not supported yet; "
+                "use DDP or ZeRO-1/2, or set `use_vllm: false`"
+            )
+        if acc.num_processes > 1:
+            os.environ["RANK"] = str(acc.process_index)
+            os.environ["LOCAL_RANK"] = str(acc.local_process_index)
+            os.environ["WORLD_SIZE"] = str(acc.num_processes)
+        longest = max(len(ids) for ids in self.prompt_ids + self.eval_prompt_ids)
+        dtype = getattr(self.model_args, "dtype", None)
+        llm = make_engine(
+            self.policy_path, max_model_len=longest + args.response_length,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            max_num_seqs=max(args.local_batch_size, args.local_rollout_forward_batch_size),
+            seed=args.seed + acc.process_index, dtype=None if dtype in (None, "auto") else dtype,
+            trust_remote_code=args.trust_remote_code, enable_sleep_mode=args.vllm_enable_sleep_mode,
+            distributed=acc.num_processes > 1, source=self.source,
+        )
+        if args.vllm_enable_sleep_mode:
+            llm.sleep(level=2)
+        acc.wait_for_everyone()
+        return llm
+
     # ----------------------------------------------------------------------------------------------------------
     # Rollout
     # ----------------------------------------------------------------------------------------------------------
@@ -327,9 +382,102 @@ class PPOTrainer:
             "scores": scores.float(),
         }
 
+    def _sync_vllm(self) -> None:
+        """Push the policy's weights to vLLM if an update changed them since the last push (LoRA: merged).
+
+        With sleep mode the engine dropped its weights (level 2) after the last rollout, so they are pushed again
+        every time, then the KV cache is brought back."""
+        from instructgpt.sampling_vllm import push_policy
+
+        if self.args.vllm_enable_sleep_mode:
+            self.vllm.wake_up(tags=["weights"])
+            push_policy(self.vllm, self.unwrapped.policy)
+            self.vllm.wake_up(tags=["kv_cache"])
+        elif self._vllm_step != self.progress.global_step:
+            push_policy(self.vllm, self.unwrapped.policy)
+        self._vllm_step = self.progress.global_step
+
+    def _vllm_generate(self, prompt_ids: list[list[int]], generator: torch.Generator | None) -> list[tuple[list[int], list[float]]]:
+        """Sample one response per prompt with vLLM: ``(token ids, vLLM's log-prob of each)`` per prompt.
+
+        Each request gets its own seed, drawn from ``generator`` (evaluation: the same every time) or from torch's
+        global RNG (training: a stream accelerate checkpoints, so a resumed run draws what it would have drawn).
+        The stop token stays in the ids, as the HF rollout keeps it; with no stop token a response runs to
+        ``response_length``.
+        """
+        from vllm.inputs import TokensPrompt
+
+        from instructgpt.sampling_vllm import sampling_params
+
+        args = self.args
+        self._sync_vllm()
+        device = generator.device if generator is not None else torch.device("cpu")
+        seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator, device=device).tolist()
+        params = [
+            sampling_params(max_new_tokens=args.response_length, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, stop_token_ids=self.stop_token_ids, seed=seed, logprobs=True)
+            for seed in seeds
+        ]
+        outputs = self.vllm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        if args.vllm_enable_sleep_mode:
+            self.vllm.sleep(level=2)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs or [], ids)]
+            results.append((ids, logprobs))
+        return results
+
+    def _vllm_samples(self, drawn, query: torch.Tensor, query_mask: torch.Tensor):
+        """vLLM's responses for one chunk as the rollout's :class:`~instructgpt.stages.ppo.rollout.Samples`, with the
+        log-probs recomputed by the trainer's forward pass.
+
+        Why recompute rather than use vLLM's log-probs (or correct with a truncated importance weight, as OpenRLHF
+        and TRL's GRPO do): PPO's ratio :math:`\pi_\theta / \pi_{old}` and the KL penalty must compare the *same*
+        function, the one the update differentiates. vLLM computes the same policy with other kernels (fused
+        attention, other reduction orders; bf16 on a GPU), so its log-probs differ from the trainer's by numerics,
+        and then the ratio at the first minibatch would not be 1 and the k1 KL would carry that noise. One extra
+        no-grad forward of the policy over the batch costs little next to sampling it token by token, and makes
+        :math:`\pi_{old}` exact. What remains is that the tokens were drawn from vLLM's copy of the policy, which
+        the weight push after every update keeps equal to the trainer's up to that numerical noise, logged as
+        ``vllm/logprob_abs_diff`` (the mean per-token gap) and ``vllm/logprob_abs_diff_max`` (the largest): ~1e-6
+        nats on the tiny model in float32, too small to need an importance correction. Where it grows (a bf16 engine
+        for an fp32 trainer, say), those metrics show it, and a truncated importance weight
+        :math:`\min(\pi_\theta / \pi_{vllm}, C)` on the policy loss would be the next step.
+        """
+        from instructgpt.stages.ppo.models import Sequences, response_logits, supports_logits_to_keep
+        from instructgpt.stages.ppo.rollout import Samples
+
+        pad_id = self.tokenizer.pad_token_id
+        device = query.device
+        width = max(1, max(len(ids) for ids, _ in drawn))
+        response = torch.full((len(drawn), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(drawn), width), dtype=torch.bool, device=device)
+        vllm_logprobs = torch.zeros((len(drawn), width), dtype=torch.float32, device=device)
+        stop = set(self.stop_token_ids)
+        ended = torch.tensor([bool(ids) and ids[-1] in stop for ids, _ in drawn], dtype=torch.bool, device=device)
+        for row, (ids, logprobs) in enumerate(drawn):
+            response[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, :len(ids)] = True
+            if len(logprobs) == len(ids):
+                vllm_logprobs[row, :len(ids)] = torch.tensor(logprobs)
+        policy = self.unwrapped.policy
+        seqs = Sequences.build(query, query_mask, response, mask)
+        with self.accelerator.autocast():
+            logits = response_logits(policy, seqs, self.args.temperature, supports_logits_to_keep(policy))
+        logprobs = torch.where(mask, core.logprobs_from_logits(logits, response).float(), torch.zeros((), device=device))
+        if self.args.top_k == 0 and self.args.top_p >= 1.0:  # vLLM's log-probs are of the same, untruncated policy
+            gap = (logprobs - vllm_logprobs).abs() * mask
+            self._vllm_gaps.append(torch.stack([gap.sum() / mask.sum().clamp(min=1), gap.max()]).detach())
+        return Samples(response=response, mask=mask, logprobs=logprobs, ended=ended)
+
     @torch.no_grad()
     def sample_and_score(self, prompt_ids: list[list[int]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Sample responses to ``prompt_ids`` and score them, in chunks of ``local_rollout_forward_batch_size``."""
+        """Sample responses to ``prompt_ids`` and score them, in chunks of ``local_rollout_forward_batch_size``.
+
+        With ``use_vllm`` the whole batch is sampled by vLLM at once (it batches continuously); the chunks then
+        only bound the scoring forwards."""
         from trl.models.utils import unwrap_model_for_generation
 
         from instructgpt.data.padding import pad_columns, pad_sequences
@@ -339,17 +487,21 @@ class PPOTrainer:
         pad_id = self.tokenizer.pad_token_id
         chunks: list[dict[str, torch.Tensor]] = []
         self.model.eval()
+        drawn = self._vllm_generate(prompt_ids, generator) if self.vllm is not None else None
         for start in range(0, len(prompt_ids), args.local_rollout_forward_batch_size):
             query, query_mask = pad_sequences(prompt_ids[start:start + args.local_rollout_forward_batch_size], pad_id, side="left")
             query, query_mask = query.to(acc.device), query_mask.bool().to(acc.device)
-            with unwrap_model_for_generation(
-                self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
-            ) as unwrapped, acc.autocast():
-                samples = sample_responses(
-                    unwrapped.policy, query, query_mask,
-                    max_new_tokens=args.response_length, stop_token_ids=self.stop_token_ids, pad_token_id=pad_id,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                )
+            if drawn is not None:
+                samples = self._vllm_samples(drawn[start:start + args.local_rollout_forward_batch_size], query, query_mask)
+            else:
+                with unwrap_model_for_generation(
+                    self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
+                ) as unwrapped, acc.autocast():
+                    samples = sample_responses(
+                        unwrapped.policy, query, query_mask,
+                        max_new_tokens=args.response_length, stop_token_ids=self.stop_token_ids, pad_token_id=pad_id,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
+                    )
             chunk = {
                 "query": query, "query_mask": query_mask, "response": samples.response, "mask": samples.mask,
                 "logprobs": samples.logprobs, "ended": samples.ended,
@@ -370,6 +522,7 @@ class PPOTrainer:
         return out
 
     def rollout(self, indices: list[int]) -> Batch:
+        self._vllm_gaps.clear()  # the gaps logged with an update are those of its own rollout
         data = self.sample_and_score([self.prompt_ids[i] for i in indices])
         return Batch(prompts=[self.prompts[i] for i in indices], **data)
 
@@ -547,6 +700,11 @@ class PPOTrainer:
         metrics["val/ratio_var"] = ratios.var().item() if ratios.numel() > 1 else 0.0
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["episode"] = self.progress.episode
+        if self.vllm is not None and self._vllm_gaps:  # this update's rollout: vLLM's copy against the trainer's
+            gaps = torch.stack(self._vllm_gaps)  # (chunks, [mean, max]) per-token |log-prob| gaps
+            metrics["vllm/logprob_abs_diff"] = self._global_mean(gaps[:, 0].mean())
+            metrics["vllm/logprob_abs_diff_max"] = self.accelerator.gather(gaps[:, 1].max().reshape(1)).max().item()
+        self._vllm_gaps.clear()
         return metrics
 
     def check_update(self, metrics: dict[str, float]) -> None:
