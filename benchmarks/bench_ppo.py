@@ -448,21 +448,21 @@ def main(argv: list[str] | None = None) -> None:
                                   opts.eval_samples, seed=1234)
     report = {"size": opts.size, "settings": settings, "episodes": episodes, "threads": opts.threads,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "eval": evals, "runs": {}}
-    print("\n| trainer | kl_coef | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT | ended with EOS |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| trainer | kl_coef | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT | ended with EOS | length |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         eps = r["episodes"] / r["seconds"]
         entry = {**r, "episodes_per_second": eps}
         if evals:
             entry.update(gain=evals[name]["score"] - evals["sft"]["score"], kl=evals[name]["kl"],
-                         eos_share=evals[name]["eos_share"])
+                         eos_share=evals[name]["eos_share"], length=evals[name]["length"])
         report["runs"][name] = entry
         label = ("instructgpt (this project)" if r["trainer_key"] == "ours" else "TRL 1.12 PPOTrainer")
-        quality = (f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%}" if evals
-                   else "n/a | n/a | n/a")
+        quality = (f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%} | {entry['length']:.1f}"
+                   if evals else "n/a | n/a | n/a | n/a")
         print(f"| {label} | {r['kl_coef']:g} | {eps:.3f} | {r['peak_rss_mb']:.0f} | {quality} |")
     if evals:
-        print(f"| SFT policy | | | | 0 | 0 | {evals['sft']['eos_share']:.0%} |")
+        print(f"| SFT policy | | | | 0 | 0 | {evals['sft']['eos_share']:.0%} | {evals['sft']['length']:.1f} |")
     ours = [r for r in report["runs"].values() if r["trainer_key"] == "ours"]
     trl = [r for r in report["runs"].values() if r["trainer_key"] == "trl"]
     if ours and trl:
