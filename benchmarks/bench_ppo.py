@@ -2,21 +2,49 @@
 
     python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --episodes 1536 --threads 1
+    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.01 0.05 0.2 --plot docs/images/ppo_kl_frontier.png
+    python benchmarks/bench_ppo.py --size gpt2 --threads 1   # 124M GPT-2-shaped models, speed and where time goes
 
 TRL removed its PPO trainer in 1.13, so TRL 1.12 (the last release that has it) is installed into its own virtual
 environment, ``benchmarks/.venv-trl112`` (torch 2.13.0 CPU first, so pip pulls no CUDA wheels; transformers 5.16.0,
 released the same day as TRL 1.12). Both trainers then run one after the other, each in a fresh subprocess, on the
 same SFT policy, reward model, prompts (tokenized once, identically), batch shapes, response length and PPO
-hyper-parameters (``SETTINGS`` below, the tiny recipe's). Reported per trainer:
+hyper-parameters (``SETTINGS`` below, the tiny recipe's; ``GPT2_SETTINGS`` for ``--size gpt2``). Reported per trainer:
 
-- **episodes/s**: episodes / wall time of ``train()`` (model loading excluded, as TRL's own ``eps`` metric);
+- **episodes/s**: episodes / wall time of ``train()`` (model loading and saving excluded, as TRL's own ``eps``
+  metric);
 - **peak memory**: the worker process's peak resident set size (``ru_maxrss``);
-- **RM-score gain**: mean normalised reward-model score of the trained policy minus the SFT policy's on the
-  held-out prompts, both sampled and scored by the same code (``instructgpt.sampling`` /
-  ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples alongside.
+- **where the time goes**: the same wall-clock timers wrapped around both trainers' functions (:class:`Timers`):
+  generation (our KV-cache sampler; TRL's ``batch_generation``), the reference, value and reward-model forwards of
+  the rollout, and the rest of ``train()`` (the PPO epochs, advantages and bookkeeping), with the policy+value
+  forward of the update shown on its own;
+- **RM-score gain** (tiny world): mean normalised reward-model score of the trained policy minus the SFT policy's on
+  the held-out prompts, both sampled and scored by the same code (``instructgpt.sampling`` /
+  ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples,
+  the share of them that ended with EOS and their mean length alongside.
+
+``--kl_coefs`` runs both trainers at each ``kl_coef`` (``--trl_kl_coefs`` for other values on TRL's side), plots
+RM-score gain against KL to SFT (``--plot``) and reads our gain at each TRL point's KL off our frontier (linear
+interpolation between our points; no claim outside their KL range).
+
+``--size gpt2`` builds GPT-2 small-shaped policy and reward model (124.4M parameters each, random weights under a
+fixed seed, the tiny world's tokenizer with the embedding padded to 50257 rows; ``benchmarks/gpt2_world.py``) and
+prompts of 16 to 256 tokens, and trains with 128-token responses (``recipes/ppo.yaml``'s). Random weights give no
+reward to gain, so the mode reports speed, memory and the time split only.
 
 Differences that are settings, not speed levers, are aligned: no gradient checkpointing (TRL's default is on), no
 sample-generation tables, no checkpoints, no W&B, and no gradient clipping in ours (TRL's PPO loop never clips).
+
+Why TRL's policy ends closer to SFT at the same ``kl_coef`` (TRL 1.12's ``ppo_trainer.py``, read in the venv): the
+tiny world's tokenizer, like GPT-2's, has no pad token, so the pad token is EOS, and TRL finds a response's end as
+"the token before the first pad token" (``sequence_length = first_true_indices(response == pad_token_id) - 1``).
+The EOS that ends a response is therefore treated as padding: its log-probability is replaced by
+``INVALID_LOGPROB`` in the old, new and reference log-probs, so it is out of the policy loss and out of the KL
+penalty, and its advantage is zeroed. (TRL's ``forward`` also masks every EOS-valued token out of attention.) The
+decision to stop is never trained directly: TRL's policy keeps the SFT policy's stopping behaviour, which the
+measurement below shows, and the KL it reports and pays for leaves out the EOS token's term. With a pad token
+distinct from EOS (``--trl_pad_token``), TRL counts the EOS as a response token, but its reward model then reads the
+score at the EOS itself rather than at the token before it, where our RM (trained with pad = EOS) learned to score.
 """
 
 from __future__ import annotations
