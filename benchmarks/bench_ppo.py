@@ -2,21 +2,54 @@
 
     python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --episodes 1536 --threads 1
+    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.01 0.05 0.2 --plot docs/images/ppo_kl_frontier.png
+    python benchmarks/bench_ppo.py --size gpt2 --threads 1   # 124M GPT-2-shaped models, speed and where time goes
 
 TRL removed its PPO trainer in 1.13, so TRL 1.12 (the last release that has it) is installed into its own virtual
 environment, ``benchmarks/.venv-trl112`` (torch 2.13.0 CPU first, so pip pulls no CUDA wheels; transformers 5.16.0,
 released the same day as TRL 1.12). Both trainers then run one after the other, each in a fresh subprocess, on the
 same SFT policy, reward model, prompts (tokenized once, identically), batch shapes, response length and PPO
-hyper-parameters (``SETTINGS`` below, the tiny recipe's). Reported per trainer:
+hyper-parameters (``SETTINGS`` below, the tiny recipe's; ``GPT2_SETTINGS`` for ``--size gpt2``). Reported per trainer:
 
-- **episodes/s**: episodes / wall time of ``train()`` (model loading excluded, as TRL's own ``eps`` metric);
+- **episodes/s**: episodes / wall time of ``train()`` (model loading and saving excluded, as TRL's own ``eps``
+  metric);
 - **peak memory**: the worker process's peak resident set size (``ru_maxrss``);
-- **RM-score gain**: mean normalised reward-model score of the trained policy minus the SFT policy's on the
-  held-out prompts, both sampled and scored by the same code (``instructgpt.sampling`` /
-  ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples alongside.
+- **where the time goes**: the same wall-clock timers wrapped around both trainers' functions (:class:`Timers`):
+  generation (our KV-cache sampler; TRL's ``batch_generation``), the reference, value and reward-model forwards of
+  the rollout, and the rest of ``train()`` (the PPO epochs, advantages and bookkeeping), with the policy+value
+  forward of the update shown on its own;
+- **RM-score gain** (tiny world): mean normalised reward-model score of the trained policy minus the SFT policy's on
+  the held-out prompts, both sampled and scored by the same code (``instructgpt.sampling`` /
+  ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples,
+  the share of them that ended with EOS and their mean length alongside.
+
+``--kl_coefs`` runs both trainers at each ``kl_coef`` (``--trl_kl_coefs`` for other values on TRL's side), plots
+RM-score gain against KL to SFT (``--plot``) and reads our gain at each TRL point's KL off our frontier (linear
+interpolation between our points; no claim outside their KL range).
+
+``--size gpt2`` builds GPT-2 small-shaped policy and reward model (124.4M parameters each, random weights under a
+fixed seed, the tiny world's tokenizer with the embedding padded to 50257 rows; ``benchmarks/gpt2_world.py``) and
+prompts of 16 to 256 tokens, and trains with 128-token responses (``recipes/ppo.yaml``'s). Random weights give no
+reward to gain, so the mode reports speed, memory and the time split only.
 
 Differences that are settings, not speed levers, are aligned: no gradient checkpointing (TRL's default is on), no
 sample-generation tables, no checkpoints, no W&B, and no gradient clipping in ours (TRL's PPO loop never clips).
+
+Why TRL's policy ends closer to SFT at the same ``kl_coef`` (TRL 1.12's ``ppo_trainer.py``, read in the venv): the
+tiny world's tokenizer, like GPT-2's, has no pad token, so the pad token is EOS, and TRL finds a response's end as
+"the token before the first pad token" (``sequence_length = first_true_indices(response == pad_token_id) - 1``).
+The EOS that ends a response is therefore treated as padding: its log-probability is replaced by
+``INVALID_LOGPROB`` in the old, new and reference log-probs, so it is out of the policy loss and out of the KL
+penalty, and its advantage is zeroed. (TRL's ``forward`` also masks every EOS-valued token out of attention.) The
+decision to stop gets no direct gradient. Measured (``--kl_coefs 0.01 0.05 0.2``, 512 episodes, tiny world): this
+is not what keeps TRL's policy closer to SFT there. Every held-out sample of every TRL policy ends with EOS (100%,
+as ours; the SFT policy: 99%), and TRL's responses shorten from the SFT policy's 19.2 tokens to 10.7-11.6 (ours:
+9.3-9.5), so TRL's policy does learn when to stop, through the tokens before the EOS. The KL gap (TRL 0.58-0.68
+nats, ours 0.93-1.03) barely moves with ``kl_coef`` in that many updates for either trainer, so it comes from how
+far an update moves the policy, not from the penalty; its cause is not pinned down here. With a pad token distinct
+from EOS (``--trl_pad_token``), TRL counts the EOS as a response token, but its reward model then reads the score at
+the EOS itself rather than at the token before it, where our RM (trained with pad = EOS) learned to score, so that
+run is no clean control.
 """
 
 from __future__ import annotations
@@ -34,6 +67,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TRL_VENV = REPO / "benchmarks" / ".venv-trl112"
 TRL_PINS = ["trl==1.12.0", "transformers==5.16.0"]
+GPT2_DIR = REPO / "benchmarks" / "models" / "gpt2-124m"
 
 # PPO settings shared by both trainers (recipes/tiny/ppo.yaml's), TRL's names
 SETTINGS = {
@@ -57,10 +91,61 @@ SETTINGS = {
     "seed": 42,
 }
 
+# --size gpt2: recipes/ppo.yaml's response length and learning rate, rollout batches of 8 episodes (2 x 4 gradient
+# accumulation, 2 minibatches) and one PPO epoch, so that a CPU gets through an update in minutes
+GPT2_SETTINGS = {
+    **SETTINGS,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 4,
+    "num_mini_batches": 2,
+    "num_ppo_epochs": 1,
+    "response_length": 128,
+    "learning_rate": 3.0e-6,
+    "local_rollout_forward_batch_size": 8,
+}
+
+# the parts of a PPO update both trainers are timed in (see Timers)
+PHASES = ("generation", "reference", "value", "reward", "update")
+
 
 # ------------------------------------------------------------------------------------------------------------------
 # Workers (each runs in its own process; the TRL one in the TRL 1.12 virtualenv, so it imports no instructgpt code)
 # ------------------------------------------------------------------------------------------------------------------
+
+
+class Timers:
+    """Wall time spent inside wrapped functions, by phase: the same instrument for both trainers.
+
+    ``wrap(owner, name, phase)`` replaces ``owner.name`` (a module function or a class method) by a timed call;
+    ``phase`` is a name or a function of the call's arguments returning one (None: not timed). On a GPU the device
+    is synchronised around each call, so kernels are charged to the phase that launched them.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, owner, name: str, phase) -> None:
+        import functools
+
+        import torch
+
+        original = getattr(owner, name)
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            key = phase(*args, **kwargs) if callable(phase) else phase
+            if key is None:
+                return original(*args, **kwargs)
+            sync()
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync()
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
 
 
 def _finish(result: dict, path: str) -> None:
@@ -68,14 +153,35 @@ def _finish(result: dict, path: str) -> None:
     Path(path).write_text(json.dumps(result, indent=2))
 
 
+def _phases(timers: Timers, seconds: float) -> dict[str, float]:
+    """Seconds per phase; ``update`` is the rest of ``train()`` (PPO epochs, advantages, bookkeeping)."""
+    out = {k: timers.seconds.get(k, 0.0) for k in PHASES[:-1]}
+    out["update"] = seconds - sum(out.values())
+    out["update_forward"] = timers.seconds.get("update_forward", 0.0)
+    return out
+
+
 def worker_ours(cfg: dict) -> None:
+    import torch
+
+    from instructgpt.stages.ppo import models, rollout
     from instructgpt.stages.ppo.trainer import PPOTrainer, parse_args
+
+    timers = Timers()
+    no_grad_only = lambda phase: (lambda *a, **k: None if torch.is_grad_enabled() else phase)  # noqa: E731
+    timers.wrap(rollout, "sample_responses", "generation")
+    timers.wrap(PPOTrainer, "_reference_logprobs", "reference")
+    timers.wrap(models, "response_values", no_grad_only("value"))  # also called by the update's forward
+    timers.wrap(models, "sequence_scores", "reward")
+    timers.wrap(models.PolicyAndValue, "forward", "update_forward")
+    timers.wrap(PPOTrainer, "ppo_update", "ppo_update")
+    timers.wrap(PPOTrainer, "save_final", "save")  # writing the final model is not training time (TRL's isn't timed)
 
     overrides = {
         "model_name_or_path": cfg["sft"], "reward_model_path": cfg["rm"], "output_dir": cfg["output_dir"],
         "dataset_name": cfg["prompts_file"], "eval_dataset_name": "null", "total_episodes": cfg["episodes"],
         "if_output_exists": "overwrite", "save_strategy": "no", "num_sample_generations": 0, "report_to": "[]",
-        "max_grad_norm": 0, "gradient_checkpointing": "false", "disable_tqdm": "true", **SETTINGS,
+        "max_grad_norm": 0, "gradient_checkpointing": "false", "disable_tqdm": "true", **cfg["settings"],
     }
     argv = [str(REPO / "recipes" / "tiny" / "ppo.yaml")]
     for key, value in overrides.items():
@@ -84,21 +190,27 @@ def worker_ours(cfg: dict) -> None:
     trainer = PPOTrainer(script_args, args, model_args, recipe)
     start = time.perf_counter()
     summary = trainer.train()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - timers.seconds.get("save", 0.0)
     _finish({
         "trainer": "instructgpt", "seconds": elapsed, "episodes": summary["episode"],
         "updates": summary["global_step"], "last_scores": summary.get("objective/scores"),
-        "last_kl": summary.get("objective/kl"), "policy_dir": cfg["output_dir"],
+        "last_kl": summary.get("objective/kl"), "eos_fraction": summary.get("objective/eos_fraction"),
+        "policy_dir": cfg["output_dir"], "phases": {**_phases(timers, elapsed),
+                                                    "ppo_update": timers.seconds.get("ppo_update", 0.0)},
     }, cfg["result"])
 
 
 def worker_trl(cfg: dict) -> None:
+    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     tokenizer = AutoTokenizer.from_pretrained(cfg["sft"], padding_side="left")
-    if tokenizer.pad_token is None:  # as instructgpt.modeling.load_tokenizer
+    if cfg.get("trl_pad_token"):  # a pad token distinct from EOS (see "Why TRL's policy ends closer to SFT")
+        tokenizer.pad_token = cfg["trl_pad_token"]
+    elif tokenizer.pad_token is None:  # as instructgpt.modeling.load_tokenizer
         tokenizer.pad_token = tokenizer.eos_token
     prompt_ids = [json.loads(line)["input_ids"] for line in open(cfg["prompt_ids_file"], encoding="utf-8")]
     train_dataset = Dataset.from_dict({"input_ids": prompt_ids})
@@ -106,26 +218,36 @@ def worker_trl(cfg: dict) -> None:
     args = PPOConfig(
         output_dir=cfg["output_dir"], total_episodes=cfg["episodes"], stop_token="eos", whiten_rewards=False,
         num_sample_generations=0, gradient_checkpointing=False, bf16=False, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, **SETTINGS,
+        logging_steps=1, disable_tqdm=True, **cfg["settings"],
     )
     policy = AutoModelForCausalLM.from_pretrained(cfg["sft"])
     ref_policy = AutoModelForCausalLM.from_pretrained(cfg["sft"])
     reward_model = AutoModelForSequenceClassification.from_pretrained(cfg["rm"], num_labels=1)
     value_model = AutoModelForSequenceClassification.from_pretrained(cfg["rm"], num_labels=1)
+    for model in (policy, ref_policy, reward_model, value_model):
+        model.config.pad_token_id = tokenizer.pad_token_id
     trainer = PPOTrainer(
         args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy, reward_model=reward_model,
         value_model=value_model, train_dataset=train_dataset, eval_dataset=eval_dataset,
     )
+    # TRL's train loop calls these module functions: generation, then per chunk the reference forward (no grad;
+    # with grad, `forward` is the update's policy+value forward), the value and the reward model (`get_reward`)
+    timers = Timers()
+    timers.wrap(trl_ppo, "batch_generation", "generation")
+    timers.wrap(trl_ppo, "forward", lambda *a, **k: "update_forward" if torch.is_grad_enabled() else "reference")
+    timers.wrap(trl_ppo, "get_reward", lambda model, *a, **k: "reward" if model is reward_model else "value")
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
-    trainer.save_model(cfg["output_dir"])
-    tokenizer.save_pretrained(cfg["output_dir"])
+    if cfg.get("save", True):
+        trainer.save_model(cfg["output_dir"])
+        tokenizer.save_pretrained(cfg["output_dir"])
     logs = [entry for entry in trainer.state.log_history if "objective/scores" in entry]
     _finish({
         "trainer": "trl-1.12", "seconds": elapsed, "episodes": trainer.state.episode,
         "updates": trainer.state.global_step, "last_scores": logs[-1]["objective/scores"] if logs else None,
-        "last_kl": logs[-1]["objective/kl"] if logs else None, "policy_dir": cfg["output_dir"],
+        "last_kl": logs[-1]["objective/kl"] if logs else None,
+        "policy_dir": cfg["output_dir"], "phases": _phases(timers, elapsed),
     }, cfg["result"])
 
 
@@ -171,7 +293,8 @@ def run_worker(python: str, name: str, cfg: dict, env: dict) -> dict:
     cfg_path.write_text(json.dumps(cfg))
     print(f"[bench] training with {name} ...", flush=True)
     start = time.time()
-    proc = subprocess.run([python, __file__, "--worker", name, "--worker_config", str(cfg_path)], env=env,
+    worker = name.split("@")[0]
+    proc = subprocess.run([python, __file__, "--worker", worker, "--worker_config", str(cfg_path)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -184,12 +307,17 @@ def run_worker(python: str, name: str, cfg: dict, env: dict) -> dict:
 
 def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, response_length: int, num_samples: int,
                       seed: int) -> dict[str, dict[str, float]]:
-    """Mean normalised RM score and KL to the SFT policy of each policy's samples on the held-out prompts."""
+    """Mean normalised RM score, KL to the SFT policy and share of responses that ended with EOS, per policy.
+
+    Every policy samples ``num_samples`` responses to each held-out prompt with the same seed (``generate_samples``);
+    the KL is the mean over samples of log pi(y|x) - log pi_SFT(y|x), summed over the sampled tokens, the EOS
+    included.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.sampling import generate_responses
-    from instructgpt.modeling import format_prompt, load_tokenizer
+    from instructgpt.sampling import generate_samples
+    from instructgpt.modeling import load_tokenizer
     from instructgpt.data.formats import load_prompts
     from instructgpt.modeling.reward import load_reward_model, score_responses
 
@@ -200,17 +328,16 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
     for name, path in paths.items():
         tokenizer = load_tokenizer(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path).eval()
-        responses = generate_responses(model, tokenizer, prompts, num_samples=num_samples,
-                                       max_new_tokens=response_length, temperature=1.0, seed=seed, batch_size=64)
-        flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
-        flat = [r for rs in responses for r in rs]
-        scores = score_responses(reward_model, rm_tokenizer, flat_prompts, flat, batch_size=64)
+        samples = generate_samples(model, tokenizer, prompts, num_samples=num_samples,
+                                   max_new_tokens=response_length, temperature=1.0, seed=seed, batch_size=64)
+        flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
+        flat = [s for row in samples for s in row]
+        scores = score_responses(reward_model, rm_tokenizer, flat_prompts, [s.text for s in flat], batch_size=64)
         kls = []
         with torch.no_grad():
-            for prompt, response in zip(flat_prompts, flat):
-                prefix = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-                full = prefix + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                ids = torch.tensor([full])
+            for sample in flat:
+                prefix = sample.prompt_ids
+                ids = torch.tensor([prefix + sample.scored_ids])
                 targets = ids[:, len(prefix):]
 
                 def logp(m):
@@ -219,21 +346,83 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
 
                 kls.append(logp(model) - logp(sft))
         results[name] = {"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls),
-                         "length": sum(len(r.split()) for r in flat) / len(flat)}
-        print(f"[bench]   eval {name}: score {results[name]['score']:+.4f}, KL {results[name]['kl']:.3f}", flush=True)
+                         "length": sum(len(s.token_ids) for s in flat) / len(flat),
+                         "eos_share": sum(s.finished for s in flat) / len(flat)}
+        print(f"[bench]   eval {name}: score {results[name]['score']:+.4f}, KL {results[name]['kl']:.3f}, "
+              f"ended with EOS {results[name]['eos_share']:.0%}", flush=True)
     return results
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of y at x on a curve given as (x, y) points (None outside their x range)."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1] if len(points) == 1 and points[0][0] == x else None
+
+
+def plot_frontier(report: dict, path: Path) -> None:
+    """RM-score gain against KL to SFT, one line per trainer, each point labelled with its kl_coef."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for trainer, label, marker in (("ours", "instructgpt (this project)", "o"), ("trl", "TRL 1.12 PPOTrainer", "s")):
+        runs = sorted((r for r in report["runs"].values() if r["trainer_key"] == trainer), key=lambda r: r["kl"])
+        if not runs:
+            continue
+        ax.plot([r["kl"] for r in runs], [r["gain"] for r in runs], marker=marker, label=label)
+        for r in runs:
+            ax.annotate(f"β={r['kl_coef']:g}", (r["kl"], r["gain"]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=8)
+    ax.set_xlabel("KL to the SFT policy (nats per response, held-out prompts)")
+    ax.set_ylabel("RM-score gain over SFT")
+    ax.set_title(f"PPO reward vs KL, tiny world, {report['episodes']} episodes per run")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_phases(report: dict) -> None:
+    """Where each trainer's time goes, as seconds per update and shares of train()."""
+    print("\n| trainer | " + " | ".join(PHASES) + " | total s/update |")
+    print("|---|" + "---|" * (len(PHASES) + 1))
+    for name, r in report["runs"].items():
+        phases, updates = r["phases"], max(1, r["updates"])
+        cells = [f"{phases[p] / updates:.1f} ({phases[p] / r['seconds']:.0%})" for p in PHASES]
+        print(f"| {name} | " + " | ".join(cells) + f" | {r['seconds'] / updates:.1f} |")
+    for name, r in report["runs"].items():
+        extra = f", of which ppo_update() {r['phases']['ppo_update']:.1f}s" if "ppo_update" in r["phases"] else ""
+        print(f"[bench]   {name}: policy+value forward in the update {r['phases']['update_forward']:.1f}s{extra}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "gpt2"], default="tiny",
+                        help="tiny: the tiny world's SFT and RM (--sft/--rm); gpt2: 124M GPT-2-shaped models built "
+                        "locally (benchmarks/gpt2_world.py), timing only")
     parser.add_argument("--sft", default="runs/tiny/sft", help="SFT policy (output_dir of instructgpt-sft)")
     parser.add_argument("--rm", default="runs/tiny/rm", help="reward model (output_dir of instructgpt-rm)")
     parser.add_argument("--prompts", default="data/tiny/ppo_prompts.jsonl")
     parser.add_argument("--eval_prompts", default="data/tiny/eval_prompts.jsonl")
-    parser.add_argument("--episodes", type=int, default=1536, help="total_episodes of each run")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="total_episodes of each run (default: 1536 tiny, 16 gpt2: two updates)")
+    parser.add_argument("--kl_coefs", type=float, nargs="+", default=None,
+                        help="run both trainers at each of these kl_coef values and plot RM-score gain against KL")
+    parser.add_argument("--trl_kl_coefs", type=float, nargs="+", default=None,
+                        help="TRL's kl_coef values, if not --kl_coefs")
+    parser.add_argument("--trl_pad_token", default=None,
+                        help="give TRL's tokenizer this pad token instead of EOS (e.g. '#', unused in the tiny world)")
+    parser.add_argument("--plot", default=None, help="PNG of the reward-KL frontier (default: WORK_DIR/frontier.png)")
     parser.add_argument("--eval_samples", type=int, default=2, help="samples per held-out prompt for the gain")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both workers (default: torch's)")
-    parser.add_argument("--work_dir", default="benchmarks/results/ppo")
+    parser.add_argument("--work_dir", default=None, help="default: benchmarks/results/ppo (ppo-gpt2 with --size gpt2)")
     parser.add_argument("--only", choices=["ours", "trl"], default=None, help="run one trainer (debugging)")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--worker_config", help=argparse.SUPPRESS)
@@ -249,48 +438,88 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     os.chdir(REPO)
-    work = Path(opts.work_dir).resolve()
+    gpt2 = opts.size == "gpt2"
+    settings = GPT2_SETTINGS if gpt2 else SETTINGS
+    episodes = opts.episodes or (16 if gpt2 else 1536)
+    work = Path(opts.work_dir or f"benchmarks/results/{'ppo-gpt2' if gpt2 else 'ppo'}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     trl_python = ensure_trl_venv() if opts.only != "ours" else None
+    if gpt2:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from gpt2_world import build_models, write_prompts
+
+        sft, rm = build_models(GPT2_DIR)
+        prompts = write_prompts(GPT2_DIR / "prompts.jsonl", max(64, episodes))
+        opts.sft, opts.rm, opts.prompts = str(sft), str(rm), str(prompts)
     prompt_ids_file = work / "prompt_ids.jsonl"
-    tokenize_prompts(opts.sft, opts.prompts, prompt_ids_file, SETTINGS["response_length"])
+    tokenize_prompts(opts.sft, opts.prompts, prompt_ids_file, settings["response_length"])
     env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
     if opts.threads:
         env["OMP_NUM_THREADS"] = str(opts.threads)
-    common = {"sft": str(Path(opts.sft).resolve()), "rm": str(Path(opts.rm).resolve()), "episodes": opts.episodes,
+    common = {"sft": str(Path(opts.sft).resolve()), "rm": str(Path(opts.rm).resolve()), "episodes": episodes,
               "threads": opts.threads, "prompts_file": str(Path(opts.prompts).resolve()),
-              "prompt_ids_file": str(prompt_ids_file)}
+              "prompt_ids_file": str(prompt_ids_file), "save": not gpt2, "trl_pad_token": opts.trl_pad_token}
+    sweep = {"ours": opts.kl_coefs or [settings["kl_coef"]],
+             "trl": opts.trl_kl_coefs or opts.kl_coefs or [settings["kl_coef"]]}
+    single = len(sweep["ours"]) == 1 and len(sweep["trl"]) == 1
     results = {}
-    for name, python in (("ours", sys.executable), ("trl", str(trl_python) if trl_python else None)):
-        if opts.only and name != opts.only:
+    for trainer, python in (("ours", sys.executable), ("trl", str(trl_python) if trl_python else None)):
+        if opts.only and trainer != opts.only:
             continue
-        cfg = {**common, "output_dir": str(work / f"policy-{name}"), "result": str(work / f"result-{name}.json")}
-        results[name] = run_worker(python, name, cfg, env)
+        for kl_coef in sweep[trainer]:
+            name = trainer if single else f"{trainer}@{kl_coef:g}"
+            tag = name.replace("@", "-kl")
+            cfg = {**common, "settings": {**settings, "kl_coef": kl_coef}, "output_dir": str(work / f"policy-{tag}"),
+                   "result": str(work / f"result-{tag}.json")}
+            results[name] = {**run_worker(python, name, cfg, env), "trainer_key": trainer, "kl_coef": kl_coef}
 
-    paths = {"sft": common["sft"], **{name: r["policy_dir"] for name, r in results.items()}}
-    evals = evaluate_policies(paths, common["rm"], opts.eval_prompts, SETTINGS["response_length"],
-                              opts.eval_samples, seed=1234)
-    report = {"settings": SETTINGS, "episodes": opts.episodes, "threads": opts.threads,
+    evals = {}
+    if not gpt2:  # random GPT-2 weights: nothing to gain, the mode measures speed
+        paths = {"sft": common["sft"], **{name: r["policy_dir"] for name, r in results.items()}}
+        evals = evaluate_policies(paths, common["rm"], opts.eval_prompts, settings["response_length"],
+                                  opts.eval_samples, seed=1234)
+    report = {"size": opts.size, "settings": settings, "episodes": episodes, "threads": opts.threads,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "eval": evals, "runs": {}}
-    print("\n| trainer | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT |")
-    print("|---|---|---|---|---|")
+    print("\n| trainer | kl_coef | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT | ended with EOS | length |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         eps = r["episodes"] / r["seconds"]
-        gain = evals[name]["score"] - evals["sft"]["score"]
-        report["runs"][name] = {**r, "episodes_per_second": eps, "gain": gain, "kl": evals[name]["kl"]}
-        label = "instructgpt (this project)" if name == "ours" else "TRL 1.12 PPOTrainer"
-        print(f"| {label} | {eps:.2f} | {r['peak_rss_mb']:.0f} | {gain:+.4f} | {evals[name]['kl']:.3f} |")
-    if {"ours", "trl"} <= set(results):
-        ours, trl = report["runs"]["ours"], report["runs"]["trl"]
-        report["ratios"] = {
-            "episodes_per_second": ours["episodes_per_second"] / trl["episodes_per_second"],
-            "peak_rss": ours["peak_rss_mb"] / trl["peak_rss_mb"],
-            "gain_difference": ours["gain"] - trl["gain"],
-        }
-        print(f"\nspeed ratio (ours / TRL 1.12): {report['ratios']['episodes_per_second']:.2f}x episodes/s; "
-              f"peak memory ratio {report['ratios']['peak_rss']:.2f}; "
-              f"RM-score gain {ours['gain']:+.4f} vs {trl['gain']:+.4f}")
+        entry = {**r, "episodes_per_second": eps}
+        if evals:
+            entry.update(gain=evals[name]["score"] - evals["sft"]["score"], kl=evals[name]["kl"],
+                         eos_share=evals[name]["eos_share"], length=evals[name]["length"])
+        report["runs"][name] = entry
+        label = ("instructgpt (this project)" if r["trainer_key"] == "ours" else "TRL 1.12 PPOTrainer")
+        quality = (f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%} | {entry['length']:.1f}"
+                   if evals else "n/a | n/a | n/a | n/a")
+        print(f"| {label} | {r['kl_coef']:g} | {eps:.3f} | {r['peak_rss_mb']:.0f} | {quality} |")
+    if evals:
+        print(f"| SFT policy | | | | 0 | 0 | {evals['sft']['eos_share']:.0%} | {evals['sft']['length']:.1f} |")
+    ours = [r for r in report["runs"].values() if r["trainer_key"] == "ours"]
+    trl = [r for r in report["runs"].values() if r["trainer_key"] == "trl"]
+    if ours and trl:
+        speed = (sum(r["episodes"] for r in ours) / sum(r["seconds"] for r in ours)) / (
+            sum(r["episodes"] for r in trl) / sum(r["seconds"] for r in trl))
+        memory = max(r["peak_rss_mb"] for r in ours) / max(r["peak_rss_mb"] for r in trl)
+        report["ratios"] = {"episodes_per_second": speed, "peak_rss": memory}
+        print(f"\nspeed ratio (ours / TRL 1.12): {speed:.2f}x episodes/s; peak memory ratio {memory:.2f}")
+        if evals:
+            frontier = [(r["kl"], r["gain"]) for r in ours]
+            matched = []
+            for r in sorted(trl, key=lambda r: r["kl"]):
+                at = interpolate(frontier, r["kl"])
+                matched.append({"trl_kl_coef": r["kl_coef"], "kl": r["kl"], "trl_gain": r["gain"], "ours_gain": at})
+                ours_text = "outside our KL range" if at is None else f"{at:+.4f}"
+                print(f"[bench]   at TRL's KL {r['kl']:.3f} (β={r['kl_coef']:g}): TRL gain {r['gain']:+.4f}, "
+                      f"ours (interpolated) {ours_text}")
+            report["ratios"]["matched_kl"] = matched
+    if all("phases" in r for r in report["runs"].values()):
+        print_phases(report)
+    if evals and not single:
+        plot = Path(opts.plot) if opts.plot else work / "frontier.png"
+        plot_frontier(report, plot)
+        print(f"[bench] plot: {plot}")
     (work / "report.json").write_text(json.dumps(report, indent=2))
     print(f"[bench] report: {work / 'report.json'}")
 

@@ -203,6 +203,63 @@ def test_fused_gelu_changes_speed_not_results():
     assert fuse_tanh_gelu(model) == 0
 
 
+def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
+    """The reference, value and reward forwards run on trimmed groups of similar length; every real position
+    must get exactly what one forward of the whole padded chunk gives (float64: to rounding)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from conftest import TINY_BASE
+    from instructgpt.losses.ppo import logprobs_from_logits
+    from instructgpt.stages.ppo.models import (
+        PolicyAndValue, Sequences, response_logits, response_values, score_parts, sequence_scores,
+    )
+    from instructgpt.stages.ppo.rollout import Samples
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(TINY_BASE).double().eval()
+    ref = AutoModelForCausalLM.from_pretrained(TINY_BASE).double().eval()
+    with torch.no_grad():  # a reference that differs from the policy
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    reward = AutoModelForSequenceClassification.from_pretrained(TINY_BASE, num_labels=1).double().eval()
+    value = AutoModelForSequenceClassification.from_pretrained(TINY_BASE, num_labels=1).double().eval()
+    pad = 0
+    prompt_lengths, response_lengths = [3, 9, 5, 12, 4], [7, 2, 10, 5, 1]
+    query = torch.full((5, 12), pad)
+    query_mask = torch.zeros((5, 12), dtype=torch.bool)
+    response = torch.full((5, 10), pad)
+    mask = torch.zeros((5, 10), dtype=torch.bool)
+    for row, (lp, lr) in enumerate(zip(prompt_lengths, response_lengths)):
+        query[row, 12 - lp:] = torch.randint(5, 1000, (lp,))
+        query_mask[row, 12 - lp:] = True
+        response[row, :lr] = torch.randint(5, 1000, (lr,))
+        mask[row, :lr] = True
+    response[0, 6] = pad  # a response that ended with EOS (= pad): scored before it, as in RM training
+    samples = Samples(response=response, mask=mask, logprobs=torch.zeros(5, 10), ended=torch.zeros(5, dtype=torch.bool))
+
+    trainer = PPOTrainer.__new__(PPOTrainer)
+    trainer.args = SimpleNamespace(per_device_train_batch_size=2, temperature=0.7)
+    trainer.accelerator = SimpleNamespace(autocast=nullcontext, unwrap_model=lambda m: m)
+    trainer.model, trainer.ref_model = PolicyAndValue(policy, value), ref
+    trainer.value_path, trainer.rm_parts = "value", score_parts(reward, "reward_model_path", "rm")
+    trainer.reward_pad_id, trainer.reward_shift = pad, 0.25
+    grouped = trainer._score_chunk(query, query_mask, samples)
+
+    with torch.no_grad():
+        seqs = Sequences.build(query, query_mask, response, mask)
+        expected_ref = logprobs_from_logits(response_logits(ref, seqs, 0.7, True), response)
+        expected_values = response_values(*score_parts(value, "value_model_path", "value"), seqs)
+        expected_scores = sequence_scores(*trainer.rm_parts, seqs, pad) - 0.25
+    zero = torch.zeros((), dtype=torch.float64)
+    torch.testing.assert_close(grouped["ref_logprobs"].double(), torch.where(mask, expected_ref, zero), rtol=0, atol=1e-5)
+    torch.testing.assert_close(grouped["values"].double(), torch.where(mask, expected_values.double(), zero), rtol=0, atol=1e-5)
+    torch.testing.assert_close(grouped["scores"].double(), expected_scores.double(), rtol=0, atol=1e-5)
+    assert (grouped["ref_logprobs"][mask] != 0).all()
+
+
 def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):
     from conftest import FIXTURES
     from instructgpt.infra.errors import InstructGPTError

@@ -71,6 +71,15 @@ def trim_padding(
     return query[:, keep_from:], query_mask[:, keep_from:], response[:, :width], response_mask[:, :width]
 
 
+def length_groups(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Row indices in groups of at most ``size``, longest sequences first, so each group holds similar lengths.
+
+    Trimmed with :func:`trim_padding`, a group then costs about what its own sequences cost.
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return list(order.split(max(1, size)))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Model parts
 # --------------------------------------------------------------------------------------------------------------

@@ -365,21 +365,41 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _score_chunk(self, query, query_mask, samples) -> dict[str, torch.Tensor]:
-        """Reference log-probs, old values and normalised scores for one chunk of sampled responses."""
-        from instructgpt.stages.ppo.models import Sequences, response_values, score_parts, sequence_scores
+        """Reference log-probs, old values and normalised scores for one chunk of sampled responses.
 
-        seqs = Sequences.build(query, query_mask, samples.response, samples.mask)
-        with self.accelerator.autocast():
-            ref_logprobs = self._reference_logprobs(seqs, samples.response)
-            value_model = self.unwrapped.value_model
-            values = response_values(*score_parts(value_model, "value_model_path", self.value_path), seqs)
-            scores = sequence_scores(*self.rm_parts, seqs, self.reward_pad_id) - self.reward_shift
+        The three forwards run on groups of ``per_device_train_batch_size`` sequences of similar length, each group
+        trimmed to its own longest prompt and response (:func:`~instructgpt.stages.ppo.models.length_groups`), as
+        the update's micro-batches are: prompts and responses vary in length, and a chunk padded to its longest
+        sequence forwards mostly padding. Padding is masked out of attention and positions count real tokens, so
+        every real position gets the numbers the untrimmed chunk would give (up to float rounding).
+        """
+        from instructgpt.stages.ppo.models import (
+            Sequences, length_groups, response_values, score_parts, sequence_scores, trim_padding,
+        )
+
+        batch, width = samples.response.shape
+        device = samples.response.device
+        ref_logprobs = torch.zeros((batch, width), device=device)
+        values = torch.zeros((batch, width), device=device)
+        scores = torch.zeros(batch, device=device)
+        value_parts = score_parts(self.unwrapped.value_model, "value_model_path", self.value_path)
+        lengths = query_mask.sum(1) + samples.mask.sum(1)
+        for idx in length_groups(lengths, self.args.per_device_train_batch_size):
+            query_g, query_mask_g, response_g, mask_g = trim_padding(
+                query[idx], query_mask[idx], samples.response[idx], samples.mask[idx]
+            )
+            seqs = Sequences.build(query_g, query_mask_g, response_g, mask_g)
+            w = response_g.shape[1]
+            with self.accelerator.autocast():
+                ref_logprobs[idx, :w] = self._reference_logprobs(seqs, response_g).float()
+                values[idx, :w] = response_values(*value_parts, seqs).float()
+                scores[idx] = (sequence_scores(*self.rm_parts, seqs, self.reward_pad_id) - self.reward_shift).float()
         mask = samples.mask
         zero = torch.zeros((), device=mask.device)
         return {
-            "ref_logprobs": torch.where(mask, ref_logprobs.float(), zero),
+            "ref_logprobs": torch.where(mask, ref_logprobs, zero),
             "values": torch.where(mask, values, zero),
-            "scores": scores.float(),
+            "scores": scores,
         }
 
     def _sync_vllm(self) -> None:
