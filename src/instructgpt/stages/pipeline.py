@@ -344,7 +344,9 @@ class Planner:
         ppo_runs = [p for n, p in policies if n.startswith("ppo")]
         if ppo_runs:
             settings["ppo_run"] = str(ppo_runs[-1])
-        settings["checkpoint_runs"] = [f"{n}={p}" for n, p in policies if n == "rloo"]
+        rloo_runs = [f"{n}={p}" for n, p in policies if n == "rloo"]
+        if rloo_runs:
+            settings["checkpoint_runs"] = rloo_runs
         if "prompt_template" not in settings and sft_settings.get("prompt_template"):
             settings["prompt_template"] = sft_settings["prompt_template"]  # the base model reads prompts as SFT did
         if self.args.report_to is not None and "report_to" not in settings:
