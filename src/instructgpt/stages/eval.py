@@ -778,8 +778,11 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
             plots["overoptimization"] = str(plot_overoptimization(
                 ppo_sweep, plot_dir / "overoptimization.png", labeler=results["labeler"] or "labeler",
                 reference=ref_name or "reference"))
-    frontier = {name: {"kl": m.get("kl_to_reference"), "labeler_score": m.get("labeler_score")}
-                for name, m in results["metrics"].items()}
+    # the reference and the models listed after it (the methods trained or sampled from it); a base model listed
+    # before it sits hundreds of nats away and would squash every method into one corner
+    after_ref = list(models)[list(models).index(ref_name):] if ref_name in models else list(models)
+    frontier = {name: {"kl": results["metrics"][name].get("kl_to_reference"),
+                       "labeler_score": results["metrics"][name].get("labeler_score")} for name in after_ref}
     if ref_path is not None and sum(p["kl"] is not None and p["labeler_score"] is not None
                                     for p in frontier.values()) >= 2:
         from instructgpt.metrics.plots import plot_frontier
