@@ -31,6 +31,9 @@ def run_cli(fn: Callable[[], None]) -> None:
     join_cpu_processes()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # Python installs its Ctrl-C handler only when SIGINT is not ignored at start; a parent that ignores it (a
+        # shell's background job, a test runner) would otherwise leave SIGINT without effect on a training run
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         fn()
     except InstructGPTError as err:
