@@ -238,9 +238,7 @@ def best_of_n(path: str, key: str = "--models", source: str = "instructgpt eval"
 
 def llm_judge_settings(args: "EvalArguments", source: str) -> Any:
     """The ``llm:MODEL`` judge's settings from the ``llm_judge_*`` fields."""
-    from instructgpt.judges.llm import LLMJudgeSettings
-
-    from instructgpt.judges.llm import default_cache_path
+    from instructgpt.judges.llm import LLMJudgeSettings, default_cache_path
 
     return LLMJudgeSettings(
         model=args.labeler.partition(":")[2], base_url=args.llm_judge_base_url or "",
@@ -620,9 +618,7 @@ class Evaluator:
             samples = sample_model(model, tokenizer, prompts, args, path=policy_path, source=self.source)
         if is_reference:
             samples.kl = [0.0] * len(prompts)
-        elif best_of:
-            pass
-        elif self.ref_model is not None:
+        elif self.ref_model is not None and not best_of:  # best-of-n carries its closed-form KL
             if same_vocabulary(tokenizer, self.ref_tokenizer):
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
                 samples.kl = kl_to_reference(samples, model, self.ref_model, pad, args.temperature, args.batch_size)
