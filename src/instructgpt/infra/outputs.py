@@ -215,6 +215,34 @@ def mark_complete(
     )
 
 
+
+def finish_trainer_output(trainer: Any, training_args: Any, stage: str, recipe: dict[str, Any],
+                          metrics: dict[str, Any], run: Any | None, push: bool, what: str) -> None:
+    """The end of a Trainer stage, once its weights are saved (the last file but the marker), in an order that
+    keeps a finished output sound:
+
+    1. the main process marks the run finished (``mark_complete`` checks the weights first) and copies the numeric
+       metrics into the W&B run's summary;
+    2. every process waits for it, so none exits while the marker is being written;
+    3. only then is the output pushed to the Hub (``push``: the ``push_to_hub`` that ``take_push_to_hub`` took from
+       the Trainer, so that the Trainer never pushed a half-written directory);
+    4. W&B is closed, with the ``wandb sync`` command for offline runs.
+    """
+    from instructgpt.infra.hub import push_output
+    from instructgpt.infra.tracking import finish_wandb
+
+    output_dir = training_args.output_dir
+    if trainer.is_world_process_zero():
+        if run is not None:
+            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mark_complete(output_dir, stage, recipe, metrics, weights=True)
+        logger.info(f"{what} saved to {output_dir}")
+    trainer.accelerator.wait_for_everyone()
+    if push and trainer.is_world_process_zero():
+        push_output(output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                    token=training_args.hub_token)
+    finish_wandb(run)
+
 # --------------------------------------------------------------------------------------------------------------
 # Append-only JSONL logs (collection parts, PPO metrics and completions)
 # --------------------------------------------------------------------------------------------------------------

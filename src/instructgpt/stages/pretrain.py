@@ -25,21 +25,20 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from instructgpt.infra.log import get_logger
 from instructgpt.data import DataError, load_data, require_columns, require_rows
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.outputs import (
-    mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
+    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
 )
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
+from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.metrics.training import trainer_metrics
-from instructgpt.infra.tracking import finish_wandb, trainer_tracking
+from instructgpt.infra.tracking import trainer_tracking
 
 logger = get_logger(__name__)
 
@@ -297,14 +296,8 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
                                                  *(k for k in metrics if k.startswith("probe/")))},
         )
     trainer.save_model(training_args.output_dir)  # the weights: the last file but the marker
-    if trainer.is_world_process_zero():
-        mark_complete(training_args.output_dir, "pretrain", recipe.data, metrics, weights=True)
-        logger.info(f"base model and tokenizer saved to {Path(training_args.output_dir)}")
-    trainer.accelerator.wait_for_everyone()
-    if push and trainer.is_world_process_zero():
-        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
-                    token=training_args.hub_token)
-    finish_wandb(run)
+    finish_trainer_output(trainer, training_args, "pretrain", recipe.data, metrics, run, push,
+                          what="base model and tokenizer")
     return metrics
 
 

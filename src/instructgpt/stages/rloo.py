@@ -37,14 +37,14 @@ from instructgpt.data.formats import Prompt, load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
+from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import (
-    mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
+    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
 )
 from instructgpt.infra.processes import prepare_frozen_model
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import finish_wandb, trainer_tracking
+from instructgpt.infra.tracking import trainer_tracking
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.modeling import (
     check_model_path, format_prompt, load_tokenizer, lora_config, model_context_length, model_init_kwargs,
@@ -313,16 +313,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
                                                  "last_logged_kl")},
         )
     save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: last file but the marker
-    if trainer.is_world_process_zero():
-        if run is not None:
-            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        mark_complete(training_args.output_dir, "rloo", recipe.data, metrics, weights=True)
-        logger.info(f"RLOO policy saved to {training_args.output_dir}")
-    trainer.accelerator.wait_for_everyone()
-    if push and trainer.is_world_process_zero():
-        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
-                    token=training_args.hub_token)
-    finish_wandb(run)
+    finish_trainer_output(trainer, training_args, "rloo", recipe.data, metrics, run, push, what="RLOO policy")
     return metrics
 
 

@@ -41,14 +41,14 @@ from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prom
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
+from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import (
-    atomic_write_json, mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir,
+    atomic_write_json, finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir,
     recover_final_save,
 )
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import finish_wandb, trainer_tracking
+from instructgpt.infra.tracking import trainer_tracking
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
 from instructgpt.metrics.training import trainer_metrics
@@ -415,16 +415,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
                      "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy")},
         )
     save_trained_model(trainer, training_args.output_dir, model=final_model)  # the weights: last but the marker
-    if trainer.is_world_process_zero():
-        if run is not None:
-            run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        mark_complete(training_args.output_dir, "rm", recipe.data, metrics, weights=True)
-        logger.info(f"reward model saved to {training_args.output_dir}")
-    accelerator.wait_for_everyone()
-    if push and trainer.is_world_process_zero():
-        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
-                    token=training_args.hub_token)
-    finish_wandb(run)
+    finish_trainer_output(trainer, training_args, "rm", recipe.data, metrics, run, push, what="reward model")
     return metrics
 
 

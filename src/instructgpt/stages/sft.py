@@ -24,13 +24,13 @@ from instructgpt.data.formats import load_demonstrations
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
+from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import (
-    mark_complete, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
+    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
 )
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import finish_wandb, trainer_tracking
+from instructgpt.infra.tracking import trainer_tracking
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.modeling import (
     cap_max_length,
@@ -191,14 +191,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
             results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
         )
     save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: the last file but the marker
-    if trainer.is_world_process_zero():
-        mark_complete(training_args.output_dir, "sft", recipe.data, metrics, weights=True)
-        logger.info(f"SFT model saved to {training_args.output_dir}")
-    trainer.accelerator.wait_for_everyone()
-    if push and trainer.is_world_process_zero():
-        push_output(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
-                    token=training_args.hub_token)
-    finish_wandb(run)
+    finish_trainer_output(trainer, training_args, "sft", recipe.data, metrics, run, push, what="SFT model")
     return metrics
 
 
