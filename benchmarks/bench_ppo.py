@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --episodes 1536 --threads 1
-    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.01 0.05 0.2 --plot docs/images/ppo_kl_frontier.png
+    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.05 0.2 --save_every 256 --plot docs/images/ppo_kl_frontier.png
     python benchmarks/bench_ppo.py --size gpt2 --threads 1   # 124M GPT-2-shaped models, speed and where time goes
 
 TRL removed its PPO trainer in 1.13, so TRL 1.12 (the last release that has it) is installed into its own virtual
@@ -23,9 +23,13 @@ hyper-parameters (``SETTINGS`` below, the tiny recipe's; ``GPT2_SETTINGS`` for `
   ``instructgpt.modeling.reward.score_responses``) with the same seed; the KL to the SFT policy of those samples,
   the share of them that ended with EOS and their mean length alongside.
 
-``--kl_coefs`` runs both trainers at each ``kl_coef`` (``--trl_kl_coefs`` for other values on TRL's side), plots
-RM-score gain against KL to SFT (``--plot``) and reads our gain at each TRL point's KL off our frontier (linear
-interpolation between our points; no claim outside their KL range).
+``--kl_coefs`` runs both trainers at each ``kl_coef`` (``--trl_kl_coefs`` for other values on TRL's side).
+``--save_every N`` also saves each run's policy every N episodes (untimed) and evaluates it, so that every run traces
+a curve of RM-score gain against KL to SFT, from the SFT policy at (0, 0) to its final policy (``--plot``). The
+matched-KL comparison then reads our gain at the KL of every TRL policy off our run with the same ``kl_coef`` (linear
+interpolation between the two of our policies around that KL; no claim outside our curve's range), and names our
+closest policy in KL, flagged when within 10% of TRL's. Both trainers start from the same policy, so their curves
+overlap in KL from 0 up to the smaller of their final KLs, whatever ``kl_coef`` does.
 
 ``--size gpt2`` builds GPT-2 small-shaped policy and reward model (124.4M parameters each, random weights under a
 fixed seed, the tiny world's tokenizer with the embedding padded to 50257 rows; ``benchmarks/gpt2_world.py``) and
@@ -35,21 +39,19 @@ reward to gain, so the mode reports speed, memory and the time split only.
 Differences that are settings, not speed levers, are aligned: no gradient checkpointing (TRL's default is on), no
 sample-generation tables, no checkpoints, no W&B, and no gradient clipping in ours (TRL's PPO loop never clips).
 
-Why TRL's policy ends closer to SFT at the same ``kl_coef`` (TRL 1.12's ``ppo_trainer.py``, read in the venv): the
-tiny world's tokenizer, like GPT-2's, has no pad token, so the pad token is EOS, and TRL finds a response's end as
-"the token before the first pad token" (``sequence_length = first_true_indices(response == pad_token_id) - 1``).
-The EOS that ends a response is therefore treated as padding: its log-probability is replaced by
-``INVALID_LOGPROB`` in the old, new and reference log-probs, so it is out of the policy loss and out of the KL
-penalty, and its advantage is zeroed. (TRL's ``forward`` also masks every EOS-valued token out of attention.) The
-decision to stop gets no direct gradient. Measured (``--kl_coefs 0.01 0.05 0.2``, 512 episodes, tiny world): this
-is not what keeps TRL's policy closer to SFT there. Every held-out sample of every TRL policy ends with EOS (100%,
-as ours; the SFT policy: 99%), and TRL's responses shorten from the SFT policy's 19.2 tokens to 10.7-11.6 (ours:
-9.3-9.5), so TRL's policy does learn when to stop, through the tokens before the EOS. The KL gap (TRL 0.58-0.68
-nats, ours 0.93-1.03) barely moves with ``kl_coef`` in that many updates for either trainer, so it comes from how
-far an update moves the policy, not from the penalty; its cause is not pinned down here. With a pad token distinct
-from EOS (``--trl_pad_token``), TRL counts the EOS as a response token, but its reward model then reads the score at
-the EOS itself rather than at the token before it, where our RM (trained with pad = EOS) learned to score, so that
-run is no clean control.
+TRL's pad = EOS (TRL 1.12's ``ppo_trainer.py``, read in the venv): the tiny world's tokenizer, like GPT-2's, has no
+pad token, so the pad token is EOS, and TRL finds a response's end as "the token before the first pad token"
+(``sequence_length = first_true_indices(response == pad_token_id) - 1``). The EOS that ends a response is therefore
+treated as padding: its log-probability is replaced by ``INVALID_LOGPROB`` in the old, new and reference log-probs,
+so it is out of the policy loss and out of the KL penalty, and its advantage is zeroed. (TRL's ``forward`` also
+masks every EOS-valued token out of attention.) The decision to stop gets no direct gradient. Measured
+(``--kl_coefs 0.05 0.2 --save_every 256``, 1536 episodes, tiny world), it costs TRL nothing there: every held-out
+sample of every TRL policy ends with EOS, its responses shorten from the SFT policy's 19.2 tokens to about 8 as ours
+do, and the two trainers' gain-KL curves coincide. At the same ``kl_coef`` our policy moves along that curve in
+fewer episodes (after 512 episodes: 0.93-0.96 nats against TRL's 0.64-0.70), which is why single runs compared
+gains at different KLs. With a pad token distinct from EOS (``--trl_pad_token``), TRL counts the EOS as a response
+token, but its reward model then reads the score at the EOS itself rather than at the token before it, where our
+RM (trained with pad = EOS) learned to score, so that run is no clean control.
 """
 
 from __future__ import annotations
@@ -176,6 +178,21 @@ def worker_ours(cfg: dict) -> None:
     timers.wrap(models.PolicyAndValue, "forward", "update_forward")
     timers.wrap(PPOTrainer, "ppo_update", "ppo_update")
     timers.wrap(PPOTrainer, "save_final", "save")  # writing the final model is not training time (TRL's isn't timed)
+    saved: dict[int, str] = {}
+    if cfg.get("save_every"):
+        check_update = PPOTrainer.check_update
+
+        def check_update_and_save(self, metrics):  # called right after an update, the episode count advanced
+            check_update(self, metrics)
+            episode = self.progress.episode
+            if episode % cfg["save_every"] == 0 and episode < cfg["episodes"]:
+                start = time.perf_counter()
+                directory = Path(cfg["output_dir"]) / f"episode-{episode}"
+                self.save_policy(directory, merged=True)
+                saved[episode] = str(directory)
+                timers.seconds["save"] = timers.seconds.get("save", 0.0) + time.perf_counter() - start
+
+        PPOTrainer.check_update = check_update_and_save
 
     overrides = {
         "model_name_or_path": cfg["sft"], "reward_model_path": cfg["rm"], "output_dir": cfg["output_dir"],
@@ -195,8 +212,8 @@ def worker_ours(cfg: dict) -> None:
         "trainer": "instructgpt", "seconds": elapsed, "episodes": summary["episode"],
         "updates": summary["global_step"], "last_scores": summary.get("objective/scores"),
         "last_kl": summary.get("objective/kl"), "eos_fraction": summary.get("objective/eos_fraction"),
-        "policy_dir": cfg["output_dir"], "phases": {**_phases(timers, elapsed),
-                                                    "ppo_update": timers.seconds.get("ppo_update", 0.0)},
+        "policy_dir": cfg["output_dir"], "checkpoints": saved,
+        "phases": {**_phases(timers, elapsed), "ppo_update": timers.seconds.get("ppo_update", 0.0)},
     }, cfg["result"])
 
 
@@ -236,9 +253,26 @@ def worker_trl(cfg: dict) -> None:
     timers.wrap(trl_ppo, "batch_generation", "generation")
     timers.wrap(trl_ppo, "forward", lambda *a, **k: "update_forward" if torch.is_grad_enabled() else "reference")
     timers.wrap(trl_ppo, "get_reward", lambda model, *a, **k: "reward" if model is reward_model else "value")
+    saved: dict[int, str] = {}
+    if cfg.get("save_every"):
+        from transformers import TrainerCallback
+
+        class SavePolicy(TrainerCallback):
+            """The policy at every ``save_every`` episodes (TRL calls on_step_end after each update)."""
+
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.episode % cfg["save_every"] == 0 and state.episode < cfg["episodes"]:
+                    start = time.perf_counter()
+                    directory = Path(cfg["output_dir"]) / f"episode-{state.episode}"
+                    model.policy.save_pretrained(directory)
+                    tokenizer.save_pretrained(directory)
+                    saved[state.episode] = str(directory)
+                    timers.seconds["save"] = timers.seconds.get("save", 0.0) + time.perf_counter() - start
+
+        trainer.add_callback(SavePolicy())
     start = time.perf_counter()
     trainer.train()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - timers.seconds.get("save", 0.0)
     if cfg.get("save", True):
         trainer.save_model(cfg["output_dir"])
         tokenizer.save_pretrained(cfg["output_dir"])
@@ -247,7 +281,7 @@ def worker_trl(cfg: dict) -> None:
         "trainer": "trl-1.12", "seconds": elapsed, "episodes": trainer.state.episode,
         "updates": trainer.state.global_step, "last_scores": logs[-1]["objective/scores"] if logs else None,
         "last_kl": logs[-1]["objective/kl"] if logs else None,
-        "policy_dir": cfg["output_dir"], "phases": _phases(timers, elapsed),
+        "policy_dir": cfg["output_dir"], "checkpoints": saved, "phases": _phases(timers, elapsed),
     }, cfg["result"])
 
 
@@ -362,27 +396,57 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return points[0][1] if len(points) == 1 and points[0][0] == x else None
 
 
+def trajectory(run: dict) -> list[tuple[float, float]]:
+    """(KL, gain) along one run: the SFT policy (0, 0), each saved policy, then the final one, in episode order."""
+    return [(0.0, 0.0)] + [(p["kl"], p["gain"]) for p in run.get("trajectory", [])] + [(run["kl"], run["gain"])]
+
+
+def matched_kl(report: dict) -> list[dict]:
+    """Our gain at the KL of every TRL policy (saved along a run, or final), read off our run at the same kl_coef.
+
+    Each of our runs is a curve from the SFT policy at (0, 0) through its saved policies; our gain at TRL's KL is the
+    linear interpolation between the two of our policies that bracket it (None outside our curve's KL range). The
+    closest of our policies in KL is reported too, with whether its KL is within 10% of TRL's.
+    """
+    ours = {r["kl_coef"]: r for r in report["runs"].values() if r["trainer_key"] == "ours"}
+    rows = []
+    for name, r in report["runs"].items():
+        if r["trainer_key"] != "trl":
+            continue
+        mine = ours.get(r["kl_coef"]) or next(iter(ours.values()))
+        curve = trajectory(mine)
+        points = [(p["episodes"], p["kl"], p["gain"]) for p in r.get("trajectory", [])] + [(r["episodes"], r["kl"],
+                                                                                             r["gain"])]
+        for episodes, kl, gain in points:
+            closest_kl, closest_gain = min(curve[1:], key=lambda point: abs(point[0] - kl))
+            rows.append({"trl": name, "ours": f"ours@{mine['kl_coef']:g}", "episodes": episodes, "kl": kl,
+                         "trl_gain": gain, "ours_gain": interpolate(curve, kl), "closest_kl": closest_kl,
+                         "closest_gain": closest_gain, "within_10pct": abs(closest_kl - kl) <= 0.1 * kl})
+    return rows
+
+
 def plot_frontier(report: dict, path: Path) -> None:
-    """RM-score gain against KL to SFT, one line per trainer, each point labelled with its kl_coef."""
+    """RM-score gain against KL to SFT: one line per run, from the SFT policy through its saved policies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for trainer, label, marker in (("ours", "instructgpt (this project)", "o"), ("trl", "TRL 1.12 PPOTrainer", "s")):
-        runs = sorted((r for r in report["runs"].values() if r["trainer_key"] == trainer), key=lambda r: r["kl"])
-        if not runs:
-            continue
-        ax.plot([r["kl"] for r in runs], [r["gain"] for r in runs], marker=marker, label=label)
-        for r in runs:
-            ax.annotate(f"β={r['kl_coef']:g}", (r["kl"], r["gain"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=8)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    styles = ["-", "--", ":", "-."]
+    for trainer, label, marker, color in (("ours", "instructgpt", "o", "tab:blue"),
+                                          ("trl", "TRL 1.12 PPOTrainer", "s", "tab:orange")):
+        runs = sorted((r for r in report["runs"].values() if r["trainer_key"] == trainer), key=lambda r: r["kl_coef"])
+        for i, r in enumerate(runs):
+            curve = trajectory(r)
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], marker=marker, markersize=3, color=color,
+                    linestyle=styles[i % len(styles)], label=f"{label}, β={r['kl_coef']:g}")
+            ax.plot([r["kl"]], [r["gain"]], marker=marker, markersize=8, color=color)  # the final policy
     ax.set_xlabel("KL to the SFT policy (nats per response, held-out prompts)")
     ax.set_ylabel("RM-score gain over SFT")
     ax.set_title(f"PPO reward vs KL, tiny world, {report['episodes']} episodes per run")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -419,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="TRL's kl_coef values, if not --kl_coefs")
     parser.add_argument("--trl_pad_token", default=None,
                         help="give TRL's tokenizer this pad token instead of EOS (e.g. '#', unused in the tiny world)")
+    parser.add_argument("--save_every", type=int, default=None,
+                        help="also save every run's policy each this many episodes and evaluate it, so that each run "
+                        "traces a gain-KL curve from the SFT policy (tiny world; the saving is not timed)")
     parser.add_argument("--plot", default=None, help="PNG of the reward-KL frontier (default: WORK_DIR/frontier.png)")
     parser.add_argument("--eval_samples", type=int, default=2, help="samples per held-out prompt for the gain")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both workers (default: torch's)")
@@ -459,7 +526,8 @@ def main(argv: list[str] | None = None) -> None:
         env["OMP_NUM_THREADS"] = str(opts.threads)
     common = {"sft": str(Path(opts.sft).resolve()), "rm": str(Path(opts.rm).resolve()), "episodes": episodes,
               "threads": opts.threads, "prompts_file": str(Path(opts.prompts).resolve()),
-              "prompt_ids_file": str(prompt_ids_file), "save": not gpt2, "trl_pad_token": opts.trl_pad_token}
+              "prompt_ids_file": str(prompt_ids_file), "save": not gpt2, "trl_pad_token": opts.trl_pad_token,
+              "save_every": None if gpt2 else opts.save_every}
     sweep = {"ours": opts.kl_coefs or [settings["kl_coef"]],
              "trl": opts.trl_kl_coefs or opts.kl_coefs or [settings["kl_coef"]]}
     single = len(sweep["ours"]) == 1 and len(sweep["trl"]) == 1
@@ -477,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     evals = {}
     if not gpt2:  # random GPT-2 weights: nothing to gain, the mode measures speed
         paths = {"sft": common["sft"], **{name: r["policy_dir"] for name, r in results.items()}}
+        paths.update({f"{name}#{episode}": path for name, r in results.items()
+                      for episode, path in sorted(r.get("checkpoints", {}).items(), key=lambda kv: int(kv[0]))})
         evals = evaluate_policies(paths, common["rm"], opts.eval_prompts, settings["response_length"],
                                   opts.eval_samples, seed=1234)
     report = {"size": opts.size, "settings": settings, "episodes": episodes, "threads": opts.threads,
@@ -489,6 +559,10 @@ def main(argv: list[str] | None = None) -> None:
         if evals:
             entry.update(gain=evals[name]["score"] - evals["sft"]["score"], kl=evals[name]["kl"],
                          eos_share=evals[name]["eos_share"], length=evals[name]["length"])
+            entry["trajectory"] = [
+                {"episodes": int(episode), "kl": evals[f"{name}#{episode}"]["kl"],
+                 "gain": evals[f"{name}#{episode}"]["score"] - evals["sft"]["score"]}
+                for episode in sorted(r.get("checkpoints", {}), key=int)]
         report["runs"][name] = entry
         label = ("instructgpt (this project)" if r["trainer_key"] == "ours" else "TRL 1.12 PPOTrainer")
         quality = (f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%} | {entry['length']:.1f}"
@@ -505,18 +579,26 @@ def main(argv: list[str] | None = None) -> None:
         report["ratios"] = {"episodes_per_second": speed, "peak_rss": memory}
         print(f"\nspeed ratio (ours / TRL 1.12): {speed:.2f}x episodes/s; peak memory ratio {memory:.2f}")
         if evals:
-            frontier = [(r["kl"], r["gain"]) for r in ours]
-            matched = []
-            for r in sorted(trl, key=lambda r: r["kl"]):
-                at = interpolate(frontier, r["kl"])
-                matched.append({"trl_kl_coef": r["kl_coef"], "kl": r["kl"], "trl_gain": r["gain"], "ours_gain": at})
-                ours_text = "outside our KL range" if at is None else f"{at:+.4f}"
-                print(f"[bench]   at TRL's KL {r['kl']:.3f} (β={r['kl_coef']:g}): TRL gain {r['gain']:+.4f}, "
-                      f"ours (interpolated) {ours_text}")
+            matched = matched_kl(report)
             report["ratios"]["matched_kl"] = matched
+            print("\n| TRL policy | episodes | KL to SFT | TRL gain | ours at that KL (interpolated) | difference "
+                  "| our closest policy: KL, gain |")
+            print("|---|---|---|---|---|---|---|")
+            for m in matched:
+                at = "outside our KL range" if m["ours_gain"] is None else f"{m['ours_gain']:+.4f}"
+                diff = "" if m["ours_gain"] is None else f"{m['ours_gain'] - m['trl_gain']:+.4f}"
+                close = f"{m['closest_kl']:.3f}{' (within 10%)' if m['within_10pct'] else ''}, {m['closest_gain']:+.4f}"
+                print(f"| {m['trl']} | {m['episodes']} | {m['kl']:.3f} | {m['trl_gain']:+.4f} | {at} | {diff} | "
+                      f"{close} |")
+            compared = [m for m in matched if m["ours_gain"] is not None]
+            if compared:
+                ahead = sum(m["ours_gain"] >= m["trl_gain"] for m in compared)
+                mean = sum(m["ours_gain"] - m["trl_gain"] for m in compared) / len(compared)
+                print(f"[bench] matched KL: ours at or above TRL at {ahead} of {len(compared)} TRL policies "
+                      f"(mean difference {mean:+.4f})")
     if all("phases" in r for r in report["runs"].values()):
         print_phases(report)
-    if evals and not single:
+    if evals and (not single or opts.save_every):
         plot = Path(opts.plot) if opts.plot else work / "frontier.png"
         plot_frontier(report, plot)
         print(f"[bench] plot: {plot}")

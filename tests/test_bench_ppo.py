@@ -89,6 +89,32 @@ def test_interpolate_reads_our_gain_at_trl_kl():
     assert bench_ppo.interpolate([(1.0, 0.4)], 1.0) == 0.4
 
 
+
+def test_matched_kl_reads_our_curve_of_the_same_kl_coef_at_every_trl_policy():
+    """Each run is a curve from the SFT policy (0, 0) through its saved policies; TRL's saved and final policies are
+    compared with ours at their own KL, on our run of the same kl_coef, never beyond our curve."""
+
+    def run(trainer, kl_coef, points, final):
+        return {"trainer_key": trainer, "kl_coef": kl_coef, "episodes": 512, "kl": final[0], "gain": final[1],
+                "trajectory": [{"episodes": 128 * (i + 1), "kl": kl, "gain": gain} for i, (kl, gain) in enumerate(points)]}
+
+    report = {"runs": {
+        "ours@0.05": run("ours", 0.05, [(0.2, 0.4), (0.6, 0.9)], (1.0, 1.2)),
+        "ours@0.2": run("ours", 0.2, [(0.1, 0.1)], (0.5, 0.3)),  # a worse curve: must not be the one read
+        "trl@0.05": run("trl", 0.05, [(0.1, 0.1), (0.3, 0.5)], (1.5, 1.0)),
+    }}
+    assert bench_ppo.trajectory(report["runs"]["ours@0.2"]) == [(0.0, 0.0), (0.1, 0.1), (0.5, 0.3)]
+    rows = bench_ppo.matched_kl(report)
+    assert [(r["trl"], r["ours"], r["episodes"]) for r in rows] == [
+        ("trl@0.05", "ours@0.05", 128), ("trl@0.05", "ours@0.05", 256), ("trl@0.05", "ours@0.05", 512)]
+    assert rows[0]["ours_gain"] == pytest.approx(0.2)  # halfway from (0, 0) to (0.2, 0.4)
+    assert rows[1]["ours_gain"] == pytest.approx(0.4 + 0.5 * 0.25)  # a quarter of the way from (0.2, 0.4) to (0.6, 0.9)
+    assert rows[2]["ours_gain"] is None  # TRL's final KL 1.5 is past our last policy's 1.0
+    assert rows[1]["closest_kl"] == 0.2 and not rows[1]["within_10pct"]
+    assert rows[2]["closest_kl"] == 1.0 and not rows[2]["within_10pct"]
+    report["runs"]["trl@0.05"]["kl"] = 0.95
+    assert bench_ppo.matched_kl(report)[2]["within_10pct"]  # 1.0 is within 10% of 0.95
+
 @pytest.mark.slow
 def test_gpt2_mode_runs_one_update_of_ours(tmp_path):
     """One PPO update at GPT-2 size with our trainer only: the mode runs end to end and times every phase."""
