@@ -1,6 +1,6 @@
 """Benchmark: this project's PPO trainer against TRL 1.12's ``trl.experimental.ppo.PPOTrainer``.
 
-    python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm
+    python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm, kl_coef 0.05
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --episodes 1536 --threads 1
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.05 0.2 --save_every 256 --plot docs/images/ppo_kl_frontier.png
     python benchmarks/bench_ppo.py --size gpt2 --threads 1   # 124M GPT-2-shaped models, speed and where time goes
@@ -24,12 +24,12 @@ hyper-parameters (``SETTINGS`` below, the tiny recipe's; ``GPT2_SETTINGS`` for `
   the share of them that ended with EOS and their mean length alongside.
 
 ``--kl_coefs`` runs both trainers at each ``kl_coef`` (``--trl_kl_coefs`` for other values on TRL's side).
-``--save_every N`` also saves each run's policy every N episodes (untimed) and evaluates it, so that every run traces
-a curve of RM-score gain against KL to SFT, from the SFT policy at (0, 0) to its final policy (``--plot``). The
-matched-KL comparison then reads our gain at the KL of every TRL policy off our run with the same ``kl_coef`` (linear
-interpolation between the two of our policies around that KL; no claim outside our curve's range), and names our
-closest policy in KL, flagged when within 10% of TRL's. Both trainers start from the same policy, so their curves
-overlap in KL from 0 up to the smaller of their final KLs, whatever ``kl_coef`` does.
+``--save_every N`` (default 256; 0: off) also saves each run's policy every N episodes (untimed) and evaluates it,
+so that every run traces a curve of RM-score gain against KL to SFT, from the SFT policy at (0, 0) to its final
+policy (``--plot``). The matched-KL comparison then reads our gain at the KL of every TRL policy off our run with
+the same ``kl_coef`` (linear interpolation between the two of our policies around that KL; no claim outside our
+curve's range), and names our closest policy in KL, flagged when within 10% of TRL's. Both trainers start from the
+same policy, so their curves overlap in KL from 0 up to the smaller of their final KLs, whatever ``kl_coef`` does.
 
 ``--size gpt2`` builds GPT-2 small-shaped policy and reward model (124.4M parameters each, random weights under a
 fixed seed, the tiny world's tokenizer with the embedding padded to 50257 rows; ``benchmarks/gpt2_world.py``) and
@@ -483,9 +483,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="TRL's kl_coef values, if not --kl_coefs")
     parser.add_argument("--trl_pad_token", default=None,
                         help="give TRL's tokenizer this pad token instead of EOS (e.g. '#', unused in the tiny world)")
-    parser.add_argument("--save_every", type=int, default=None,
+    parser.add_argument("--save_every", type=int, default=256,
                         help="also save every run's policy each this many episodes and evaluate it, so that each run "
-                        "traces a gain-KL curve from the SFT policy (tiny world; the saving is not timed)")
+                        "traces a gain-KL curve from the SFT policy (tiny world; the saving is not timed; 0: only "
+                        "the final policies)")
     parser.add_argument("--plot", default=None, help="PNG of the reward-KL frontier (default: WORK_DIR/frontier.png)")
     parser.add_argument("--eval_samples", type=int, default=2, help="samples per held-out prompt for the gain")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both workers (default: torch's)")
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {"sft": str(Path(opts.sft).resolve()), "rm": str(Path(opts.rm).resolve()), "episodes": episodes,
               "threads": opts.threads, "prompts_file": str(Path(opts.prompts).resolve()),
               "prompt_ids_file": str(prompt_ids_file), "save": not gpt2, "trl_pad_token": opts.trl_pad_token,
-              "save_every": None if gpt2 else opts.save_every}
+              "save_every": None if gpt2 else (opts.save_every or None)}
     sweep = {"ours": opts.kl_coefs or [settings["kl_coef"]],
              "trl": opts.trl_kl_coefs or opts.kl_coefs or [settings["kl_coef"]]}
     single = len(sweep["ours"]) == 1 and len(sweep["trl"]) == 1
