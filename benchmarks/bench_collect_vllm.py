@@ -25,11 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, quick_sft
 
 
 def parse() -> argparse.Namespace:
@@ -44,17 +40,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     return parser.parse_args()
-
-
-def quick_sft(output_dir: Path) -> Path:
-    from instructgpt.stages.sft import parse_args, run_sft
-
-    (script, training, model), recipe = parse_args([
-        str(REPO / "recipes/tiny/sft.yaml"), "--output_dir", str(output_dir), "--report_to", "none",
-        "--max_steps", "60", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "60",
-    ])
-    run_sft(script, training, model, recipe)
-    return output_dir
 
 
 def timed(fn, repeats: int) -> tuple[float, list]:

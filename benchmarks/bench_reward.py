@@ -19,19 +19,15 @@ their ratio, and each model's held-out pairwise accuracy on rankings of prompts 
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import math
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, quick_sft
 
 
 def parse() -> argparse.Namespace:
@@ -48,17 +44,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--labeler_noise", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=42)
     return parser.parse_args()
-
-
-def quick_sft(output_dir: Path) -> Path:
-    from instructgpt.stages.sft import parse_args, run_sft
-
-    (script, training, model), recipe = parse_args([
-        str(REPO / "recipes/tiny/sft.yaml"), "--output_dir", str(output_dir), "--report_to", "none",
-        "--max_steps", "60", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "60",
-    ])
-    run_sft(script, training, model, recipe)
-    return output_dir
 
 
 def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, seed: int) -> list[tuple[str, list[str]]]:
@@ -136,6 +121,7 @@ def train(kind: str, policy: Path, tokenizer, dataset, batch_size: int, args, ou
 
 def main() -> None:
     args = parse()
+    os.chdir(REPO)  # the tiny recipes name their data relative to the repository
     import json
 
     import torch

@@ -21,11 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
 
 
 def parse() -> argparse.Namespace:
@@ -94,6 +90,7 @@ def train(trainer_cls, args: argparse.Namespace, output_dir: Path) -> tuple[floa
 
 def main() -> None:
     args = parse()
+    os.chdir(REPO)  # the tiny recipes name their data relative to the repository
     import torch
     from trl import SFTTrainer
 
