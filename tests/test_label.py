@@ -252,3 +252,22 @@ def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeli
     assert (tmp_path / "label" / ITEMS_FILE).read_text() == saved
     with pytest.raises(OutputDirError, match="holds a finished labeling"):
         open_store(args, recipe)
+
+
+def test_a_page_load_that_finds_nothing_to_resume_does_not_log_out_a_labeler_who_already_started(tmp_path):
+    """The page's load event and the Start click run in parallel on the server; a load that came back last used to
+    reset the labeler to nobody, and the next Submit said "enter a labeler id first" (seen in CI's browser test)."""
+    from types import SimpleNamespace
+
+    from instructgpt.labeling.app import build_app
+
+    demo = build_app(LabelStore(tmp_path, ITEMS, labelers_per_prompt=1))
+    events = {fn.name: fn for fn in demo.fns.values() if fn.name}
+    request = SimpleNamespace(username=None)
+    started = events["begin"].fn("alice", request)
+    assert started[0] == "alice" and started[-1] == "Labeling as alice."
+    late_load = events["on_load"].fn("", request)  # a browser with no id saved: nothing to resume
+    assert len(late_load) == len(started)
+    assert all(update == {"__type__": "update"} for update in late_load)  # changes nothing, the labeler included
+    resumed = events["on_load"].fn("alice", request)  # a reload of a browser that saved its id resumes it
+    assert resumed[0] == "alice" and resumed[5] == ITEMS[0].prompt  # the same prompt, on screen again

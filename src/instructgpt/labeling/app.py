@@ -169,10 +169,14 @@ def build_app(
             return [labeler, labeler, *show(labeler, f"Labeling as {labeler}.")]
 
         def on_load(saved: str, request: gr.Request):
-            """A reload resumes: the login name, or the id this browser used last."""
+            """A reload resumes: the login name, or the id this browser used last.
+
+            With nothing to resume it changes nothing: the page already shows the login row, and a labeler who typed
+            an id and pressed Start before this (slow) event came back must not be logged out by it.
+            """
             if use_login or saved:
                 return begin(saved, request)
-            return [None, gr.update(), *show(None)]
+            return [gr.update()] * len(outputs)
 
         outputs = [labeler_state, saved_id, *screen, status]
         start.click(begin, inputs=[name], outputs=outputs)
