@@ -20,8 +20,9 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 if [ $# -eq 0 ]; then
-  # the browser tests in a pytest process of their own: after some of the other tests in the same process (the
-  # judges' among them; cause not found yet) the labeling app's login step times out, while alone they pass
+  # the browser tests in a pytest process of their own, so that their result reads apart from the rest. (Their
+  # old login timeouts on a busy machine were the app's page-load event logging out a labeler who had just pressed
+  # Start; fixed in the app, tested in tests/test_label.py.)
   python -m pytest -q -m "not slow and not browser"
   python -m pytest -q -m browser
 else
