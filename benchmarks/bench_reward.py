@@ -19,8 +19,8 @@ their ratio, and each model's held-out pairwise accuracy on rankings of prompts 
 from __future__ import annotations
 
 import argparse
-import os
 import math
+import os
 import random
 import sys
 import tempfile

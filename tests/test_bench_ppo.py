@@ -89,7 +89,6 @@ def test_interpolate_reads_our_gain_at_trl_kl():
     assert bench_ppo.interpolate([(1.0, 0.4)], 1.0) == 0.4
 
 
-
 def test_matched_kl_reads_our_curve_of_the_same_kl_coef_at_every_trl_policy():
     """Each run is a curve from the SFT policy (0, 0) through its saved policies; TRL's saved and final policies are
     compared with ours at their own KL, on our run of the same kl_coef, never beyond our curve."""
@@ -114,6 +113,7 @@ def test_matched_kl_reads_our_curve_of_the_same_kl_coef_at_every_trl_policy():
     assert rows[2]["closest_kl"] == 1.0 and not rows[2]["within_10pct"]
     report["runs"]["trl@0.05"]["kl"] = 0.95
     assert bench_ppo.matched_kl(report)[2]["within_10pct"]  # 1.0 is within 10% of 0.95
+
 
 @pytest.mark.slow
 def test_gpt2_mode_runs_one_update_of_ours(tmp_path):

@@ -215,7 +215,6 @@ def mark_complete(
     )
 
 
-
 def finish_trainer_output(trainer: Any, training_args: Any, stage: str, recipe: dict[str, Any],
                           metrics: dict[str, Any], run: Any | None, push: bool, what: str) -> None:
     """The end of a Trainer stage, once its weights are saved (the last file but the marker), in an order that
@@ -242,6 +241,7 @@ def finish_trainer_output(trainer: Any, training_args: Any, stage: str, recipe: 
         push_output(output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
                     token=training_args.hub_token)
     finish_wandb(run)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Append-only JSONL logs (collection parts, PPO metrics and completions)
