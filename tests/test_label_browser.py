@@ -48,6 +48,9 @@ if (reason := _why_skip()) is not None:
     pytest.skip(reason, allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException, StaleElementReferenceException, TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -118,10 +121,10 @@ def browser():
 
 def wait(driver, condition, timeout: float = 60):
     """Poll ``condition`` until it holds; a timeout says what the page's status line and ranking box held."""
-    from selenium.common.exceptions import TimeoutException
-
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+                             ).until(lambda d: condition(d))
     except TimeoutException:
         boxes = {b: [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, f"#{b} textarea")]
                  for b in ("status", "ranking", "prompt")}
@@ -129,8 +132,21 @@ def wait(driver, condition, timeout: float = 60):
         raise AssertionError(f"timed out; page: {boxes}, progress {progress_text}") from None
 
 
+def unstale(action):
+    """Run ``action`` (find an element, then read or click it) again when Gradio re-rendered the element in between:
+    Selenium then raises StaleElementReferenceException, which says nothing about the app (seen in CI)."""
+    for attempt in range(5):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
+
+
 def value(driver, elem_id: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input").get_attribute("value")
+    return unstale(lambda: driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
+                   .get_attribute("value"))
 
 
 def shown_responses(driver) -> list[str]:
@@ -138,14 +154,18 @@ def shown_responses(driver) -> list[str]:
 
 
 def progress(driver) -> str:
-    return driver.find_element(By.ID, "progress-text").text
+    return unstale(lambda: driver.find_element(By.ID, "progress-text").text)
+
+
+def click(driver, elem_id: str) -> None:
+    unstale(lambda: driver.find_element(By.ID, elem_id).click())
 
 
 def log_in(driver, url: str, name: str) -> None:
     driver.get(url)
     box = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input"))
     box.send_keys(name)
-    driver.find_element(By.ID, "start").click()
+    click(driver, "start")
     wait(driver, lambda d: value(d, "prompt"))
 
 
@@ -161,9 +181,9 @@ def rank(driver, letters: str, mine_before: int, *, keyboard: bool) -> tuple[str
         ActionChains(driver).send_keys(Keys.ENTER).perform()
     else:
         for letter in letters.split(">"):
-            driver.find_element(By.ID, f"pick-{'ABCD'.index(letter)}").click()
+            click(driver, f"pick-{'ABCD'.index(letter)}")
         wait(driver, lambda d: value(d, "ranking") == letters.replace(">", " > "))
-        driver.find_element(By.ID, "submit").click()
+        click(driver, "submit")
     wait(driver, lambda d: "All done" in value(d, "status") or f"you ranked {mine_before + 1}" in progress(d))
     return prompt, responses
 
