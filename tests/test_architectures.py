@@ -23,19 +23,11 @@ import yaml
 
 from conftest import REPO, TINY_BASE, TINY_DATA
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.modeling import (
-    ModelLoadError,
-    QuantizationError,
-    default_lora_target_modules,
-    end_of_turn_token,
-    eos_mismatch,
-    load_tokenizer,
-    lora_config,
-    lora_target_modules,
-    model_init_kwargs,
-    quantization_config,
-    read_model_config,
-)
+from instructgpt.modeling.config import ModelLoadError, read_model_config
+from instructgpt.modeling.loading import model_init_kwargs
+from instructgpt.modeling.lora import default_lora_target_modules, lora_config, lora_target_modules
+from instructgpt.modeling.quantization import QuantizationError, quantization_config
+from instructgpt.modeling.tokenizers import end_of_turn_token, eos_mismatch, load_tokenizer
 from instructgpt.infra.parser import load_yaml, recipe_stage
 from instructgpt.tinyworld.architectures import IM_END, PAD_TOKEN, TinyArchitecture, build_tiny_model
 

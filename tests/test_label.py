@@ -12,7 +12,7 @@ import pytest
 from conftest import python_m, run_cli
 from instructgpt.data.rankings import RankingStats, load_rankings, strict_order
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.labeling import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
+from instructgpt.labeling.store import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
 from instructgpt.metrics.agreement import agreement_between, compare_rankings
 
 ITEMS = [
@@ -226,7 +226,7 @@ def test_the_ranking_box_reads_as_places_of_shown_positions():
 def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeling_is_refused(tmp_path):
     from conftest import TINY_BASE
     from instructgpt.infra.outputs import OutputDirError
-    from instructgpt.labeling import ITEMS_FILE
+    from instructgpt.labeling.store import ITEMS_FILE
     from instructgpt.stages.label import open_store, parse_args
 
     argv = ["recipes/tiny/label.yaml", "--rankings_file", "null", "--model_name_or_path", str(TINY_BASE),

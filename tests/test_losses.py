@@ -7,7 +7,8 @@ import itertools
 import torch
 from torch.autograd import gradcheck
 
-from instructgpt.losses import IGNORE_INDEX, kway_ranking_loss, masked_token_nll, pairwise_ranking_loss
+from instructgpt.losses.reward import kway_ranking_loss, pairwise_ranking_loss
+from instructgpt.losses.sft import IGNORE_INDEX, masked_token_nll
 
 
 def _sft_batch(seed: int = 0, batch: int = 3, length: int = 7, vocab: int = 11):

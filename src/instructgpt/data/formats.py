@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
 
 Prompt = str | list[dict[str, str]]
 

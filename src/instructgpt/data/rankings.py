@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructgpt.infra.log import get_logger
-from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
 from instructgpt.data.formats import prompt_problem
 
 logger = get_logger(__name__)

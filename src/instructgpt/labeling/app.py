@@ -15,7 +15,8 @@ is kept by the server (:class:`instructgpt.labeling.LabelStore`), and no request
 import string
 from typing import Any
 
-from instructgpt.labeling import FLAGS, QUALITY_SCALE, LabelingError, LabelStore, check_labeler_id
+from instructgpt.data.formats import prompt_text
+from instructgpt.labeling.store import FLAGS, QUALITY_SCALE, LabelingError, LabelStore, check_labeler_id
 
 LETTERS = string.ascii_uppercase
 FLAG_LABELS = {
@@ -151,8 +152,6 @@ def build_app(
             item = store.items[item_index]
             order = store.display_order(labeler, item_index)
             k = len(order)
-            from instructgpt.data.formats import prompt_text
-
             updates = [*head, prompt_text(item.prompt)]
             updates += [gr.update(visible=j < k) for j in range(k_max)]
             updates += [item.responses[order[j]] if j < k else "" for j in range(k_max)]

@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from instructgpt.losses import IGNORE_INDEX, masked_token_nll
+from instructgpt.losses.sft import IGNORE_INDEX, masked_token_nll
 
 KLEstimator = Literal["k1", "k3"]
 

@@ -14,13 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
+from instructgpt.data.formats import Prompt
 from instructgpt.data.padding import pad_sequences
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.losses import unflatten_rewards
+from instructgpt.losses.reward import unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
-from instructgpt.modeling import check_model_path, load_tokenizer, model_context_length, model_init_kwargs
-from instructgpt.data.formats import Prompt
-
+from instructgpt.modeling.config import check_model_path, model_context_length
+from instructgpt.modeling.loading import model_init_kwargs
+from instructgpt.modeling.tokenizers import load_tokenizer
 
 
 NORMALIZATION_FILE = "reward_normalization.json"

@@ -1,0 +1,119 @@
+"""Loading datasets: a local JSONL/JSON/CSV/Parquet file or a Hub dataset, interchangeably.
+
+Column formats are TRL's (https://huggingface.co/docs/trl/dataset_formats): ``prompt``/``completion`` or
+``messages`` for SFT, ``prompt``/``chosen``/``rejected`` for preference pairs, ``text`` for language modelling;
+plus ours for rankings (``prompt``/``responses`` best first, optional ``scores``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from instructgpt.infra.errors import InstructGPTError
+
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class DataError(InstructGPTError):
+    """A dataset that cannot feed the stage: missing file, bad row, missing column, empty."""
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every non-blank line of a JSONL file; a line that is not UTF-8, not JSON or not
+    an object is a :class:`DataError` naming the file and the line."""
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {err.object[err.start]:#04x})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {number} must be a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def _check_jsonl(path: Path) -> None:
+    """Parse every line up front so a broken row is reported by line number, not as a pyarrow trace."""
+    for _ in jsonl_rows(path):
+        pass
+
+
+def load_data(
+    name_or_path: str,
+    *,
+    key: str = "dataset_name",
+    source: str = "recipe",
+    config: str | None = None,
+    split: str = "train",
+) -> Any:
+    """Load one split of a dataset named in a recipe, with errors that name the recipe key and the file.
+
+    A local file is read with the matching ``datasets`` builder and gives its only split whatever ``split`` asks;
+    anything else is a Hub id (or a local dataset folder) for ``datasets.load_dataset``.
+    """
+    import datasets
+
+    path = Path(name_or_path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in _LOCAL_FORMATS or path.exists():
+        if not path.exists():
+            raise DataError(f"{source}: `{key}`: data file {name_or_path} not found")
+        if path.is_file():
+            if suffix == ".jsonl":
+                _check_jsonl(path)
+            builder = _LOCAL_FORMATS.get(suffix)
+            if builder is None:
+                raise DataError(f"{source}: `{key}`: {name_or_path} is not a .jsonl, .json, .csv or .parquet file")
+            try:
+                return datasets.load_dataset(builder, data_files=str(path), split="train")
+            except Exception as err:  # pyarrow/datasets errors on inconsistent rows
+                raise DataError(f"{source}: `{key}`: cannot read {name_or_path}: {err}") from None
+    try:
+        return datasets.load_dataset(name_or_path, config, split=split)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise DataError(f"{source}: `{key}`: {name_or_path} has no split {split!r} ({err})") from None
+        raise DataError(f"{source}: `{key}`: cannot load {name_or_path}: {err}") from None
+    except Exception as err:  # offline, missing repo, ...
+        raise DataError(f"{source}: `{key}`: cannot load dataset {name_or_path!r}: {err}") from None
+
+
+def require_columns(
+    dataset: Any,
+    formats: Sequence[Sequence[str]],
+    *,
+    name: str,
+    source: str,
+) -> tuple[str, ...]:
+    """Check that ``dataset`` has the columns of one of ``formats`` (tried in order) and return that format."""
+    columns = set(dataset.column_names)
+    for fmt in formats:
+        if set(fmt) <= columns:
+            return tuple(fmt)
+    wanted = " or ".join("/".join(fmt) for fmt in formats)
+    raise DataError(f"{source}: {name} needs columns {wanted}; it has {sorted(columns)}")
+
+
+def require_rows(dataset: Any, *, name: str, source: str) -> None:
+    if len(dataset) == 0:
+        raise DataError(f"{source}: {name} is empty")
+
+
+def find_empty(values: Sequence[Any]) -> int | None:
+    """Index of the first empty or whitespace-only string (or empty message list), if any."""
+    for index, value in enumerate(values):
+        if value is None:
+            return index
+        if isinstance(value, str) and not value.strip():
+            return index
+        if isinstance(value, list) and not value:
+            return index
+    return None

@@ -1,0 +1,82 @@
+"""Loading models the same way in every stage, for any architecture the Auto classes know.
+
+:func:`model_init_kwargs` turns TRL's ``ModelConfig`` into ``from_pretrained`` arguments (with ``load_in_4bit`` /
+``load_in_8bit``, a bitsandbytes base for QLoRA: :mod:`instructgpt.modeling.quantization`); :func:`load_policy`
+loads a causal LM and its tokenizer for sampling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from instructgpt.infra.processes import default_device, process_state
+from instructgpt.modeling.config import ModelLoadError, check_model_path
+from instructgpt.modeling.quantization import quantization_config
+from instructgpt.modeling.tokenizers import DEFAULT_PROMPT_TEMPLATE, load_tokenizer
+
+
+def model_init_kwargs(
+    model_args: Any, trust_remote_code: bool = False, *, quantize: bool = True, trainable: bool = True,
+    source: str = "recipe",
+) -> dict[str, Any]:
+    """from_pretrained keyword arguments from TRL's ``ModelConfig`` (dtype, attention implementation, revision, and
+    with ``load_in_4bit``/``load_in_8bit`` the bitsandbytes config, see :func:`quantization_config`).
+
+    A quantized model is placed on this process's GPU (``device_map``), as bitsandbytes requires; ``quantize=False``
+    loads in full precision whatever the recipe says (for a model that is trained without LoRA, such as PPO's value
+    function).
+    """
+    kwargs: dict[str, Any] = {"revision": model_args.model_revision}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    elif model_args.dtype == "auto":
+        kwargs["dtype"] = "auto"
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    quantization = quantization_config(model_args, source, trainable=trainable) if quantize else None
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": process_state().local_process_index}
+    return kwargs
+
+
+def load_policy(
+    path: str,
+    *,
+    key: str = "MODEL",
+    source: str = "command line",
+    prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
+    device: Any = None,
+    dtype: Any = None,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer for sampling: ``(model in eval mode, tokenizer)``.
+
+    Refuses a reward model (a sequence classifier), which would otherwise load with a random LM head and print
+    noise. A LoRA adapter directory loads on top of its base model (transformers' peft integration).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model_path(path, key, source)
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file():
+        config = AutoConfig.from_pretrained(path)
+        architectures = list(getattr(config, "architectures", None) or [])
+        if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ModelLoadError(
+                f"{source}: `{key}`: {path} holds a reward model ({architectures[0]}), not a language model that "
+                "generates text; give a policy (the SFT or PPO output_dir, or any causal LM)"
+            )
+    tokenizer = load_tokenizer(path, prompt_template=prompt_template)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{source}: `{key}`: cannot load a causal language model from {path}: {err}") from None
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(device if device is not None else default_device())
+    model.eval()
+    return model, tokenizer
