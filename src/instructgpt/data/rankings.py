@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from instructgpt.infra.log import get_logger
-from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
 from instructgpt.data.formats import prompt_problem
+from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
 

@@ -23,7 +23,6 @@ from instructgpt.modeling.config import check_model_path, model_context_length
 from instructgpt.modeling.loading import model_init_kwargs
 from instructgpt.modeling.tokenizers import load_tokenizer
 
-
 NORMALIZATION_FILE = "reward_normalization.json"
 
 
