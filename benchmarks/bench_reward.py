@@ -70,7 +70,7 @@ def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, 
 
 def rank(pools: list[tuple[str, list[str]]], k: int, noise: float, seed: int) -> list[dict]:
     """Rankings of the first ``k`` responses of each pool by the simulated labeler, best first."""
-    from instructgpt.tinyworld.labeler import SimulatedLabeler
+    from instructgpt.judges import SimulatedLabeler
 
     labeler = SimulatedLabeler(noise=noise, seed=seed)
     rows = []

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from instructgpt.labelers import pairwise_agreement
-from instructgpt.tinyworld.labeler import SimulatedLabeler
+from instructgpt.judges import SimulatedLabeler, pairwise_agreement
 
 
 def main(path: str) -> None:

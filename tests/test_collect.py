@@ -57,7 +57,7 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(sft_model):
 
 
 def test_collection_writes_distinct_best_first_rankings(collected):
-    from instructgpt.tinyworld.labeler import SimulatedLabeler
+    from instructgpt.judges import SimulatedLabeler
 
     out, metrics = collected
     rows = read_jsonl(out / RANKINGS_FILE)
@@ -180,7 +180,7 @@ def test_stored_shift_centres_the_demonstrations_when_loaded_fresh(trained_rm):
 
 
 def test_reward_model_labeler_ranks_like_its_scores(trained_rm, collected):
-    from instructgpt.labelers import make_labeler
+    from instructgpt.judges import make_labeler
 
     labeler = make_labeler(f"reward_model:{trained_rm[0]}")
     row = read_jsonl(collected[0] / RANKINGS_FILE)[0]

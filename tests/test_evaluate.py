@@ -189,7 +189,7 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
     assert [p["label"] for p in results["sweeps"]["rloo"]] == ["base", "step 3"]
     assert results["sweeps"]["rloo"][1]["kl"] == pytest.approx(m_llama["kl_to_reference"])
     # what the win rate hides: shares per family, consistent with the per-response flags in completions.jsonl
-    from instructgpt.tinyworld.labeler import SimulatedLabeler
+    from instructgpt.judges import SimulatedLabeler
 
     judge = SimulatedLabeler()
     for name in ("base", "llama"):

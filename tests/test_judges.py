@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from conftest import TINY_BASE
-from instructgpt.labelers import LabelerError, make_labeler
-from instructgpt.tinyworld.architectures import IM_END, IM_START, chat_tokenizer
+from instructgpt.judges import DEFAULT_GOLD_RM, LabelerError, make_labeler
+from instructgpt.metrics.winrate import win_rate_from_scores
+from instructgpt.stages import eval as evaluate
+from instructgpt.stages.eval import EvalArguments, judge_spec
+from instructgpt.tinyworld.architectures import IM_END, IM_START, TinyArchitecture, build_tiny_model, chat_tokenizer
 
 PROMPTS = ["Describe the rustbeetle.", [{"role": "system", "content": "Be brief."},
                                         {"role": "user", "content": "What is 2 plus 3?"}]]
@@ -113,8 +116,6 @@ def test_gold_rm_refuses_what_is_not_a_reward_model_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def other_policy(tmp_path_factory) -> Path:
     """A second policy that answers differently from the tiny base model: the tiny Llama with random weights."""
-    from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
-
     return build_tiny_model(tmp_path_factory.mktemp("policy") / "llama", TINY_BASE,
                             TinyArchitecture(hidden_size=32, num_hidden_layers=1, intermediate_size=64))
 
@@ -123,8 +124,6 @@ def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_po
     import json
 
     from conftest import TINY_DATA
-    from instructgpt.metrics.winrate import win_rate_from_scores
-    from instructgpt.stages import eval as evaluate
 
     out = tmp_path / "eval"
     evaluate.main(["--models", f"base={TINY_BASE}", f"llama={other_policy}", "--prompts",
@@ -148,9 +147,6 @@ def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_po
 
 
 def test_eval_on_real_prompts_defaults_to_a_gold_rm_never_the_optimized_reward_model(tmp_path):
-    from instructgpt.judges import DEFAULT_GOLD_RM
-    from instructgpt.stages.eval import EvalArguments, judge_spec
-
     real = ["Write a poem about rain.", "Summarize the French revolution."]
     tiny = ["Describe the rustbeetle."]
     two = EvalArguments(models=["sft=a", "ppo=b"], prompts="p.jsonl", output_dir=str(tmp_path), reward_model="rm")

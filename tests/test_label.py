@@ -13,7 +13,7 @@ from conftest import python_m, run_cli
 from instructgpt.data.rankings import RankingStats, load_rankings, strict_order
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.labeling.store import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
-from instructgpt.metrics.agreement import agreement_between, compare_rankings
+from instructgpt.judges import agreement_between, compare_rankings
 
 ITEMS = [
     Item(0, "What is 3 plus 4?", ["3 plus 4 is 7.", "3 plus 4 is 8.", "Sure! 7. I hope this helps!", "9"]),
@@ -147,7 +147,7 @@ def test_pairwise_agreement_and_kendall_tau_b_on_hand_counted_rankings():
 
 def test_the_agreement_command_reports_labeler_pairs_and_the_simulated_labeler(tmp_path):
     from instructgpt.stages.agreement import main as agreement_main
-    from instructgpt.tinyworld.labeler import SimulatedLabeler
+    from instructgpt.judges import SimulatedLabeler
 
     rubric = SimulatedLabeler()
     rows = []

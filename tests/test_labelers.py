@@ -6,9 +6,17 @@ import random
 
 import pytest
 
-from instructgpt.labelers import Labeler, Ranking, pairwise_agreement
-from instructgpt.tinyworld.labeler import EMPTY_SCORE, HUMAN_AGREEMENT_NOISE, SimulatedLabeler
+from instructgpt.judges import (
+    HUMAN_AGREEMENT_NOISE,
+    Labeler,
+    LabelerError,
+    Ranking,
+    SimulatedLabeler,
+    make_labeler,
+    pairwise_agreement,
+)
 from instructgpt.tinyworld import UnknownPromptError, parse_prompt
+from instructgpt.tinyworld.rubric import EMPTY_SCORE
 from instructgpt.tinyworld.demos import response_pool
 
 LABELER = SimulatedLabeler()
@@ -223,8 +231,6 @@ def test_bad_arguments():
 
 def test_file_labeler_ranks_as_people_wrote_and_names_what_it_lacks(tmp_path):
     import json
-
-    from instructgpt.labelers import LabelerError, make_labeler
 
     path = tmp_path / "human.jsonl"
     rows = [

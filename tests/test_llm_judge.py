@@ -32,6 +32,8 @@ from instructgpt.judges.llm import (
     combine,
     parse_verdict,
 )
+from instructgpt.stages import eval as evaluate
+from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
 
 PROMPTS = ["Describe the rustbeetle.", "What is 2 plus 3?", "Spell cat backwards.", "Name a colour."]
 GOOD = ["The rustbeetle is red. good", "5 good", "tac good", "blue good"]
@@ -275,8 +277,6 @@ class Serve:
 def chat_model(tmp_path_factory) -> Path:
     """The tiny Llama (random weights, the tiny world's tokenizer with ChatML) with a 512-token context: the judge's
     question is ~200 tokens of the tiny vocabulary, more than the GPT-2 base model's 128 positions hold."""
-    from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
-
     return build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-llama", TINY_BASE,
                             TinyArchitecture(max_position_embeddings=512))
 
@@ -353,8 +353,6 @@ def instruction_in(question: str) -> str:
 
 def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_the_cache(fake, tmp_path):
     from conftest import TINY_DATA
-    from instructgpt.stages import eval as evaluate
-    from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
 
     prompts = [json.loads(line)["prompt"] for line in (TINY_DATA / "eval_prompts.jsonl").read_text().splitlines()[:6]]
 
@@ -403,7 +401,6 @@ def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_th
 
 def test_eval_refuses_an_api_key_in_the_recipe_in_one_line(tmp_path, capsys):
     from conftest import TINY_DATA
-    from instructgpt.stages import eval as evaluate
 
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--models", f"a={TINY_BASE}", f"b={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),

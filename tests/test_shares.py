@@ -9,7 +9,7 @@ import pytest
 from instructgpt.metrics.ranking import pairwise_accuracy
 from instructgpt.metrics.shares import grouped_shares, share_of
 from instructgpt.stages.eval import task_shares
-from instructgpt.tinyworld.labeler import SimulatedLabeler
+from instructgpt.judges import SimulatedLabeler
 
 
 def test_share_of_gives_the_wilson_interval():

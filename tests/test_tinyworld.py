@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATA
-from instructgpt.tinyworld.labeler import SimulatedLabeler
+from instructgpt.judges import SimulatedLabeler
 from instructgpt.tinyworld import (
     CREATURES,
     PREFIXES,

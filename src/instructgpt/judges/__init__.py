@@ -1,73 +1,43 @@
-"""Judges of evaluation that are independent of the reward model PPO optimized.
+"""Who judges: the labeler interface, the factory, every judge and the agreement between them.
 
-Judging a policy with the reward model it was optimized against is circular: the policy learned to please exactly
-that model. Two judges here stand apart from it:
+InstructGPT's labelers ranked K responses per prompt for the reward model, and judged the policies at the end
+(Ouyang et al. 2022, sections 3.4 and 4). Here a judge is either a :class:`Labeler` (``base.py``: it scores one
+response, so it also ranks K of them) or *pairwise* (it compares two responses, for evaluation's win rates only):
 
-- ``gold_rm:PATH`` (:mod:`instructgpt.judges.gold_rm`): any sequence-classification reward model, from the Hub or a
-  directory, reading prompt and response in its own format. It scores each response (a :class:`Labeler`), so it
-  also ranks and gives per-model mean scores;
-- ``llm:MODEL`` (:mod:`instructgpt.judges.llm`): a chat model behind an OpenAI-compatible endpoint that compares two
-  responses at a time, in both orders. It is *pairwise*: win rates come from its verdicts on each pair of models,
-  not from scores.
+- ``simulated`` (``simulated.py``): the tiny world's rubric (:mod:`instructgpt.tinyworld.rubric`) with optional
+  noise, the "human" of the offline world;
+- ``reward_model:PATH`` (``reward_model.py``): a reward model this project trained;
+- ``file:PATH.jsonl`` (``rankings_file.py``): rankings people wrote;
+- ``gold_rm:PATH`` (``gold_rm.py``): any sequence-classification reward model in its own format, independent of the
+  reward model PPO optimized (judging a policy with the model it learned to please is circular);
+- ``llm:MODEL`` (``llm.py``, pairwise): a chat model behind an OpenAI-compatible endpoint that compares two
+  responses at a time, in both orders; ``pairwise.py`` runs a pairwise judge over every pair of models.
 
-:func:`make_judge` builds either, or any labeler :func:`instructgpt.labelers.make_labeler` knows.
+``factory.py`` builds them from a recipe value (:func:`make_labeler` for a labeler, :func:`make_judge` for any
+judge), and ``agreement.py`` measures how often two labelers order a pair of responses the same way. The human
+labeling tool that collects people's rankings is :mod:`instructgpt.labeling`.
 """
 
-from __future__ import annotations
+from instructgpt.judges.agreement import (
+    PairCounts,
+    agreement_between,
+    agreement_report,
+    compare_rankings,
+    pairwise_agreement,
+    read_rankings,
+)
+from instructgpt.judges.base import Labeler, LabelerError, Ranking, is_pairwise
+from instructgpt.judges.factory import make_judge, make_labeler
+from instructgpt.judges.gold_rm import DEFAULT_GOLD_RM, GoldRewardModelJudge
+from instructgpt.judges.llm import LLMJudge, LLMJudgeError, LLMJudgeSettings
+from instructgpt.judges.pairwise import judge_pairs, total_counts
+from instructgpt.judges.rankings_file import FileLabeler
+from instructgpt.judges.reward_model import RewardModelLabeler
+from instructgpt.judges.simulated import HUMAN_AGREEMENT_NOISE, SimulatedLabeler
 
-from typing import Any, Sequence
-
-from instructgpt.labelers import Labeler
-
-DEFAULT_GOLD_RM = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
-
-
-def is_pairwise(judge: Any) -> bool:
-    """A judge that compares two responses (``compare``) rather than scoring one (``score``)."""
-    return bool(getattr(judge, "pairwise", False))
-
-
-def make_judge(spec: str, *, llm_settings: dict[str, Any] | None = None, noise: float = 0.0, seed: int = 0,
-               batch_size: int = 32, device: Any = None, source: str = "recipe") -> Any:
-    """A judge from its recipe value: ``llm:MODEL`` (with ``llm_settings``: base_url, api_key_env, cache, ...) or
-    anything :func:`instructgpt.labelers.make_labeler` accepts (``gold_rm:PATH``, ``simulated``, ...)."""
-    kind, _, rest = spec.partition(":")
-    if kind == "llm":
-        from instructgpt.judges.llm import LLMJudge, LLMJudgeSettings
-
-        return LLMJudge(LLMJudgeSettings(model=rest, source=source, **(llm_settings or {})))
-    from instructgpt.labelers import make_labeler
-
-    return make_labeler(spec, noise=noise, seed=seed, batch_size=batch_size, device=device, source=source)
-
-
-def judge_pairs(judge: Any, prompts: Sequence[Any], texts: dict[str, Sequence[str]]
-                ) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict[str, Any]]]:
-    """A pairwise judge's per-prompt outcomes for every pair of models, each unordered pair judged once.
-
-    Returns ``outcomes[(A, B)]``, the outcomes of A over B on the prompts with a verdict (1, 1/2, 0; the order of
-    ``texts`` decides which model is A), and ``counts["A vs B"]``: the judge's counts (judged, inconsistent,
-    unparseable, failed, ...) with up to three unparseable answers as examples.
-    """
-    names = list(texts)
-    outcomes: dict[tuple[str, str], list[float]] = {}
-    counts: dict[str, dict[str, Any]] = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            result = judge.compare(list(prompts), list(texts[a]), list(texts[b]))
-            outcomes[(a, b)] = [o for o in result.outcomes if o is not None]
-            counts[f"{a} vs {b}"] = {**result.counts, "unparseable_examples": result.unparseable_examples}
-    return outcomes, counts
-
-
-def total_counts(counts: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """The judge's counts summed over every pair of models."""
-    total: dict[str, int] = {}
-    for pair in counts.values():
-        for key, value in pair.items():
-            if isinstance(value, int):
-                total[key] = total.get(key, 0) + value
-    return total
-
-
-__all__ = ["DEFAULT_GOLD_RM", "Labeler", "is_pairwise", "judge_pairs", "make_judge", "total_counts"]
+__all__ = [
+    "DEFAULT_GOLD_RM", "HUMAN_AGREEMENT_NOISE", "FileLabeler", "GoldRewardModelJudge", "LLMJudge", "LLMJudgeError",
+    "LLMJudgeSettings", "Labeler", "LabelerError", "PairCounts", "Ranking", "RewardModelLabeler", "SimulatedLabeler",
+    "agreement_between", "agreement_report", "compare_rankings", "is_pairwise", "judge_pairs", "make_judge",
+    "make_labeler", "pairwise_agreement", "read_rankings", "total_counts",
+]

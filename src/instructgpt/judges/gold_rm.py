@@ -27,9 +27,13 @@ from typing import Any, Literal, Sequence
 import torch
 
 from instructgpt.data.formats import Prompt, prompt_text
-from instructgpt.labelers import Labeler, LabelerError
+from instructgpt.judges.base import Labeler, LabelerError
+from instructgpt.modeling import check_model_path, model_context_length
 
 Rendering = Literal["chat_template", "text_pair"]
+
+# The gold reward model `instructgpt eval` judges with (`labeler: auto`) on prompts that are not the tiny world's.
+DEFAULT_GOLD_RM = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
 
 
 def _one_line(err: BaseException) -> str:
@@ -48,8 +52,6 @@ class GoldRewardModelJudge(Labeler):
     def __init__(self, path: str, *, batch_size: int = 16, device: Any = None, source: str = "recipe",
                  key: str = "labeler"):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-        from instructgpt.modeling import check_model_path
 
         check_model_path(path, key, source)
         where = f"{source}: `{key}`: gold_rm:{path}"
@@ -79,8 +81,6 @@ class GoldRewardModelJudge(Labeler):
         self.batch_size = batch_size
         self.path = path
         self.name = f"gold_rm:{path}"
-        from instructgpt.modeling import model_context_length
-
         context = model_context_length(self.model.config)
         limit = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = min(x for x in (context, limit if limit and limit < 10**8 else None, 10**8) if x)

@@ -40,7 +40,7 @@ from typing import Any, Literal, Sequence
 
 from instructgpt.data.formats import Prompt
 from instructgpt.infra.log import get_logger
-from instructgpt.labelers import LabelerError
+from instructgpt.judges.base import LabelerError
 
 logger = get_logger(__name__)
 

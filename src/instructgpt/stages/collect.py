@@ -398,7 +398,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     from instructgpt.infra.processes import process_state
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.labelers import make_labeler
+    from instructgpt.judges import make_labeler
 
     source = recipe.source
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)

@@ -254,7 +254,7 @@ def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: 
                   source: str) -> dict[str, float | int]:
     """Held-out pairwise accuracy of the reward model against a gold judge (``spec``, e.g. the noiseless rubric)
     and, on the same pairs' responses, against the data's own order (best first, as the noisy labeler ranked)."""
-    from instructgpt.labelers import make_labeler
+    from instructgpt.judges import make_labeler
     from instructgpt.metrics.ranking import pairwise_accuracy
 
     judge = make_labeler(spec, batch_size=batch_size, source=source)

@@ -1,25 +1,20 @@
-"""The tiny world's simulated labeler: a fixed, written-down rubric that ranks responses as InstructGPT's labelers did.
+"""The tiny world's rubric: a fixed, written-down rule that scores responses as InstructGPT's labelers ranked them.
 
-It is the "human" of the offline world (:mod:`instructgpt.tinyworld`): it ranks comparisons during collection and
-judges evaluation, so the rubric below is fixed before any training and must never be tuned to results. It plugs
-into the generic :class:`instructgpt.labelers.Labeler` interface; :func:`instructgpt.labelers.make_labeler` builds
-it for ``labeler: simulated``.
+It is the "human" of the offline world (:mod:`instructgpt.tinyworld`): through the simulated labeler
+(:class:`instructgpt.judges.simulated.SimulatedLabeler`, which adds optional noise) it ranks comparisons during
+collection and judges evaluation, so the rubric below is fixed before any training and must never be tuned to
+results. It knows the world and nothing of the judges: :class:`Rubric` scores one (prompt, response) at a time.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import zlib
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
-
-import numpy as np
+from typing import Any, Literal
 
 from instructgpt.data import DataError
 from instructgpt.data.formats import prompt_text
-from instructgpt.labelers import Labeler
 from instructgpt.tinyworld.world import (
     CREATURE_BY_NAME,
     Task,
@@ -30,10 +25,10 @@ from instructgpt.tinyworld.world import (
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# The simulated labeler's rubric
+# The rubric
 # ---------------------------------------------------------------------------------------------------------------
 
-# Weights of the rubric (fixed; documented in SimulatedLabeler and data/README.md).
+# Weights of the rubric (fixed; documented in Rubric and data/README.md).
 ON_TASK_WEIGHT = 10.0          # an attempt at the asked task (InstructGPT: following the instruction comes first)
 CORRECT_WEIGHT = 10.0          # a correct answer (on top of ON_TASK_WEIGHT)
 COMPLETENESS_WEIGHT = 2.0      # descriptions: 0.5 per attribute of the creature stated
@@ -234,7 +229,60 @@ def attempts_task(task: Task, sentences: list[str], claims: list[_Claim], named:
 
 
 class Rubric:
-    """The simulated labeler's rubric without noise: :meth:`judge` returns every term, :meth:`score` the total."""
+    """The tiny world's rubric, without noise: :meth:`judge` returns every term, :meth:`score` the total.
+
+    It parses the raw instruction (no prompt template; chat messages are read as their last user turn) with
+    :func:`instructgpt.tinyworld.parse_prompt` to find the task and its right answer in the world, then scores::
+
+        score = 10 * on_task + 10 * correct + 2 * completeness - squash(style penalties)
+
+    **Priorities** (revised in issue 12, before any model was trained on the revision): correct, then an
+    on-task attempt, then style. InstructGPT's labelers rated "fails to follow the correct instruction / task" as a
+    failure in its own right, ahead of any matter of style (Ouyang et al. 2022, table 3 and appendix B). The first
+    version of this rubric had no such term: an off-topic sentence cost 1.0 and each filler phrase 0.75, so
+    answering another question ("The thornbeak is huge and eats worms." to "What is the sum of 7 and 4?") scored
+    above attempting this one politely and wrongly ("Sure! 7. Thanks for asking!"), and PPO learned to do that.
+    Now the three tiers cannot overlap, whatever the style and the noise-free score:
+
+    - a correct answer scores in (12.5, 22]: 10 (on task) + 10 (correct) + completeness - style;
+    - an on-task attempt that is wrong scores in (2.5, 12]: 10 + completeness (a wrong description can still state
+      true attributes) - style;
+    - a response that attempts another task, or none, scores in (-7.5, 0]: style penalties only;
+    - an empty response scores -20, below everything.
+
+    0. **On task** (the response attempts the asked task; a correct answer always does): a sentence that is not a
+       question and names no other creature states a candidate answer of the asked kind. Arithmetic: a number.
+       Facts: an attribute word of the asked kind about the asked creature, true or not. Descriptions: any
+       attribute word about the asked creature. Reverse: an anagram of the word other than the word itself
+       (repeating the word, or naming it to do something else with it, is not reversing it). Capitals: a word
+       in capitals. First/last letter: a single letter (the article "a" and the pronoun "I" only
+       when the word contains that letter).
+    1. **Correctness** (dominates everything): the right answer is stated and nothing false is. Arithmetic: the
+       answer appears, every number is an operand or the answer, and every sentence with numbers ends on the
+       answer. Facts: an attribute word of the asked kind, true of the asked creature. Strings: the expected
+       string (reversed word, capitals, letter) appears, and no competing capitals/letter does. Descriptions: at
+       least one true attribute of the creature. In every family, any false statement makes the response wrong:
+       an attribute word that is false of the creature last named (``"It is red."``), or a false sum.
+    2. **Completeness** (descriptions only, and only for an on-task response): 0.5 per attribute of the four
+       (color, habitat, food, size) stated truly.
+    3. **Style penalties**, summed, then squashed by ``7.5 * (1 - exp(-p / 7.5))`` so that they never cross a
+       tier: a correct answer with the worst style still outscores a wrong one with the best, and an on-task
+       attempt with the worst style outscores an off-task response with the best:
+
+       - conciseness: 0.05 per word beyond the budget (the reference one-sentence answer's words + 2), plus 0.001
+         per character (a tie-breaker that keeps different responses from tying);
+       - staying on the instruction: 1.0 per sentence that neither carries the answer nor is pure filler, or that
+         names another creature (off-topic extras, more questions);
+       - no repetition: 3.0 x the share of repeated word trigrams, plus 0.5 per sentence repeating an earlier one;
+       - no filler: 0.75 per filler phrase ("Sure!", "Of course", "I hope this helps", "Have a nice day", ...).
+
+    An empty or whitespace-only response scores -20, the lowest possible score. So the most-preferred response is
+    a correct, direct answer in one short sentence (or fewer words), nothing else.
+
+    **Unrecognised prompts** (not an instruction of the tiny world): ``on_unknown="error"`` (default) raises
+    :class:`~instructgpt.tinyworld.UnknownPromptError` naming the prompt; ``"neutral"`` scores style only
+    (``5 - squash(length beyond 30 words, repetition, filler)``), with no correctness term.
+    """
 
     def __init__(self, on_unknown: Literal["error", "neutral"] = "error"):
         if on_unknown not in ("error", "neutral"):
@@ -357,100 +405,3 @@ class Rubric:
             off_instruction=off_instruction, off_topic_sentences=off_topic, repetition_penalty=repetition, filler=filler,
             false_claims=false_claims, style_penalty=style,
         )
-
-
-class SimulatedLabeler(Labeler):
-    """The tiny world's labeler: a fixed rubric, optionally noisy.
-
-    It parses the raw instruction (no prompt template; chat messages are read as their last user turn) with
-    :func:`instructgpt.tinyworld.parse_prompt` to find the task and its right answer in the world, then scores::
-
-        score = 10 * on_task + 10 * correct + 2 * completeness - squash(style penalties)
-
-    **Priorities** (revised in issue 12, before any model was trained on the revision): correct, then an
-    on-task attempt, then style. InstructGPT's labelers rated "fails to follow the correct instruction / task" as a
-    failure in its own right, ahead of any matter of style (Ouyang et al. 2022, table 3 and appendix B). The first
-    version of this rubric had no such term: an off-topic sentence cost 1.0 and each filler phrase 0.75, so
-    answering another question ("The thornbeak is huge and eats worms." to "What is the sum of 7 and 4?") scored
-    above attempting this one politely and wrongly ("Sure! 7. Thanks for asking!"), and PPO learned to do that.
-    Now the three tiers cannot overlap, whatever the style and the noise-free score:
-
-    - a correct answer scores in (12.5, 22]: 10 (on task) + 10 (correct) + completeness - style;
-    - an on-task attempt that is wrong scores in (2.5, 12]: 10 + completeness (a wrong description can still state
-      true attributes) - style;
-    - a response that attempts another task, or none, scores in (-7.5, 0]: style penalties only;
-    - an empty response scores -20, below everything.
-
-    0. **On task** (the response attempts the asked task; a correct answer always does): a sentence that is not a
-       question and names no other creature states a candidate answer of the asked kind. Arithmetic: a number.
-       Facts: an attribute word of the asked kind about the asked creature, true or not. Descriptions: any
-       attribute word about the asked creature. Reverse: an anagram of the word other than the word itself
-       (repeating the word, or naming it to do something else with it, is not reversing it). Capitals: a word
-       in capitals. First/last letter: a single letter (the article "a" and the pronoun "I" only
-       when the word contains that letter).
-    1. **Correctness** (dominates everything): the right answer is stated and nothing false is. Arithmetic: the
-       answer appears, every number is an operand or the answer, and every sentence with numbers ends on the
-       answer. Facts: an attribute word of the asked kind, true of the asked creature. Strings: the expected
-       string (reversed word, capitals, letter) appears, and no competing capitals/letter does. Descriptions: at
-       least one true attribute of the creature. In every family, any false statement makes the response wrong:
-       an attribute word that is false of the creature last named (``"It is red."``), or a false sum.
-    2. **Completeness** (descriptions only, and only for an on-task response): 0.5 per attribute of the four
-       (color, habitat, food, size) stated truly.
-    3. **Style penalties**, summed, then squashed by ``7.5 * (1 - exp(-p / 7.5))`` so that they never cross a
-       tier: a correct answer with the worst style still outscores a wrong one with the best, and an on-task
-       attempt with the worst style outscores an off-task response with the best:
-
-       - conciseness: 0.05 per word beyond the budget (the reference one-sentence answer's words + 2), plus 0.001
-         per character (a tie-breaker that keeps different responses from tying);
-       - staying on the instruction: 1.0 per sentence that neither carries the answer nor is pure filler, or that
-         names another creature (off-topic extras, more questions);
-       - no repetition: 3.0 x the share of repeated word trigrams, plus 0.5 per sentence repeating an earlier one;
-       - no filler: 0.75 per filler phrase ("Sure!", "Of course", "I hope this helps", "Have a nice day", ...).
-
-    An empty or whitespace-only response scores -20, the lowest possible score. So the most-preferred response is
-    a correct, direct answer in one short sentence (or fewer words), nothing else.
-
-    **Unrecognised prompts** (not an instruction of the tiny world): ``on_unknown="error"`` (default) raises
-    :class:`~instructgpt.tinyworld.UnknownPromptError` naming the prompt; ``"neutral"`` scores style only
-    (``5 - squash(length beyond 30 words, repetition, filler)``), with no correctness term.
-
-    **Noise**: with ``noise > 0`` every score gets independent Gaussian noise of that standard deviation (in score
-    units: 1.0 is one off-instruction sentence), drawn from a ``numpy`` generator seeded with ``seed`` and the
-    (prompt, response) text, so two labelers with different seeds disagree now and then, as people do, while one
-    labeler judges a given pair the same way every time it sees it.
-    :data:`HUMAN_AGREEMENT_NOISE` gives 80% inter-labeler agreement on comparisons of responses sampled from the
-    tiny SFT model, near InstructGPT's 73% (measured numbers in data/README.md). With ``noise == 0`` the
-    labeler is deterministic.
-    """
-
-    def __init__(self, noise: float = 0.0, seed: int = 0, on_unknown: Literal["error", "neutral"] = "error"):
-        if noise < 0 or not math.isfinite(noise):
-            raise ValueError(f"noise must be a finite number >= 0, got {noise}")
-        self.noise = float(noise)
-        self.seed = seed
-        self.rubric = Rubric(on_unknown)
-        self.name = "simulated" if self.noise == 0 else f"simulated(noise={self.noise:g},seed={seed})"
-
-    def _noise(self, prompt: Any, response: str) -> float:
-        """This labeler's noise on one (prompt, response): Gaussian, drawn from a generator seeded by the labeler's
-        seed and the pair's text, so the same labeler judges a pair the same way whenever it sees it (a collection
-        resumed after an interruption ranks exactly as an uninterrupted one)."""
-        key = zlib.crc32(json.dumps([prompt, response], ensure_ascii=False).encode("utf-8"))
-        return float(np.random.default_rng([self.seed, key]).normal(0.0, self.noise))
-
-    def judge(self, prompt: Any, response: str) -> Judgement:
-        """The noiseless rubric's verdict, term by term."""
-        return self.rubric.judge(prompt, response)
-
-    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        scores = np.array([self.rubric.score(p, r) for p, r in zip(prompts, responses)], dtype=float)
-        if self.noise > 0:
-            scores = scores + np.array([self._noise(p, r) for p, r in zip(prompts, responses)])
-        return scores.tolist()
-
-
-# Noise level that gives inter-labeler agreement near InstructGPT's 73% on the tiny world's comparisons (80% on the
-# tiny SFT model's samples; two SimulatedLabelers with different seeds; measured in data/README.md).
-HUMAN_AGREEMENT_NOISE = 1.0
