@@ -35,8 +35,11 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from instructgpt import __version__
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
 from instructgpt.infra.validation import check_number, range_of
+from instructgpt.stages import STAGES  # the registry of stage names only; it imports no stage
 
 
 class RecipeError(InstructGPTError, ValueError):
@@ -125,7 +128,7 @@ def recipe_stage(path: str | Path) -> str:
     data = load_yaml(path)
     stage = data.get("stage")
     if not isinstance(stage, str):
-        raise RecipeError(f"{path}: missing key `stage` (one of: pretrain, sft, collect, rm, ppo, eval, pipeline)")
+        raise RecipeError(f"{path}: missing key `stage` (one of: {', '.join(STAGES)})")
     return stage
 
 
@@ -240,7 +243,7 @@ class RecipeParser:
 
     def __init__(self, stage: str, dataclass_types: Sequence[type], *, prog: str | None = None,
                  description: str | None = None, recipe_optional: bool = False):
-        from transformers import HfArgumentParser
+        from transformers import HfArgumentParser  # heavy: `instructgpt --help` must not wait for it
 
         self.stage = stage
         self.recipe_optional = recipe_optional  # `instructgpt eval --models ...` needs no file
@@ -366,8 +369,6 @@ class RecipeParser:
         if problems:
             raise RecipeError(f"{source}: " + "; ".join(problems))
         if "report_to" in self.fields and self.stage != "pipeline":  # the pipeline hands it to each stage's check
-            from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
-
             try:
                 check_report_to(namespace.report_to, trainer=self.stage in TRAINER_STAGES)
             except TrackerError as err:
@@ -494,8 +495,6 @@ def _suggest(key: str, valid: set[str]) -> str:
 
 
 def _version_text() -> str:
-    from instructgpt import __version__
-
     return f"instructgpt {__version__}"
 
 

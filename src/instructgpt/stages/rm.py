@@ -64,7 +64,7 @@ class RMScriptArguments(ScriptArguments):
     eval_fraction: float = field(
         default=0.0,
         metadata={
-            "range": "[0, 1]",
+            "range": "[0, 1)",  # 0: no held-out split
             "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
             "(all rankings of a prompt go to the same side) to measure held-out pairwise accuracy and Kendall's tau."
         },
