@@ -136,7 +136,7 @@ def test_bad_collection_inputs_are_refused_before_anything_is_written(sft_model,
         collect(tmp_path / "c", sft_model, "--labeler", f"reward_model:{sft_model}")
     from instructgpt.infra.parser import RecipeError
 
-    with pytest.raises(RecipeError, match="num_responses must be at least 2"):
+    with pytest.raises(RecipeError, match=r"`num_responses` must be at least 2, got 1"):
         collect(tmp_path / "d", sft_model, "--num_responses", "1")
     assert not any((tmp_path / name).exists() for name in "abcd")
 

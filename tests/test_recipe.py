@@ -113,14 +113,16 @@ ENTRY_POINTS = {
 }
 # a field of each stage that --help must show, with its help text
 HELP_SHOWS = {
-    "instructgpt-sft": ["--learning_rate", "--lora_r", "--long_examples", "--if_output_exists", "(default: resume)"],
+    "instructgpt-sft": ["--learning_rate", "--lora_r", "--long_examples", "--if_output_exists", "(default: resume)",
+                        "(range: >= 0) (default: 2e-05)", "(range: [0, 1]) (default: 0.05)"],
     "instructgpt-rm": ["--demonstrations_dataset", "--eval_fraction", "--center_rewards_coefficient"],
     "instructgpt-ppo": ["--kl_coef", "--cliprange_value", "--reward_model_path", "--ptx_coef"],
     "instructgpt-rloo": ["--num_generations", "--beta", "--reward_model_path", "--missing_eos_penalty"],
-    "instructgpt collect": ["--num_responses", "K: responses sampled and ranked per prompt", "(default: 4)"],
+    "instructgpt collect": ["--num_responses", "K: responses sampled and ranked per prompt", "(range: >= 2) (default: 4)",
+                            "(range: (0, 1]) (default: 0.9)"],
     "instructgpt eval": ["--models", "--labeler", "--ppo_run"],
     "instructgpt pipeline": ["--rounds", "--sft", "--eval"],
-    "instructgpt pretrain": ["--n_layer", "--block_size"],
+    "instructgpt pretrain": ["--n_layer", "--block_size", "(range: [0, 0.5)) (default: 0.02)"],
     "instructgpt generate": ["--prompt", "--temperature"],
 }
 
@@ -198,3 +200,109 @@ def test_console_scripts_answer_help(tmp_path):
         assert exe, f"{command[0]} is not installed"
         result = subprocess.run([exe, *command[1:]], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "--help" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_instructgpt_help_lists_every_stage_of_the_registry(capsys):
+    from instructgpt import cli
+    from instructgpt.stages import STAGES
+
+    cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert f"Stages: {', '.join(STAGES)}." in out and "dpo" in out and "rloo" in out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ranges: declared once, on the field (infra/validation.py); the name table only for TRL's and transformers' fields
+# ----------------------------------------------------------------------------------------------------------------
+
+# numeric fields of ours that truly have no range, and why
+NO_RANGE = {
+    "seed": "any integer seeds a generator",
+    "labeler_seed": "any integer seeds the simulated labeler's noise",
+}
+
+
+def _numeric(annotation) -> bool:
+    """``int``, ``float`` or an optional one (``bool`` is not a number here)."""
+    import types
+    import typing
+
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
+def _stage_fields():
+    """``(stage, dataclass, field, annotation)`` for every field of every stage's recipe dataclasses."""
+    import dataclasses
+    import typing
+
+    from instructgpt.stages import STAGES, load_stage
+
+    for stage in STAGES:
+        for cls in load_stage(stage).arguments():
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                yield stage, cls, f, hints.get(f.name, f.type)
+
+
+def test_every_number_of_ours_declares_its_range_on_its_field():
+    """A numeric field of a dataclass defined in instructgpt declares ``metadata["range"]``: its range is never
+    guessed from its name, and parsing, --help and this test read it from one place."""
+    from instructgpt.infra.validation import declared_in, is_ours
+
+    missing = sorted({
+        f"{declared_in(cls, f.name).__qualname__}.{f.name}" for stage, cls, f, annotation in _stage_fields()
+        if _numeric(annotation) and is_ours(declared_in(cls, f.name)) and "range" not in f.metadata
+        and f.name not in NO_RANGE
+    })
+    assert not missing, f"numeric fields without a declared range: {missing}"
+
+
+def test_the_name_table_ranges_only_foreign_fields():
+    """The name rules give the range of TRL's, transformers' and peft's fields and of no field of ours; each rule
+    still ranges some field a stage reads (no dead rules)."""
+    import re
+
+    from instructgpt.infra.validation import RULES, declared_in, is_ours, range_of
+
+    used = set()
+    for stage, cls, f, annotation in _stage_fields():
+        owner = declared_in(cls, f.name)
+        if is_ours(owner):
+            assert range_of(f, cls) == f.metadata.get("range"), f"{owner.__qualname__}.{f.name}"
+        elif _numeric(annotation):
+            used |= {pattern for pattern, _ in RULES if re.search(pattern, f.name)}
+    assert used == {pattern for pattern, _ in RULES}
+
+
+@pytest.mark.parametrize("spec, inside, outside, words", [
+    ("[0, 1]", [0, 0.5, 1], [-0.1, 1.1], "between 0 and 1"),
+    ("(0, 1]", [1e-9, 1], [0, 1.5], "greater than 0 and at most 1"),
+    ("[0, 0.5)", [0, 0.49], [0.5, -1], "at least 0 and less than 0.5"),
+    (">= 2", [2, 3], [1], "at least 2"),
+    ("> 0", [1e-9], [0, -1], "greater than 0"),
+])
+def test_range_forms(spec, inside, outside, words):
+    from instructgpt.infra import validation
+
+    assert all(validation.in_range(x, spec) for x in inside) and not any(validation.in_range(x, spec) for x in outside)
+    assert validation.words(spec) == words
+
+
+def test_a_declared_range_is_checked_when_parsed_and_when_built_directly():
+    from instructgpt.stages.collect import CollectArguments, parse_args as collect_args
+    from instructgpt.stages.pretrain import PretrainArguments
+
+    with pytest.raises(RecipeError, match=r"collect\.yaml: `vllm_gpu_memory_utilization` must be greater than 0 and "
+                       r"at most 1, got 0\.0"):
+        collect_args(["recipes/tiny/collect.yaml", "--vllm_gpu_memory_utilization", "0"])
+    with pytest.raises(RecipeError, match=r"`num_responses` must be at least 2, got 1"):
+        collect_args(["recipes/tiny/collect.yaml", "--num_responses", "1"])
+    with pytest.raises(ValueError, match=r"`num_responses` must be at least 2, got 1"):
+        CollectArguments(num_responses=1)
+    with pytest.raises(ValueError, match=r"`validation_fraction` must be at least 0 and less than 0\.5, got 0\.5"):
+        PretrainArguments(validation_fraction=0.5)

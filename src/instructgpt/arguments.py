@@ -29,9 +29,12 @@ class ScriptArguments:
         default=None, metadata={"help": "A separate evaluation dataset (Hub id or local file); overrides the test split."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training examples (quick runs, debugging)."}
+        default=None,
+        metadata={"range": ">= 1", "help": "Use only the first N training examples (quick runs, debugging)."},
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"range": ">= 1", "help": "Use only the first N evaluation examples."}
+    )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
         metadata={

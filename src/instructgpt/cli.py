@@ -9,9 +9,6 @@
     instructgpt eval --models sft=runs/sft ppo=runs/ppo --prompts data/tiny/eval_prompts.jsonl --output_dir DIR
     instructgpt generate MODEL --prompt "..."
     instructgpt chat MODEL
-
-Stages: pretrain, sft, collect, label, rm, ppo, eval, pipeline. Tools: generate, chat, agreement.
-`instructgpt <stage or tool> --help` lists its settings, with their help and defaults; --version prints the version.
 """
 
 from __future__ import annotations
@@ -19,9 +16,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+from instructgpt import __version__
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
-
+from instructgpt.infra.parser import recipe_stage
 from instructgpt.stages import STAGES
 
 # subcommands that are not recipe stages
@@ -32,6 +30,13 @@ TOOLS = {
 }
 
 
+def usage() -> str:
+    """``instructgpt --help``: the examples above, then every stage of the registry and every tool."""
+    return (
+        f"{__doc__}\nStages: {', '.join(STAGES)}. Tools: {', '.join(TOOLS)}.\n"
+        "`instructgpt <stage or tool> --help` lists its settings, with their help, defaults and ranges; "
+        "--version prints the version."
+    )
 
 
 def _call(target: str, argv: list[str]) -> None:
@@ -42,11 +47,9 @@ def _call(target: str, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage())
         return
     if argv[0] == "--version":
-        from instructgpt import __version__
-
         print(f"instructgpt {__version__}")
         return
     command = argv[0]
@@ -55,7 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     elif command in STAGES:  # `instructgpt collect RECIPE.yaml`: the subcommand names the stage
         _call(STAGES[command], argv[1:])
     else:
-        from instructgpt.infra.parser import recipe_stage
 
         def _dispatch() -> None:
             stage = recipe_stage(command)

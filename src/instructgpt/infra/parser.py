@@ -35,8 +35,11 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from instructgpt import __version__
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.validation import check_number
+from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
+from instructgpt.infra.validation import check_number, range_of
+from instructgpt.stages import STAGES  # the registry of stage names only; it imports no stage
 
 
 class RecipeError(InstructGPTError, ValueError):
@@ -125,7 +128,7 @@ def recipe_stage(path: str | Path) -> str:
     data = load_yaml(path)
     stage = data.get("stage")
     if not isinstance(stage, str):
-        raise RecipeError(f"{path}: missing key `stage` (one of: pretrain, sft, collect, rm, ppo, eval, pipeline)")
+        raise RecipeError(f"{path}: missing key `stage` (one of: {', '.join(STAGES)})")
     return stage
 
 
@@ -240,17 +243,24 @@ class RecipeParser:
 
     def __init__(self, stage: str, dataclass_types: Sequence[type], *, prog: str | None = None,
                  description: str | None = None, recipe_optional: bool = False):
-        from transformers import HfArgumentParser
+        from transformers import HfArgumentParser  # heavy: `instructgpt --help` must not wait for it
 
         self.stage = stage
         self.recipe_optional = recipe_optional  # `instructgpt eval --models ...` needs no file
         self.dataclass_types = tuple(dataclass_types)
+        # each key's field and the dataclass it belongs to (a later dataclass wins, as with conflict_handler="resolve")
+        self.fields = {f.name: (f, cls) for cls in self.dataclass_types for f in dataclasses.fields(cls)}
+        ranges = {name: spec for name, (f, cls) in self.fields.items() if (spec := range_of(f, cls)) is not None}
 
         class _Parser(HfArgumentParser):
             @staticmethod
             def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
-                if "range" in field.metadata:  # ours (infra/validation.py), not an argparse keyword
-                    field = _copy_field(field, field.type, {k: v for k, v in field.metadata.items() if k != "range"})
+                if field.name in ranges or "range" in field.metadata:
+                    # `range` is ours (infra/validation.py), not an argparse keyword; --help shows it after the help
+                    metadata = {k: v for k, v in field.metadata.items() if k != "range"}
+                    if field.name in ranges:
+                        metadata["help"] = f"{metadata.get('help') or ''} (range: {ranges[field.name]})".lstrip()
+                    field = _copy_field(field, field.type, metadata)
                 # HfArgumentParser has no type for "a mapping" (or "a path or a mapping"): read such values as YAML
                 if _mentions(field.type, dict):
                     field = _retyped(field)
@@ -353,13 +363,12 @@ class RecipeParser:
             setattr(namespace, key, None)
         for key, items in lists.items():
             setattr(namespace, key, items)
-        fields = {f.name: f for cls in self.dataclass_types for f in dataclasses.fields(cls)}
-        problems = [p for k, v in vars(namespace).items() if k in fields and (p := check_number(k, v, fields[k]))]
+        problems = [
+            p for k, v in vars(namespace).items() if k in self.fields and (p := check_number(k, v, *self.fields[k]))
+        ]
         if problems:
             raise RecipeError(f"{source}: " + "; ".join(problems))
-        if "report_to" in fields and self.stage != "pipeline":  # the pipeline hands its value to each stage's check
-            from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
-
+        if "report_to" in self.fields and self.stage != "pipeline":  # the pipeline hands it to each stage's check
             try:
                 check_report_to(namespace.report_to, trainer=self.stage in TRAINER_STAGES)
             except TrackerError as err:
@@ -486,8 +495,6 @@ def _suggest(key: str, valid: set[str]) -> str:
 
 
 def _version_text() -> str:
-    from instructgpt import __version__
-
     return f"instructgpt {__version__}"
 
 

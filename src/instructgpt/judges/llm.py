@@ -82,13 +82,13 @@ class LLMJudgeSettings:
     base_url: str
     api_key_env: str = "OPENAI_API_KEY"
     cache: str | None = None
-    max_retries: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 30.0
-    timeout: float = 60.0
-    max_tokens: int = 16
+    max_retries: int = field(default=5, metadata={"range": ">= 0"})
+    backoff: float = field(default=1.0, metadata={"range": ">= 0"})  # seconds before the first retry, then doubled
+    max_backoff: float = field(default=30.0, metadata={"range": ">= 0"})
+    timeout: float = field(default=60.0, metadata={"range": "> 0"})
+    max_tokens: int = field(default=16, metadata={"range": ">= 1"})
     on_failure: Literal["error", "skip"] = "error"
-    concurrency: int = 4
+    concurrency: int = field(default=4, metadata={"range": ">= 1"})
     source: str = "recipe"
 
     def validate(self) -> None:

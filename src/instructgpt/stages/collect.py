@@ -45,6 +45,7 @@ from instructgpt.infra.outputs import (
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.infra.hub import push_output, write_dataset_card
 from instructgpt.infra.tracking import StageTracker, run_identity
+from instructgpt.infra.validation import range_problems
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
 
 logger = get_logger(__name__)
@@ -69,24 +70,29 @@ class CollectArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name, if any."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to read."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    max_prompts: int | None = field(default=None, metadata={"range": ">= 1", "help": "Use only the first N prompts."})
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
         metadata={"help": "Prompt format for a policy whose tokenizer has no chat template (SFT models save one)."},
     )
     num_responses: int = field(
-        default=4, metadata={"help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9)."}
+        default=4,
+        metadata={"range": ">= 2", "help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9; a ranking "
+                  "compares at least 2)."},
     )
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
+    max_new_tokens: int = field(default=64, metadata={"range": ">= 1", "help": "Longest response, in tokens."})
     temperature: float = field(
         default=1.0, metadata={"range": ">= 0", "help": "Sampling temperature (0: greedy, which gives duplicates)."}
     )
-    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences per generation batch."})
+    top_k: int = field(default=0, metadata={"range": ">= 0", "help": "Sample among the k most likely tokens (0: all)."})
+    top_p: float = field(
+        default=1.0, metadata={"range": "[0, 1]", "help": "Nucleus sampling mass (1.0: no truncation)."}
+    )
+    batch_size: int = field(default=64, metadata={"range": ">= 1", "help": "Sequences per generation batch."})
     max_sampling_rounds: int = field(
         default=3,
-        metadata={"help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K."},
+        metadata={"range": ">= 1",
+                  "help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K."},
     )
     use_vllm: bool = field(
         default=False,
@@ -95,7 +101,8 @@ class CollectArguments:
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.9,
-        metadata={"help": "With use_vllm: the share of GPU memory vLLM takes for weights and KV cache (no effect on "
+        metadata={"range": "(0, 1]",
+                  "help": "With use_vllm: the share of GPU memory vLLM takes for weights and KV cache (no effect on "
                   "CPU, where VLLM_CPU_KVCACHE_SPACE in GiB sizes the cache; 1 GiB unless set)."},
     )
     labeler: str = field(
@@ -106,10 +113,13 @@ class CollectArguments:
         },
     )
     labeler_noise: float = field(
-        default=0.0, metadata={"help": "Simulated labeler only: noise on its scores (0: deterministic)."}
+        default=0.0,
+        metadata={"range": ">= 0", "help": "Simulated labeler only: noise on its scores (0: deterministic)."},
     )
     labeler_seed: int = field(default=0, metadata={"help": "Simulated labeler only: seed of its noise."})
-    labeler_batch_size: int = field(default=32, metadata={"help": "Reward-model labeler: sequences per forward pass."})
+    labeler_batch_size: int = field(
+        default=32, metadata={"range": ">= 1", "help": "Reward-model labeler: sequences per forward pass."}
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Where rankings.jsonl and the run marker go."})
     if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
         default="resume",
@@ -136,14 +146,8 @@ class CollectArguments:
     run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
 
     def __post_init__(self) -> None:
-        if self.num_responses < 2:
-            raise ValueError(f"num_responses must be at least 2 (a ranking compares responses), got {self.num_responses}")
-        if self.max_sampling_rounds < 1:
-            raise ValueError(f"max_sampling_rounds must be at least 1, got {self.max_sampling_rounds}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if problems := range_problems(self):  # built directly, not parsed from a recipe
+            raise ValueError("; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------------------------

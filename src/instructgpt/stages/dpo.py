@@ -84,6 +84,7 @@ class DPOScriptArguments(ScriptArguments):
     eval_fraction: float = field(
         default=0.0,
         metadata={
+            "range": "[0, 1)",  # 0: no held-out split
             "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
             "(all rankings of a prompt go to the same side, as for the reward model) for the held-out DPO loss and "
             "the accuracy of the implicit reward."

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.validation import range_problems
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, load_policy
 
 
@@ -23,11 +24,15 @@ from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, load_policy
 class Sampling:
     """How responses are sampled (see :func:`instructgpt.sampling.generate_responses`)."""
 
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    max_new_tokens: int = field(default=64, metadata={"range": ">= 1"})
+    temperature: float = field(default=0.7, metadata={"range": ">= 0"})  # 0 decodes greedily
+    top_k: int = field(default=0, metadata={"range": ">= 0"})
+    top_p: float = field(default=1.0, metadata={"range": "[0, 1]"})
+    seed: int | None = None  # any integer
+
+    def __post_init__(self) -> None:
+        if problems := range_problems(self):
+            raise InstructGPTError("; ".join(problems))
 
 
 
@@ -56,10 +61,6 @@ def _sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> 
 
 
 def _settings(args: argparse.Namespace) -> Sampling:
-    if args.max_new_tokens < 1:
-        raise InstructGPTError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise InstructGPTError(f"--temperature must be >= 0, got {args.temperature}")
     return Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
 
 

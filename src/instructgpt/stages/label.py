@@ -71,19 +71,25 @@ class LabelArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name, if any."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to read."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Label only the first N prompts (or items)."})
+    max_prompts: int | None = field(
+        default=None, metadata={"range": ">= 1", "help": "Label only the first N prompts (or items)."}
+    )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
         metadata={"help": "Prompt format for a policy whose tokenizer has no chat template (SFT models save one)."},
     )
-    num_responses: int = field(default=4, metadata={"help": "K: responses sampled per prompt (InstructGPT: 4 to 9)."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
+    num_responses: int = field(
+        default=4, metadata={"range": ">= 1", "help": "K: responses sampled per prompt (InstructGPT: 4 to 9)."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"range": ">= 1", "help": "Longest sampled response, in tokens."})
     temperature: float = field(default=1.0, metadata={"range": "> 0", "help": "Sampling temperature."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: no truncation)."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences per generation batch."})
+    top_k: int = field(default=0, metadata={"range": ">= 0", "help": "Sample among the k most likely tokens (0: all)."})
+    top_p: float = field(
+        default=1.0, metadata={"range": "[0, 1]", "help": "Nucleus sampling mass (1.0: no truncation)."}
+    )
+    batch_size: int = field(default=64, metadata={"range": ">= 1", "help": "Sequences per generation batch."})
     max_sampling_rounds: int = field(
-        default=3, metadata={"help": "Rounds of sampling to replace duplicate or empty samples."}
+        default=3, metadata={"range": ">= 1", "help": "Rounds of sampling to replace duplicate or empty samples."}
     )
     labelers_per_prompt: int = field(
         default=1, metadata={"range": ">= 1", "help": "N: how many different labelers rank each prompt (overlap "

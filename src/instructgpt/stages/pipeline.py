@@ -52,6 +52,7 @@ from instructgpt.stages import load_stage
 from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
+from instructgpt.infra.validation import range_problems
 
 logger = get_logger(__name__)
 
@@ -109,7 +110,8 @@ class PipelineArguments:
     )
     rounds: int = field(
         default=1,
-        metadata={"help": "Rounds of collect -> RM -> PPO. Round r > 1 collects from round r-1's PPO policy, "
+        metadata={"range": ">= 1",
+                  "help": "Rounds of collect -> RM -> PPO. Round r > 1 collects from round r-1's PPO policy, "
                   "retrains the RM on all comparisons so far and runs PPO again from the SFT policy."},
     )
     base_name: str = field(default="base", metadata={"help": "Name of the base model in the evaluation."})
@@ -129,8 +131,8 @@ class PipelineArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"`rounds` must be >= 1, got {self.rounds}")
+        if problems := range_problems(self):  # built directly, not parsed from a recipe
+            raise ValueError("; ".join(problems))
         if self.sft is None:
             raise ValueError("`sft` is required (the path of an SFT recipe, or an embedded one)")
         if self.ppo is not None and self.rm is None:

@@ -39,6 +39,7 @@ from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.metrics.training import trainer_metrics
 from instructgpt.infra.tracking import trainer_tracking
+from instructgpt.infra.validation import range_problems
 
 logger = get_logger(__name__)
 
@@ -57,10 +58,12 @@ class PretrainArguments:
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
     max_documents: int | None = field(
-        default=None, metadata={"help": "Use only the first N documents (quick runs, tests)."}
+        default=None, metadata={"range": ">= 1", "help": "Use only the first N documents (quick runs, tests)."}
     )
     validation_fraction: float = field(
-        default=0.02, metadata={"help": "Share of the packed blocks held out to report a validation loss (0: none)."}
+        default=0.02,
+        metadata={"range": "[0, 0.5)",
+                  "help": "Share of the packed blocks held out to report a validation loss (0: none)."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -68,19 +71,27 @@ class PretrainArguments:
     )
     vocab_size: int = field(
         default=2048,
-        metadata={"help": "Largest vocabulary of the trained BPE tokenizer (256 byte tokens + merges + <|endoftext|>; "
-                  "a small corpus may stop earlier)."},
+        metadata={"range": ">= 258",
+                  "help": "Largest vocabulary of the trained BPE tokenizer (256 byte tokens + merges + <|endoftext|>, "
+                  "so at least 258; a small corpus may stop earlier)."},
     )
-    min_frequency: int = field(default=2, metadata={"help": "A pair must occur this often to become a BPE merge."})
-    n_layer: int = field(default=4, metadata={"help": "Transformer blocks."})
-    n_head: int = field(default=4, metadata={"help": "Attention heads per block (must divide n_embd)."})
-    n_embd: int = field(default=128, metadata={"help": "Width of the residual stream."})
-    n_positions: int = field(default=128, metadata={"help": "Context length: the most tokens the model can see."})
+    min_frequency: int = field(
+        default=2, metadata={"range": ">= 1", "help": "A pair must occur this often to become a BPE merge."}
+    )
+    n_layer: int = field(default=4, metadata={"range": ">= 1", "help": "Transformer blocks."})
+    n_head: int = field(
+        default=4, metadata={"range": ">= 1", "help": "Attention heads per block (must divide n_embd)."}
+    )
+    n_embd: int = field(default=128, metadata={"range": ">= 1", "help": "Width of the residual stream."})
+    n_positions: int = field(
+        default=128, metadata={"range": ">= 1", "help": "Context length: the most tokens the model can see."}
+    )
     block_size: int = field(
-        default=128, metadata={"help": "Tokens per training sequence (at most n_positions)."}
+        default=128, metadata={"range": ">= 2", "help": "Tokens per training sequence (at most n_positions)."}
     )
     dropout: float = field(
-        default=0.0, metadata={"help": "Dropout on embeddings, attention and residual branches (GPT-2: 0.1)."}
+        default=0.0,
+        metadata={"range": "[0, 1]", "help": "Dropout on embeddings, attention and residual branches (GPT-2: 0.1)."},
     )
     probe_tiny_world: bool = field(
         default=True,
@@ -94,14 +105,12 @@ class PretrainArguments:
     )
 
     def __post_init__(self) -> None:
+        if problems := range_problems(self):  # built directly, not parsed from a recipe
+            raise ValueError("; ".join(problems))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if not 1 < self.block_size <= self.n_positions:
+        if self.block_size > self.n_positions:
             raise ValueError(f"block_size ({self.block_size}) must be between 2 and n_positions ({self.n_positions})")
-        if self.vocab_size < 258:
-            raise ValueError(f"vocab_size must be at least 258 (256 bytes, a merge, {ENDOFTEXT}), got {self.vocab_size}")
-        if not 0.0 <= self.validation_fraction < 0.5:
-            raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class RMScriptArguments(ScriptArguments):
     eval_fraction: float = field(
         default=0.0,
         metadata={
+            "range": "[0, 1)",  # 0: no held-out split
             "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
             "(all rankings of a prompt go to the same side) to measure held-out pairwise accuracy and Kendall's tau."
         },
@@ -85,10 +86,11 @@ class RMScriptArguments(ScriptArguments):
     demonstrations_config: str | None = field(default=None, metadata={"help": "Hub configuration of the demonstrations."})
     demonstrations_split: str = field(default="train", metadata={"help": "Split of the demonstrations (Hub datasets)."})
     max_demonstrations: int | None = field(
-        default=2000, metadata={"help": "Use at most this many demonstrations to estimate the shift."}
+        default=2000, metadata={"range": ">= 1", "help": "Use at most this many demonstrations to estimate the shift."}
     )
     scoring_batch_size: int = field(
-        default=32, metadata={"help": "Sequences per forward pass when scoring demonstrations after training."}
+        default=32,
+        metadata={"range": ">= 1", "help": "Sequences per forward pass when scoring demonstrations after training."},
     )
     gold_labeler: str | None = field(
         default=None,

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.validation import range_problems
 
 logger = get_logger(__name__)
 
@@ -51,21 +52,25 @@ class TinyArchitecture:
     architecture: Literal["llama", "qwen2"] = field(
         default="llama", metadata={"help": "Model family: `llama` (LlamaForCausalLM) or `qwen2` (Qwen2ForCausalLM)."}
     )
-    hidden_size: int = field(default=64, metadata={"help": "Width of the residual stream."})
-    num_hidden_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
-    num_attention_heads: int = field(default=4, metadata={"help": "Query heads."})
+    hidden_size: int = field(default=64, metadata={"range": ">= 1", "help": "Width of the residual stream."})
+    num_hidden_layers: int = field(default=2, metadata={"range": ">= 1", "help": "Transformer blocks."})
+    num_attention_heads: int = field(default=4, metadata={"range": ">= 1", "help": "Query heads."})
     num_key_value_heads: int = field(
-        default=2, metadata={"help": "Key/value heads (grouped-query attention when fewer than the query heads)."}
+        default=2,
+        metadata={"range": ">= 1",
+                  "help": "Key/value heads (grouped-query attention when fewer than the query heads)."},
     )
-    intermediate_size: int = field(default=128, metadata={"help": "Width of the gated MLP."})
+    intermediate_size: int = field(default=128, metadata={"range": ">= 1", "help": "Width of the gated MLP."})
     max_position_embeddings: int = field(
-        default=256, metadata={"help": "Context length; also the tokenizer's model_max_length."}
+        default=256, metadata={"range": ">= 1", "help": "Context length; also the tokenizer's model_max_length."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the random initialization."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random initialization."})  # any integer
 
     def __post_init__(self) -> None:
         if self.architecture not in ("llama", "qwen2"):
             raise InstructGPTError(f"`architecture` must be `llama` or `qwen2`, got {self.architecture!r}")
+        if problems := range_problems(self):
+            raise InstructGPTError("; ".join(problems))
         if self.hidden_size % self.num_attention_heads:
             raise InstructGPTError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` ({self.num_attention_heads})"
