@@ -13,7 +13,9 @@ from conftest import TINY_BASE, TINY_DATA
 
 from instructgpt.stages import eval as evaluate
 from instructgpt.metrics.text import distinct_n
-from instructgpt.stages.eval import EvalError, parse_models, policy_checkpoints, response_logprobs
+from instructgpt.stages.eval.samples import response_logprobs
+from instructgpt.stages.eval.settings import EvalError, parse_models
+from instructgpt.stages.eval.sweeps import policy_checkpoints
 
 PNG = b"\x89PNG"
 
@@ -77,7 +79,8 @@ def test_eval_scores_the_tokens_it_sampled(base):
     """The ids, the finished flags and the KL come from the sampler, never from the text tokenized again."""
     from instructgpt.modeling import load_tokenizer
     from instructgpt.sampling import generate_samples
-    from instructgpt.stages.eval import EvalArguments, kl_to_reference, sample_model
+    from instructgpt.stages.eval.samples import kl_to_reference, sample_model
+    from instructgpt.stages.eval.settings import EvalArguments
 
     model, _ = base
     tokenizer = load_tokenizer(str(TINY_BASE))
@@ -257,7 +260,8 @@ def test_best_of_n_keeps_the_reward_models_favourite_and_reports_its_closed_form
     from instructgpt.modeling import load_policy
     from instructgpt.modeling.reward import load_reward_model, score_responses
     from instructgpt.sampling import generate_samples
-    from instructgpt.stages.eval import EvalArguments, sample_best_of_n
+    from instructgpt.stages.eval.samples import sample_best_of_n
+    from instructgpt.stages.eval.settings import EvalArguments
 
     prompts = load_prompts(str(TINY_DATA / "eval_prompts.jsonl"), key="--prompts", source="test", limit=5)
     model, tokenizer = load_policy(str(TINY_BASE), key="model", source="test")

@@ -149,7 +149,8 @@ def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_po
 
 def test_eval_on_real_prompts_defaults_to_a_gold_rm_never_the_optimized_reward_model(tmp_path):
     from instructgpt.judges import DEFAULT_GOLD_RM
-    from instructgpt.stages.eval import EvalArguments, judge_spec
+    from instructgpt.stages.eval.judging import judge_spec
+    from instructgpt.stages.eval.settings import EvalArguments
 
     real = ["Write a poem about rain.", "Summarize the French revolution."]
     tiny = ["Describe the rustbeetle."]
