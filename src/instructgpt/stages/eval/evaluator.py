@@ -62,7 +62,8 @@ class Evaluator:
             path, key=key, source=self.source, prompt_template=self.args.prompt_template, device=self.device
         )
 
-    def run_model(self, name: str, path: str, prompts: list[Any] | None = None, is_reference: bool = False) -> tuple[Samples, dict[str, Any]]:
+    def run_model(self, name: str, path: str, prompts: list[Any] | None = None,
+                  is_reference: bool = False) -> tuple[Samples, dict[str, Any]]:
         """Sample from one model and compute its numbers; returns the samples and a metrics dict."""
         prompts = self.prompts if prompts is None else prompts
         args = self.args

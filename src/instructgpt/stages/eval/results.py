@@ -78,4 +78,5 @@ def check_results(results: dict[str, Any], args: EvalArguments, output_dir: Path
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(f"{name}'s {key} is {value}")
     if problems:
-        raise UnsoundOutput(f"{output_dir}: the evaluation is incomplete ({'; '.join(problems[:3])}); not marked finished")
+        raise UnsoundOutput(f"{output_dir}: the evaluation is incomplete ({'; '.join(problems[:3])}); "
+                            "not marked finished")

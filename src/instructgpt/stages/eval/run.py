@@ -98,7 +98,8 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     args.validate(source)
     started = time.time()
     models, runs = check_inputs(args, source)
-    prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split, limit=args.max_prompts)
+    prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split,
+                           limit=args.max_prompts)
     ood_prompts, ood_groups = load_ood_prompts(args, source)
     output_dir = claim_output_dir(args, source)
     evaluator = Evaluator(args, prompts, default_device(), source)

@@ -33,10 +33,13 @@ class EvalArguments:
     prompts: str | None = field(
         default=None, metadata={"help": "Prompts: a .jsonl file (or Hub id) with a `prompt` or `messages` column."}
     )
-    prompts_split: str = field(default="train", metadata={"help": "Split of a Hub --prompts dataset (a local file has one)."})
+    prompts_split: str = field(
+        default="train", metadata={"help": "Split of a Hub --prompts dataset (a local file has one)."}
+    )
     ood_prompts: str | None = field(
         default=None,
-        metadata={"help": "Out-of-distribution prompts (.jsonl with a `prompt` column, optionally a --ood_group_column): "
+        metadata={"help": "Out-of-distribution prompts (.jsonl with a `prompt` column, optionally a "
+                  "--ood_group_column): "
                   "every model answers them too, and the report gives their win rates and shares per group."},
     )
     ood_group_column: str = field(
@@ -102,7 +105,8 @@ class EvalArguments:
     max_new_tokens: int = field(default=64, metadata={"range": ">= 1", "help": "Longest response, in tokens."})
     temperature: float = field(
         default=1.0,
-        metadata={"range": ">= 0", "help": "Sampling temperature (1.0: the models' own distributions, as PPO samples)."},
+        metadata={"range": ">= 0",
+                  "help": "Sampling temperature (1.0: the models' own distributions, as PPO samples)."},
     )
     top_k: int = field(default=0, metadata={"range": ">= 0", "help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(
