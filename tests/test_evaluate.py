@@ -13,7 +13,9 @@ from conftest import TINY_BASE, TINY_DATA
 
 from instructgpt.stages import eval as evaluate
 from instructgpt.metrics.text import distinct_n
-from instructgpt.stages.eval import EvalError, parse_models, policy_checkpoints, response_logprobs
+from instructgpt.stages.eval.samples import response_logprobs
+from instructgpt.stages.eval.settings import EvalError, parse_models
+from instructgpt.stages.eval.sweeps import policy_checkpoints
 
 PNG = b"\x89PNG"
 
@@ -77,7 +79,8 @@ def test_eval_scores_the_tokens_it_sampled(base):
     """The ids, the finished flags and the KL come from the sampler, never from the text tokenized again."""
     from instructgpt.modeling import load_tokenizer
     from instructgpt.sampling import generate_samples
-    from instructgpt.stages.eval import EvalArguments, kl_to_reference, sample_model
+    from instructgpt.stages.eval.samples import kl_to_reference, sample_model
+    from instructgpt.stages.eval.settings import EvalArguments
 
     model, _ = base
     tokenizer = load_tokenizer(str(TINY_BASE))
@@ -257,7 +260,8 @@ def test_best_of_n_keeps_the_reward_models_favourite_and_reports_its_closed_form
     from instructgpt.modeling import load_policy
     from instructgpt.modeling.reward import load_reward_model, score_responses
     from instructgpt.sampling import generate_samples
-    from instructgpt.stages.eval import EvalArguments, sample_best_of_n
+    from instructgpt.stages.eval.samples import sample_best_of_n
+    from instructgpt.stages.eval.settings import EvalArguments
 
     prompts = load_prompts(str(TINY_DATA / "eval_prompts.jsonl"), key="--prompts", source="test", limit=5)
     model, tokenizer = load_policy(str(TINY_BASE), key="model", source="test")
@@ -287,3 +291,20 @@ def test_best_of_n_needs_a_reward_model(tmp_path, capsys):
         evaluate.main(["--models", f"best=best_of_4:{TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
                        "--output_dir", str(tmp_path / "eval")])
     assert exit_.value.code != 0 and "--models best: best-of-n picks with a reward model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max_new_tokens", "0", "`max_new_tokens` must be at least 1, got 0"),
+    ("--temperature", "-1", "`temperature` must be at least 0, got -1.0"),
+    ("--top_p", "1.5", "`top_p` must be between 0 and 1, got 1.5"),
+    ("--llm_judge_concurrency", "0", "`llm_judge_concurrency` must be at least 1, got 0"),
+    ("--llm_judge_timeout", "0", "`llm_judge_timeout` must be greater than 0, got 0.0"),
+    ("--vllm_gpu_memory_utilization", "0", "--vllm_gpu_memory_utilization must be in (0, 1], got 0.0"),
+])
+def test_eval_refuses_numbers_out_of_range_before_any_model_loads(tmp_path, capsys, flag, value, message):
+    """Each number's range sits on its field (checked when parsed); (0, 1] is checked by EvalArguments.validate."""
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
+                       "--output_dir", str(tmp_path / "eval"), flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

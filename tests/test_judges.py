@@ -16,7 +16,8 @@ from conftest import TINY_BASE
 from instructgpt.judges import DEFAULT_GOLD_RM, LabelerError, make_labeler
 from instructgpt.metrics.winrate import win_rate_from_scores
 from instructgpt.stages import eval as evaluate
-from instructgpt.stages.eval import EvalArguments, judge_spec
+from instructgpt.stages.eval.judging import judge_spec
+from instructgpt.stages.eval.settings import EvalArguments
 from instructgpt.tinyworld.architectures import IM_END, IM_START, TinyArchitecture, build_tiny_model, chat_tokenizer
 
 PROMPTS = ["Describe the rustbeetle.", [{"role": "system", "content": "Be brief."},

@@ -8,7 +8,7 @@ import pytest
 
 from instructgpt.metrics.ranking import pairwise_accuracy
 from instructgpt.metrics.shares import grouped_shares, share_of
-from instructgpt.stages.eval import task_shares
+from instructgpt.stages.eval.judging import task_shares
 from instructgpt.judges import SimulatedLabeler
 
 
@@ -47,7 +47,7 @@ def test_task_shares_on_judged_responses():
         ("spell cup backwards!", "puc", "new_words"),                                  # correct
         ("spell cup backwards!", "The word cup backwards is cup.", "new_words"),       # no attempt: off
     ]
-    from instructgpt.stages.eval import labeler_details
+    from instructgpt.stages.eval.judging import labeler_details
 
     details = labeler_details(labeler, [r[0] for r in rows], [r[1] for r in rows])
     assert details["labeler_correct"] == pytest.approx(3 / 6)

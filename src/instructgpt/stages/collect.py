@@ -6,7 +6,7 @@
 InstructGPT's labelers ranked K = 4 to 9 outputs that the current models sampled for the same prompt (Ouyang et al.
 2022, section 3.4); later rounds sample from the RL policy. Here ``model_name_or_path`` is that policy (the SFT
 model first, a PPO policy later) and ``labeler`` is who ranks: the tiny world's simulated labeler, a trained reward
-model, or rankings people wrote (see :func:`instructgpt.labelers.make_labeler`).
+model, or rankings people wrote (see :func:`instructgpt.judges.make_labeler`).
 
 Output: ``<output_dir>/rankings.jsonl``, one ranking per prompt, which the reward-model stage reads as it is::
 

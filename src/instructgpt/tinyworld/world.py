@@ -2,7 +2,7 @@
 
 Everything here is fixed (no randomness): the facts the base model learns during pretraining, the instruction
 phrasings of each task family, and the parser that turns a raw instruction back into a :class:`Task` with its
-right answer. The simulated labeler (:mod:`instructgpt.labelers`) judges responses against this module, so the
+right answer. The simulated labeler (:mod:`instructgpt.judges.simulated`) judges responses against this module, so the
 world is the single source of truth; ``data/tiny/facts.jsonl`` is an export of :data:`CREATURES`.
 
 Task families (``Task.family``) and kinds (``Task.kind``):
