@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_BASE
+from helpers import REPO, TINY_BASE
 
 pytestmark = pytest.mark.browser
 

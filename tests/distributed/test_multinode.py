@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from instructgpt.infra.outputs import RUN_MARKER
 
 pytestmark = pytest.mark.distributed

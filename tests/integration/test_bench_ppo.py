@@ -3,7 +3,7 @@
 The benchmark itself (two trainers, minutes to hours) is not run by the default suite; the slow test below runs
 one update of the GPT-2-size mode with our trainer only (about 5 minutes on 2 loaded CPU cores):
 
-    python -m pytest -q -m slow tests/test_bench_ppo.py
+    python -m pytest -q -m slow tests/integration/test_bench_ppo.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_BASE, TINY_DATA, python_m, run_cli
+from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli
 from instructgpt.data import DataError
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
 from instructgpt.infra.outputs import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
@@ -275,7 +275,7 @@ def test_collect_killed_mid_collection_resumes_to_the_same_rankings(sft_model, t
 
 @pytest.fixture(scope="module")
 def tiny_rm(sft_model, tmp_path_factory) -> Path:
-    from conftest import collect, rm
+    from helpers import collect, rm
 
     root = tmp_path_factory.mktemp("faults-rm")
     collect(root / "collect", sft_model, "--max_prompts", "24", "--max_new_tokens", "12")

@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO, TINY_BASE
+from helpers import REPO, TINY_BASE
 from instructgpt.judges import make_judge
 from instructgpt.judges.llm import (
     PAIRWISE_TEMPLATE,
@@ -352,7 +352,7 @@ def instruction_in(question: str) -> str:
 
 
 def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_the_cache(fake, tmp_path):
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
     from instructgpt.stages import eval as evaluate
     from instructgpt.tinyworld.architectures import TinyArchitecture, build_tiny_model
 
@@ -402,7 +402,7 @@ def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_th
 
 
 def test_eval_refuses_an_api_key_in_the_recipe_in_one_line(tmp_path, capsys):
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
     from instructgpt.stages import eval as evaluate
 
     with pytest.raises(SystemExit) as exit_:
