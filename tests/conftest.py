@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NUM_PROMPTS, REPO, collect, rm, stop_all
+from helpers import NUM_PROMPTS, REPO, collect, rm, running, stop_all, stop_started_since
 from instructgpt.stages.sft import parse_args as sft_args, run_sft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +33,16 @@ def _stop_children_and_die(signum, frame) -> None:
 def pytest_configure(config) -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop_children_and_die)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test body's processes end with it, passed or failed (fixtures stop their own in their teardown)."""
+    before = running()
+    try:
+        return (yield)
+    finally:
+        stop_started_since(before)
 
 
 @pytest.fixture(autouse=True)

@@ -107,6 +107,18 @@ def _end_group(process: subprocess.Popen, grace: float) -> None:
     _RUNNING.discard(process)
 
 
+def running() -> set[subprocess.Popen]:
+    """The processes started by :func:`start` and not yet stopped."""
+    return set(_RUNNING)
+
+
+def stop_started_since(before: set[subprocess.Popen]) -> None:
+    """Stop (SIGKILL, with their groups) the processes started since ``running()`` returned ``before``: what a test
+    body started and did not stop, whether it failed or passed (conftest.py calls it after every test)."""
+    for process in running() - before:
+        stop(process, signal.SIGKILL)
+
+
 def stop_all() -> None:
     """SIGKILL every process group started by :func:`start` and not yet stopped (the end of the pytest process)."""
     for process in list(_RUNNING):

@@ -191,11 +191,10 @@ def test_with_lora_the_reference_is_the_adapter_free_model_and_the_output_is_mer
 
 def test_the_console_script_answers_help():
     import shutil
-    import subprocess
 
     exe = shutil.which("instructgpt-dpo")
     assert exe, "instructgpt-dpo is not installed (pip install -e .)"
-    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    result = run_cli([exe, "--help"], timeout=120)
     assert result.returncode == 0 and "--ranking_loss" in result.stdout and "--beta" in result.stdout
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli
+from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli, start
 from instructgpt.data import DataError
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
 from instructgpt.infra.outputs import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
@@ -327,8 +327,8 @@ def test_a_signal_ends_with_one_line_and_the_run_resumes(tmp_path, sig, code, wo
     args = python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--save_strategy",
                     "steps", "--save_steps", "2", *QUICK_SFT[:-2], "--max_train_samples", "400")
     # started with SIGINT ignored, as a shell starts a background job: the stage must still stop on it
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = start(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 600  # a loaded machine can take minutes to the first checkpoint
     while last_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
