@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the default test suite (slow tests excluded; `-m slow` runs them), then the vLLM tests.
+# Set up (idempotent), lint, and run the default test suite tier by tier (slow tests excluded; `-m slow` runs them),
+# then the vLLM tests.
 # The labeling app's browser tests need Gradio and Selenium (the `[label]` extra, installed here) and Debian's
 # chromium + chromium-driver: installed here when missing and we are root; otherwise they are skipped, and we say why.
 set -euo pipefail
@@ -20,10 +21,16 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 if [ $# -eq 0 ]; then
-  # the browser tests in a pytest process of their own, so that their result reads apart from the rest. (Their
-  # old login timeouts on a busy machine were the app's page-load event logging out a labeler who had just pressed
-  # Start; fixed in the app, tested in tests/test_label.py.)
-  python -m pytest -q -m "not slow and not browser"
+  # the lint first (seconds): ruff's rules and format, as configured in pyproject.toml
+  ruff check src tests benchmarks scripts
+  ruff format --check src tests benchmarks scripts
+  # the tiers (pyproject.toml says what each holds): unit first, so a broken loss fails in under a minute; then
+  # integration and distributed; the browser tests in a pytest process of their own, so that their result reads
+  # apart from the rest. (Their old login timeouts on a busy machine were the app's page-load event logging out a
+  # labeler who had just pressed Start, fixed in the app and tested in tests/unit/test_label.py; then a Start
+  # button not rendered yet, now waited for.)
+  python -m pytest -q tests/unit
+  python -m pytest -q -m "not slow and not browser" --ignore=tests/unit
   python -m pytest -q -m browser
 else
   python -m pytest -q "$@"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_BASE
+from helpers import TINY_BASE
 from instructgpt.judges import DEFAULT_GOLD_RM, LabelerError, make_labeler
 from instructgpt.metrics.winrate import win_rate_from_scores
 from instructgpt.stages import eval as evaluate
@@ -124,7 +124,7 @@ def other_policy(tmp_path_factory) -> Path:
 def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_policy, tmp_path):
     import json
 
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
 
     out = tmp_path / "eval"
     evaluate.main(["--models", f"base={TINY_BASE}", f"llama={other_policy}", "--prompts",

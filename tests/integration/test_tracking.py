@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import python_m, run_cli
+from helpers import python_m, run_cli
 from instructgpt.infra.outputs import RUN_MARKER
 
 FAULT_ENV = "INSTRUCTGPT_FAULT"
@@ -195,7 +195,7 @@ def _no_browser() -> str | None:
 @pytest.mark.skipif(_no_browser() is not None, reason=str(_no_browser()))
 def test_the_trackio_dashboard_shows_the_ppo_curves_in_chromium(ppo_killed_and_resumed, tmp_path):
     _, project, _ = ppo_killed_and_resumed
-    script = Path(__file__).resolve().parents[1] / "scripts" / "dashboard_screenshot.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "dashboard_screenshot.py"
     shot = tmp_path / "dashboard.png"
     shown = run_cli([sys.executable, str(script), "--project", project, "--out", str(shot),
                      "--expect", "objective", "kl", "scores", "loss", "policy_avg"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_BASE, TINY_DATA
+from helpers import TINY_BASE, TINY_DATA
 
 from instructgpt.stages import eval as evaluate
 from instructgpt.metrics.text import distinct_n

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import accelerate_launch, run_cli
+from helpers import accelerate_launch, run_cli
 from instructgpt.infra.outputs import RUN_MARKER
 from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
 
@@ -172,7 +172,7 @@ def test_two_process_ppo_trains_one_policy(sft_model, trained_rm, tmp_path):
 def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, trained_rm, tmp_path):
     """recipes/ppo.yaml as written (UltraFeedback prompts from the Hub loading code, its splits, eval prompts), with
     the tiny models and a local folder of the same schema in place of GPT-2 and the Hub."""
-    from conftest import FIXTURES
+    from helpers import FIXTURES
 
     out = tmp_path / "gpt2-ppo"
     (script, config, model), recipe = parse_args([
@@ -192,7 +192,7 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
 def test_fused_gelu_changes_speed_not_results():
     from transformers import AutoModelForCausalLM
 
-    from conftest import TINY_BASE
+    from helpers import TINY_BASE
     from instructgpt.stages.ppo.models import fuse_tanh_gelu
 
     model = AutoModelForCausalLM.from_pretrained(TINY_BASE).double()
@@ -211,7 +211,7 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from conftest import TINY_BASE
+    from helpers import TINY_BASE
     from instructgpt.losses.ppo import logprobs_from_logits
     from instructgpt.stages.ppo.models import (
         PolicyAndValue, Sequences, response_logits, response_values, score_parts, sequence_scores,
@@ -261,7 +261,7 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
 
 
 def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):
-    from conftest import FIXTURES
+    from helpers import FIXTURES
     from instructgpt.infra.errors import InstructGPTError
 
     prompts = FIXTURES / "ultrafeedback_binarized"

@@ -3,22 +3,20 @@
 The benchmark itself (two trainers, minutes to hours) is not run by the default suite; the slow test below runs
 one update of the GPT-2-size mode with our trainer only (about 5 minutes on 2 loaded CPU cores):
 
-    python -m pytest -q -m slow tests/test_bench_ppo.py
+    python -m pytest -q -m slow tests/integration/test_bench_ppo.py
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_cli
 
 
 def _load(name: str):
@@ -119,9 +117,9 @@ def test_matched_kl_reads_our_curve_of_the_same_kl_coef_at_every_trl_policy():
 def test_gpt2_mode_runs_one_update_of_ours(tmp_path):
     """One PPO update at GPT-2 size with our trainer only: the mode runs end to end and times every phase."""
     work = tmp_path / "bench"
-    proc = subprocess.run(
+    proc = run_cli(
         [sys.executable, "benchmarks/bench_ppo.py", "--size", "gpt2", "--only", "ours", "--episodes", "8",
-         "--work_dir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=1800,
+         "--work_dir", str(work)], timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((work / "report.json").read_text())

@@ -1,5 +1,6 @@
 """Human labeling without a browser: the store's rows, assignment, resume and ties; labeler agreement; where the
-app may listen. The browser itself is driven in test_label_browser.py."""
+app may listen. The commands as processes are tested in tests/integration/test_label_cli.py, the browser itself in
+tests/browser/test_label_browser.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import python_m, run_cli
 from instructgpt.data.rankings import RankingStats, load_rankings, strict_order
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.labeling.store import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
@@ -175,14 +175,6 @@ def test_the_agreement_command_reports_labeler_pairs_and_the_simulated_labeler(t
     assert vs["bob"]["agreement"] == pytest.approx(12 / 15) and vs["cy"]["items"] == 1
 
 
-def test_the_agreement_command_names_the_bad_line(tmp_path):
-    bad = tmp_path / "r.jsonl"
-    bad.write_text('{"prompt": "q", "responses": ["a", "b"], "labeler_id": "x"}\n{"prompt": "q", "responses": ["a"]}\n')
-    result = run_cli(python_m("instructgpt", "agreement", str(bad)))
-    assert result.returncode == 2 and "r.jsonl: line 2: needs `responses`" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Where the app listens
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,14 +195,6 @@ def test_listening_beyond_this_machine_needs_the_flag_and_a_password(monkeypatch
     assert check_listening(LabelArguments(server_name="::1"), "r.yaml") == "s3cret"  # a local password is used too
 
 
-def test_the_label_command_refuses_a_public_address_in_one_line(tmp_path):
-    result = run_cli(python_m("instructgpt", "label", "recipes/tiny/label.yaml", "--server_name", "0.0.0.0",
-                              "--output_dir", str(tmp_path / "out")), env={"INSTRUCTGPT_LABEL_PASSWORD": ""})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: recipes/tiny/label.yaml: `server_name` 0.0.0.0")
-    assert not (tmp_path / "out").exists()  # refused before anything was written
-
-
 def test_the_ranking_box_reads_as_places_of_shown_positions():
     from instructgpt.labeling.app import parse_ranking
 
@@ -224,7 +208,7 @@ def test_the_ranking_box_reads_as_places_of_shown_positions():
 
 
 def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeling_is_refused(tmp_path):
-    from conftest import TINY_BASE
+    from helpers import TINY_BASE
     from instructgpt.infra.outputs import OutputDirError
     from instructgpt.labeling.store import ITEMS_FILE
     from instructgpt.stages.label import open_store, parse_args

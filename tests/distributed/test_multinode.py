@@ -8,6 +8,7 @@ included), and only the main node writes the shared files: the final model, the 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO, start, stop
 from instructgpt.infra.outputs import RUN_MARKER
 
 pytestmark = pytest.mark.distributed
@@ -41,8 +42,8 @@ def launch_two_nodes(root: Path, *args: str, timeout: int = 600) -> list[Path]:
     port = free_port()
     outputs = [root / f"node{rank}" / "out" for rank in (0, 1)]
     processes = [
-        subprocess.Popen(node_command(rank, port, *args, "--output_dir", str(outputs[rank])), cwd=REPO,
-                         env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        start(node_command(rank, port, *args, "--output_dir", str(outputs[rank])), cwd=REPO,
+              env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in (0, 1)
     ]
     logs = []
@@ -50,8 +51,8 @@ def launch_two_nodes(root: Path, *args: str, timeout: int = 600) -> list[Path]:
         for process in processes:
             logs.append(process.communicate(timeout=timeout)[0])
     finally:
-        for process in processes:
-            process.kill()
+        for process in processes:  # each node with the workers it started
+            stop(process, signal.SIGKILL)
     for rank, process in enumerate(processes):
         assert process.returncode == 0, f"node {rank}:\n{logs[rank][-3000:]}"
     return outputs

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import python_m, run_cli
+from helpers import python_m, run_cli
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.outputs import RUN_MARKER
 from instructgpt.stages.rloo import parse_args, run_rloo
@@ -136,7 +136,7 @@ def test_too_few_prompts_for_one_generation_batch_is_refused(sft_model, trained_
 def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, trained_rm, tmp_path):
     """recipes/rloo.yaml as written (UltraFeedback prompts through the Hub loading code, its splits, the final
     held-out evaluation), with the tiny models and a local folder of the same schema in place of GPT-2 and the Hub."""
-    from conftest import FIXTURES
+    from helpers import FIXTURES
 
     out = tmp_path / "gpt2-rloo"
     (script, config, model), recipe = parse_args([

@@ -1,7 +1,8 @@
 """`use_vllm: true` without vLLM: one line naming the extra, exit code 2, no traceback, nothing written.
 
 These run in the default suite, where vLLM is not installed; vLLM is hidden (``sys.modules['vllm'] = None``) so
-they mean the same inside scripts/test-vllm.sh's environment. The tests that run vLLM are in test_vllm.py.
+they mean the same inside scripts/test-vllm.sh's environment. The command as a process is tested in
+tests/integration/test_vllm_missing_cli.py; the tests that run vLLM are in tests/vllm/test_vllm.py.
 """
 
 from __future__ import annotations
@@ -10,28 +11,15 @@ import sys
 
 import pytest
 
-from conftest import TINY_BASE, run_cli
+from helpers import TINY_BASE
 from instructgpt.infra.errors import InstructGPTError
 
 EXTRA = "pip install -e '.[vllm]'"
-HIDE_VLLM = "import sys; sys.modules['vllm'] = None; from instructgpt.cli import main; main(sys.argv[1:])"
 
 
 @pytest.fixture
 def no_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
-
-
-def test_collect_with_use_vllm_and_no_vllm_is_one_line_naming_the_extra(tmp_path):
-    out = tmp_path / "rankings"
-    result = run_cli([sys.executable, "-c", HIDE_VLLM, "collect", "recipes/tiny/collect.yaml",
-                      "--model_name_or_path", str(TINY_BASE), "--output_dir", str(out), "--use_vllm", "true",
-                      "--report_to", "none"])
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert EXTRA in lines[0] and "use_vllm" in lines[0] and "recipes/tiny/collect.yaml" in lines[0]
-    assert not out.exists()  # refused before the output directory was made
 
 
 def test_eval_with_use_vllm_and_no_vllm_names_the_extra(no_vllm, tmp_path):

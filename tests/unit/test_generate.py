@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY_BASE
+from helpers import TINY_BASE
 
 from instructgpt import cli
 from instructgpt.stages import generate

@@ -164,7 +164,7 @@ def test_noise_is_seeded_and_changes_scores():
 def _collection_like_pools(n: int = 300, k: int = 4) -> list[tuple[str, list[str]]]:
     import json
 
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
 
     rng = random.Random(0)
     lines = (TINY_DATA / "rm_prompts.jsonl").read_text().splitlines()[:n]

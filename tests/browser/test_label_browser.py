@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_BASE
+from helpers import REPO, TINY_BASE, start, stop, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -49,7 +48,8 @@ if (reason := _why_skip()) is not None:
 
 from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException, StaleElementReferenceException, TimeoutException,
+    ElementClickInterceptedException, ElementNotInteractableException, NoSuchElementException,
+    StaleElementReferenceException, TimeoutException,
 )
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -66,6 +66,12 @@ ITEMS = [
     {"prompt": "Reverse the word lamp.", "responses": ["pmal", "lamp", "The word lamp backwards is pmal.", "It is lamp."]},
 ]
 SCREENSHOT_DIR = os.environ.get("INSTRUCTGPT_SCREENSHOT_DIR")  # set to save the ranking screen (docs/images)
+# How long the page may take to reach a state (an element shown, a text changed): generous, because a busy machine
+# only makes the app slower. Every wait is for a state, with this deadline, never a count of tries.
+DEADLINE = 120
+# what Selenium raises while Gradio is still rendering or re-rendering an element: try again until the deadline
+NOT_YET = (NoSuchElementException, StaleElementReferenceException, ElementNotInteractableException,
+           ElementClickInterceptedException)
 
 
 def free_port() -> int:
@@ -75,7 +81,8 @@ def free_port() -> int:
 
 
 class App:
-    """``instructgpt label`` in a subprocess on 127.0.0.1."""
+    """``instructgpt label`` in a subprocess on 127.0.0.1, in a process group of its own (helpers.start); the
+    ``label_app`` fixture stops it when the test ends, passed or failed."""
 
     def __init__(self, items: Path, output_dir: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
@@ -87,24 +94,47 @@ class App:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "App":
-        self.process = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self.log.open("a"),
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the app exited: {self.log.read_text()[-2000:]}"
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return self
-            except urllib.error.HTTPError:
-                return self  # it answers (an error status is for the caller to check)
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"the app did not start: {self.log.read_text()[-2000:]}")
+        with self.log.open("a") as log:
+            self.process = start(self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._answers, DEADLINE, f"the app on {self.url}", poll=0.3)
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {self.log.read_text()[-2000:]}") from None
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process.poll() is None, f"the app exited: {self.log.read_text()[-2000:]}"
+        try:
+            urllib.request.urlopen(self.url, timeout=2)
+        except urllib.error.HTTPError:
+            pass  # it answers (an error status is for the caller to check)
+        except OSError:
+            return False
+        return True
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` to the app's process group; its exit status."""
         assert self.process is not None
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
+        return stop(self.process, sig)
+
+    def stop_if_running(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            stop(self.process, signal.SIGKILL)
+
+
+@pytest.fixture
+def label_app():
+    """Start ``App(...)``s; each is stopped (with what it started) when the test ends, passed or failed."""
+    apps: list[App] = []
+
+    def start_app(*args, **kwargs) -> App:
+        app = App(*args, **kwargs)
+        apps.append(app)
+        return app.start()
+
+    yield start_app
+    for app in apps:
+        app.stop_if_running()
 
 
 @pytest.fixture
@@ -113,18 +143,25 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, timeout: float = 60):
-    """Poll ``condition`` until it holds; a timeout says what the page's status line and ranking box held."""
+    # chromedriver and its Chromium in a process group of their own, killed whatever quit() managed
+    service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1,
-                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-                             ).until(lambda d: condition(d))
+        driver.set_page_load_timeout(DEADLINE)
+        yield driver
+    finally:
+        try:
+            driver.quit()
+        finally:
+            if service.process is not None:
+                stop(service.process, signal.SIGKILL)
+
+
+def wait(driver, condition, timeout: float = DEADLINE):
+    """Poll ``condition`` until it returns something true (an element found and not re-rendered in between counts
+    only then); a timeout says what the page's status line and ranking box held."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=NOT_YET).until(condition)
     except TimeoutException:
         boxes = {b: [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, f"#{b} textarea")]
                  for b in ("status", "ranking", "prompt")}
@@ -132,20 +169,15 @@ def wait(driver, condition, timeout: float = 60):
         raise AssertionError(f"timed out; page: {boxes}, progress {progress_text}") from None
 
 
-def unstale(action):
-    """Run ``action`` (find an element, then read or click it) again when Gradio re-rendered the element in between:
-    Selenium then raises StaleElementReferenceException, which says nothing about the app (seen in CI)."""
-    for attempt in range(5):
-        try:
-            return action()
-        except StaleElementReferenceException:
-            if attempt == 4:
-                raise
-            time.sleep(0.1)
+def settled(driver, action, timeout: float = DEADLINE):
+    """``action()`` (find an element, then read or use it) once it runs through: until the deadline, again when the
+    element is not on the page yet, not yet usable, or was re-rendered by Gradio between the find and the use
+    (Selenium's NoSuchElement and StaleElementReference say nothing about the app; both were seen in CI)."""
+    return wait(driver, lambda d: (action(),), timeout)[0]  # a 1-tuple: an empty text is a result too
 
 
 def value(driver, elem_id: str) -> str:
-    return unstale(lambda: driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
+    return settled(driver, lambda: driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
                    .get_attribute("value"))
 
 
@@ -154,17 +186,25 @@ def shown_responses(driver) -> list[str]:
 
 
 def progress(driver) -> str:
-    return unstale(lambda: driver.find_element(By.ID, "progress-text").text)
+    return settled(driver, lambda: driver.find_element(By.ID, "progress-text").text)
 
 
 def click(driver, elem_id: str) -> None:
-    unstale(lambda: driver.find_element(By.ID, elem_id).click())
+    """Click the element once it is shown and enabled (on a busy machine Gradio renders the page piece by piece)."""
+    def click_when_ready() -> bool:
+        element = driver.find_element(By.ID, elem_id)
+        if not (element.is_displayed() and element.is_enabled()):
+            return False
+        element.click()
+        return True
+
+    wait(driver, lambda d: click_when_ready())
 
 
 def log_in(driver, url: str, name: str) -> None:
     driver.get(url)
-    box = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input"))
-    box.send_keys(name)
+    settled(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input")
+            .send_keys(name))
     click(driver, "start")
     wait(driver, lambda d: value(d, "prompt"))
 
@@ -201,11 +241,11 @@ def assert_nothing_ran(driver) -> None:
     assert driver.find_elements(By.TAG_NAME, "body")  # no alert() is open, or this call would have raised
 
 
-def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_path, browser):
+def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_path, browser, label_app):
     items = tmp_path / "collected.jsonl"
     items.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
     out = tmp_path / "label"
-    app = App(items, out, "--labelers_per_prompt", "2", "--allow_ties", "true").start()
+    app = label_app(items, out, "--labelers_per_prompt", "2", "--allow_ties", "true")
     made: dict[str, list[dict]] = {"alice": [], "bob": []}
     seen_payloads = set()
 
@@ -268,21 +308,22 @@ def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_
     assert metrics["train_rankings"] == 6 and (tmp_path / "rm" / "instructgpt_run.json").is_file()
 
 
-def test_a_password_guards_the_app_and_the_login_is_the_labeler_id(tmp_path, browser):
+def test_a_password_guards_the_app_and_the_login_is_the_labeler_id(tmp_path, browser, label_app):
     items = tmp_path / "collected.jsonl"
     items.write_text(json.dumps(ITEMS[2]) + "\n")
-    app = App(items, tmp_path / "label", env={"INSTRUCTGPT_LABEL_PASSWORD": "correct horse"}).start()
+    app = label_app(items, tmp_path / "label", env={"INSTRUCTGPT_LABEL_PASSWORD": "correct horse"})
     try:
         browser.get(app.url)
-        form = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
         assert not browser.find_elements(By.ID, "prompt")  # nothing to see before logging in
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(app.url + "config", timeout=10)  # nor to ask the API for
         login = urllib.parse.urlencode({"username": "carol", "password": "wrong"}).encode()
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(app.url + "login", data=login, timeout=10)
-        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("carol")
-        form[0].send_keys("correct horse", Keys.ENTER)
+        settled(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("carol"))
+        settled(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[type=password]")
+                .send_keys("correct horse", Keys.ENTER))
         wait(browser, lambda d: d.find_elements(By.ID, "prompt") and value(d, "prompt"))
         assert value(browser, "prompt") == ITEMS[2]["prompt"]
         rank(browser, "A>C>D>B", 0, keyboard=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wandb_records import read_run
-from conftest import FIXTURES, TINY_BASE, TINY_DATA, accelerate_launch, run_cli
+from helpers import FIXTURES, TINY_BASE, TINY_DATA, accelerate_launch, run_cli
 from instructgpt.data import DataError
 from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
 from instructgpt.stages.sft import parse_args, run_sft
@@ -238,7 +238,7 @@ def test_trl_sft_loss_equals_masked_token_nll_on_the_same_batch(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("dataset_text_field", "content"), ("assistant_only_loss", "true")])
 def test_sft_keys_that_cannot_apply_are_refused(tmp_path, key, value):
-    from conftest import python_m
+    from helpers import python_m
 
     result = run_cli(python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "o"),
                               f"--{key}", value))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_DATA
+from helpers import TINY_DATA
 from instructgpt.infra.outputs import RUN_MARKER
 
 
@@ -65,7 +65,7 @@ def test_sft_card_and_push_after_every_file(tmp_path, hub):
 
 
 def test_reward_model_card_has_its_shift_and_push_comes_after_the_normalization(collected, sft_model, tmp_path, hub):
-    from conftest import rm
+    from helpers import rm
 
     out = tmp_path / "rm"
     metrics = rm(out, collected[0] / "rankings.jsonl", sft_model, "--max_steps", "2", "--push_to_hub", "true",
@@ -101,7 +101,7 @@ def test_a_card_section_is_added_once_and_replaced(tmp_path):
 
 
 def test_ppo_card_says_where_the_value_model_is_and_push_comes_last(collected, sft_model, tmp_path, hub):
-    from conftest import rm
+    from helpers import rm
     from instructgpt.stages.ppo.trainer import parse_args, run_ppo
 
     rm(tmp_path / "rm", collected[0] / "rankings.jsonl", sft_model, "--max_steps", "2")
@@ -140,7 +140,7 @@ def test_pretrain_card_and_push(tmp_path, hub):
 
 
 def test_collect_writes_a_dataset_card_and_pushes_a_dataset_repo(sft_model, tmp_path, hub):
-    from conftest import collect
+    from helpers import collect
 
     out = tmp_path / "rankings"
     metrics = collect(out, sft_model, "--max_prompts", "6", "--max_new_tokens", "8", "--push_to_hub", "true",

@@ -1,6 +1,6 @@
 """Step 2, the reward-model stage: data formats, K-way batches, metrics, normalization, LoRA, bad input.
 
-The end-to-end collect + RM run on the tiny world (and its two-process twin) lives in tests/test_collect.py.
+The end-to-end collect + RM run on the tiny world (and its two-process twin) lives in tests/integration/test_collect.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wandb_records import read_run
-from conftest import FIXTURES, TINY_BASE, TINY_DATA
+from helpers import FIXTURES, TINY_BASE, TINY_DATA
 from instructgpt.data import DataError
 from instructgpt.losses import kway_ranking_loss
 from instructgpt.modeling import ModelLoadError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_DATA
+from helpers import TINY_DATA
 from instructgpt.judges import SimulatedLabeler
 from instructgpt.tinyworld import (
     CREATURES,

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_BASE, TINY_DATA
+from helpers import REPO, TINY_BASE, TINY_DATA
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.modeling.config import ModelLoadError, read_model_config
 from instructgpt.modeling.loading import model_init_kwargs

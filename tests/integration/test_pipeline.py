@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_BASE, TINY_DATA
+from helpers import REPO, TINY_BASE, TINY_DATA
 
 from instructgpt import cli
 from instructgpt.infra.outputs import RUN_MARKER, is_complete

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect, rm, run_cli
+from helpers import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect, rm, run_cli
 from instructgpt.stages.collect import RANKINGS_FILE, parse_args as collect_args, run_collect
 from instructgpt.data import DataError
 from instructgpt.infra.errors import InstructGPTError

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_BASE, TINY_DATA, python_m, run_cli
+from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli, start
 from instructgpt.data import DataError
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
 from instructgpt.infra.outputs import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
@@ -275,7 +275,7 @@ def test_collect_killed_mid_collection_resumes_to_the_same_rankings(sft_model, t
 
 @pytest.fixture(scope="module")
 def tiny_rm(sft_model, tmp_path_factory) -> Path:
-    from conftest import collect, rm
+    from helpers import collect, rm
 
     root = tmp_path_factory.mktemp("faults-rm")
     collect(root / "collect", sft_model, "--max_prompts", "24", "--max_new_tokens", "12")
@@ -327,8 +327,8 @@ def test_a_signal_ends_with_one_line_and_the_run_resumes(tmp_path, sig, code, wo
     args = python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--save_strategy",
                     "steps", "--save_steps", "2", *QUICK_SFT[:-2], "--max_train_samples", "400")
     # started with SIGINT ignored, as a shell starts a background job: the stage must still stop on it
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = start(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 600  # a loaded machine can take minutes to the first checkpoint
     while last_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO, TINY_BASE
+from helpers import REPO, TINY_BASE, start, stop
 from instructgpt.judges import make_judge
 from instructgpt.judges.llm import (
     PAIRWISE_TEMPLATE,
@@ -250,8 +250,8 @@ class Serve:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port",
                    str(self.port), "--device", "cpu", "--default-seed", "0", str(self.model)]
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log.open("ab"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log.open("ab") as log:
+            self.process = start(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + wait
         while time.time() < deadline:
             assert self.process.poll() is None, f"transformers serve exited: {self.log.read_text()[-2000:]}"
@@ -264,9 +264,8 @@ class Serve:
         raise AssertionError(f"transformers serve did not start in {wait} s: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        if self.process is not None and self.process.returncode is None:
+            stop(self.process, signal.SIGKILL)
 
     @property
     def url(self) -> str:
@@ -313,9 +312,9 @@ def test_transformers_serve_killed_mid_run_and_restarted_lets_the_run_finish(ser
     prompts = [f"Describe creature number {i}." for i in range(12)]
     a = [f"It is number {i}." for i in range(12)]
     b = [f"It is not number {i}." for i in range(12)]
-    # up to 60 attempts 1 s apart (after a short ramp): long enough for a restart under load
+    # up to 240 attempts 1 s apart (after a short ramp): longer than Serve.start waits for a restart under load
     judge = make_judge(f"llm:{chat_model}", llm_settings={
-        "base_url": serve.url, "cache": str(cache), "backoff": 0.25, "max_backoff": 1.0, "max_retries": 60,
+        "base_url": serve.url, "cache": str(cache), "backoff": 0.25, "max_backoff": 1.0, "max_retries": 240,
         "concurrency": 1, "max_tokens": 24})
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("result", judge.compare(prompts, a, b)))
@@ -352,7 +351,7 @@ def instruction_in(question: str) -> str:
 
 
 def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_the_cache(fake, tmp_path):
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
 
     prompts = [json.loads(line)["prompt"] for line in (TINY_DATA / "eval_prompts.jsonl").read_text().splitlines()[:6]]
 
@@ -400,7 +399,7 @@ def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_th
 
 
 def test_eval_refuses_an_api_key_in_the_recipe_in_one_line(tmp_path, capsys):
-    from conftest import TINY_DATA
+    from helpers import TINY_DATA
 
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--models", f"a={TINY_BASE}", f"b={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
