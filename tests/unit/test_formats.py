@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+
+import instructgpt
 
 from instructgpt.data import DataError
 from instructgpt.data.formats import load_demonstrations, load_prompts, prompt_of, split_conversation, to_prompt_completion
@@ -35,14 +38,13 @@ def test_every_stage_loads_prompts_and_demonstrations_through_the_one_rule(tmp_p
     prompts = load_prompts(str(path), key="dataset_name", source="test")
     assert prompts == [[SYSTEM, U1, A1, U2], [U1, A1, U2]]
 
-    from instructgpt.stages import collect, eval as evaluate
-    from instructgpt.stages.ppo import trainer
-
-    import inspect
-
-    for stage in (collect, evaluate, trainer):  # each reads its prompts with load_prompts, never a rule of its own
-        assert "load_prompts" in inspect.getsource(stage), stage.__name__
-        assert "_before_last_assistant" not in inspect.getsource(stage) and "prompt_from_row" not in inspect.getsource(stage)
+    stages = Path(instructgpt.__file__).parent / "stages"
+    for stage in (stages / "collect.py", stages / "eval", stages / "ppo"):
+        # each reads its prompts with load_prompts, never a rule of its own (a package: all its modules)
+        files = sorted(stage.rglob("*.py")) if stage.is_dir() else [stage]
+        source = "".join(f.read_text(encoding="utf-8") for f in files)
+        assert "load_prompts" in source, stage.name
+        assert "_before_last_assistant" not in source and "prompt_from_row" not in source
 
     with pytest.raises(DataError, match=r"row 0: `messages` does not end with an assistant turn"):
         load_demonstrations(str(path), config=None, split="train", key="dataset_name", source="test", limit=None)
