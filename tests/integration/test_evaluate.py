@@ -299,10 +299,10 @@ def test_best_of_n_needs_a_reward_model(tmp_path, capsys):
     ("--top_p", "1.5", "`top_p` must be between 0 and 1, got 1.5"),
     ("--llm_judge_concurrency", "0", "`llm_judge_concurrency` must be at least 1, got 0"),
     ("--llm_judge_timeout", "0", "`llm_judge_timeout` must be greater than 0, got 0.0"),
-    ("--vllm_gpu_memory_utilization", "0", "--vllm_gpu_memory_utilization must be in (0, 1], got 0.0"),
+    ("--vllm_gpu_memory_utilization", "0", "`vllm_gpu_memory_utilization` must be greater than 0 and at most 1, got 0.0"),
 ])
 def test_eval_refuses_numbers_out_of_range_before_any_model_loads(tmp_path, capsys, flag, value, message):
-    """Each number's range sits on its field (checked when parsed); (0, 1] is checked by EvalArguments.validate."""
+    """Each number's range sits on its field, checked when the arguments are parsed."""
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
                        "--output_dir", str(tmp_path / "eval"), flag, value])

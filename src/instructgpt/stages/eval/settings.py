@@ -122,7 +122,8 @@ class EvalArguments:
     vllm_gpu_memory_utilization: float = field(
         default=0.5,
         metadata={"help": "With --use_vllm: the share of GPU memory vLLM takes (weights + KV cache); the models "
-                  "being scored share the rest. No effect on CPU (VLLM_CPU_KVCACHE_SPACE, GiB, sizes the cache)."},
+                  "being scored share the rest. No effect on CPU (VLLM_CPU_KVCACHE_SPACE, GiB, sizes the cache).",
+                  "range": "(0, 1]"},
     )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
@@ -163,8 +164,7 @@ class EvalArguments:
     run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
 
     def validate(self, source: str = "instructgpt eval") -> None:
-        """The rules no single field's range says: what must be given, what goes together, and the vLLM share, in
-        (0, 1] (a range the ``metadata["range"]`` forms cannot write)."""
+        """The rules no single field's range says: what must be given and what goes together."""
         if not self.models:
             raise EvalError(f"{source}: give at least one model with --models NAME=PATH")
         if not self.prompts:
@@ -176,9 +176,6 @@ class EvalArguments:
                 raise EvalError(f"{source}: --models {name}: best-of-n picks with a reward model; give --reward_model")
         if self.labeler.startswith("llm:"):  # fail before any model is sampled
             llm_judge_settings(self, source).validate()
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise EvalError(f"{source}: --vllm_gpu_memory_utilization must be in (0, 1], got "
-                            f"{self.vllm_gpu_memory_utilization}")
         if self.use_vllm:
             require_vllm(source, key="--use_vllm")
 
