@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 from instructgpt.data.formats import Prompt
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.modeling import model_context_length
+from instructgpt.modeling.lora import is_lora
 from instructgpt.sampling import Sample, cut_at_eos, encode_prompts
 
 VLLM_EXTRA = "pip install -e '.[vllm]'"
@@ -239,7 +241,6 @@ def hf_weights(policy: Any) -> list[tuple[str, Any]]:
     """
     import torch
 
-    from instructgpt.modeling.lora import is_lora
 
     with torch.no_grad():
         if not is_lora(policy):
@@ -375,7 +376,6 @@ class VLLMSampler:
                  seed: int = 0, distributed: bool = False, source: str = "recipe"):
         from transformers import AutoConfig
 
-        from instructgpt.modeling import model_context_length
 
         self.tokenizer = tokenizer
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)

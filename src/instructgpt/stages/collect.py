@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from instructgpt import sampling
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.guards import UnsoundOutput, fault_point
+from instructgpt.infra.hub import push_output, write_dataset_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import (
     OutputDirError,
@@ -43,10 +45,12 @@ from instructgpt.infra.outputs import (
     read_appended_jsonl,
 )
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
-from instructgpt.infra.hub import push_output, write_dataset_card
+from instructgpt.infra.processes import process_state
 from instructgpt.infra.tracking import StageTracker, run_identity
 from instructgpt.infra.validation import range_problems
+from instructgpt.judges import make_labeler
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
+from instructgpt.sampling_vllm import VLLMSampler, require_vllm
 
 logger = get_logger(__name__)
 
@@ -254,7 +258,6 @@ def check_settings(output_dir: Path, settings: dict[str, Any], source: str) -> N
     Appending rankings sampled with another K, model or labeler to an interrupted collection would mix two
     datasets in one file, silently.
     """
-    from instructgpt.infra.processes import process_state
 
     state = process_state()
     path = output_dir / SETTINGS_FILE
@@ -301,7 +304,6 @@ def collection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def prepare_collect_dir(output_dir: Path, if_exists: str, source: str) -> None:
     """Like the training stages: a finished collection is never redone silently; an interrupted one resumes."""
-    from instructgpt.infra.processes import process_state
 
     if is_complete(output_dir) and if_exists == "resume":
         raise OutputDirError(
@@ -345,8 +347,7 @@ def collect_prompts(
     from tqdm.auto import tqdm
 
     if generate_responses is None:
-        from instructgpt.sampling import generate_responses
-
+        generate_responses = sampling.generate_responses
     k = args.num_responses
     bar = tqdm(total=len(todo), desc="Collecting comparisons", unit="prompt", disable=not show_progress)
     pending = set(todo)
@@ -399,10 +400,8 @@ def _vllm_call(sampler: Any) -> Any:
 
 def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     """Collect rankings as the recipe describes; returns the collection's metrics."""
-    from instructgpt.infra.processes import process_state
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.judges import make_labeler
 
     source = recipe.source
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
@@ -411,7 +410,6 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     if not args.output_dir:
         raise InstructGPTError(f"{source}: `output_dir` is required")
     if args.use_vllm:  # before anything is loaded or written
-        from instructgpt.sampling_vllm import require_vllm
 
         require_vllm(source)
     state = process_state()
@@ -437,7 +435,6 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
     sampler = None
     if args.use_vllm:  # the engine holds the policy: no transformers copy of it
-        from instructgpt.sampling_vllm import VLLMSampler
 
         sampler = VLLMSampler(model_path, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                               dtype=args.dtype, trust_remote_code=args.trust_remote_code, seed=args.seed, source=source,

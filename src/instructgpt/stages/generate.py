@@ -15,9 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from instructgpt.data.formats import load_prompts
+from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.validation import range_problems
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, load_policy
+from instructgpt.sampling import generate_responses
 
 
 @dataclass
@@ -41,7 +44,6 @@ class Sampling:
 
 def sample(model: Any, tokenizer: Any, prompts: list[Any], settings: Sampling, num_samples: int = 1) -> list[list[str]]:
     """``responses[prompt][sample]`` with the shared sampler."""
-    from instructgpt.sampling import generate_responses
 
     return generate_responses(
         model, tokenizer, prompts, num_samples=num_samples, max_new_tokens=settings.max_new_tokens,
@@ -82,15 +84,11 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from instructgpt.infra.entrypoint import run_cli
-
     args = generate_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     def _run() -> None:
         prompts: list[Any] = list(args.prompt)
         if args.prompts_file:
-            from instructgpt.data.formats import load_prompts
-
             prompts += load_prompts(args.prompts_file, key="--prompts_file", source="instructgpt generate")
         if not prompts:
             raise InstructGPTError("instructgpt generate: give at least one --prompt (or --prompts_file)")
@@ -129,7 +127,6 @@ def chat_loop(
     The whole conversation is the prompt of every turn (rendered by the chat template); when it outgrows the
     model's context, :func:`instructgpt.sampling.generate_responses` keeps its end.
     """
-    from instructgpt.sampling import generate_responses
 
     def fresh() -> list[dict[str, str]]:
         return [{"role": "system", "content": system}] if system else []
@@ -162,8 +159,6 @@ def chat_loop(
 
 
 def chat_main(argv: list[str] | None = None) -> None:
-    from instructgpt.infra.entrypoint import run_cli
-
     parser = argparse.ArgumentParser(prog="instructgpt chat", description="Chat with any causal LM in the terminal.")
     parser.add_argument("model", metavar="MODEL", help="A model directory (SFT, PPO, any causal LM) or Hub id.")
     parser.add_argument("--system", default=None, help="A system message at the start of the conversation.")

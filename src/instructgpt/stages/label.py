@@ -32,19 +32,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import (
     OutputDirError,
     atomic_write_json,
+    atomic_write_text,
     is_complete,
     mark_complete,
     mark_started,
     prepare_output_dir,
 )
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
-from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE
+from instructgpt.labeling import ITEMS_FILE, Item, LabelStore, items_from_rankings, load_items, save_items
+from instructgpt.labeling.app import KEYBOARD_JS, build_app
+from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
+from instructgpt.sampling import generate_responses
 
 logger = get_logger(__name__)
 
@@ -201,10 +206,6 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
     """K distinct responses per prompt from the policy, sampled as ``collect`` samples them."""
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.data.formats import load_prompts
-    from instructgpt.labeling import Item
-    from instructgpt.modeling import check_model_path, load_tokenizer
-    from instructgpt.sampling import generate_responses
 
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
     prompts = load_prompts(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
@@ -236,7 +237,6 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
 
 def prepare_items(args: LabelArguments, output_dir: Path, source: str) -> list[Any]:
     """The items of this labeling: read back from ``items.jsonl`` on a restart, else loaded or sampled and saved."""
-    from instructgpt.labeling import ITEMS_FILE, items_from_rankings, load_items, save_items
 
     path = output_dir / ITEMS_FILE
     if path.exists():
@@ -268,7 +268,6 @@ def import_gradio(source: str) -> None:
 
 def open_store(args: LabelArguments, recipe: Recipe) -> Any:
     """Check the settings, prepare the output directory and the items; the store the app serves."""
-    from instructgpt.labeling import LabelStore
 
     source = recipe.source
     if not args.output_dir:
@@ -299,7 +298,6 @@ def browser_secret(output_dir: Path) -> str:
     """A random key kept in the output directory, so that browsers recognize their labeler after a restart."""
     import secrets
 
-    from instructgpt.infra.outputs import atomic_write_text
 
     path = output_dir / ".browser_secret"
     if not path.exists():
@@ -314,7 +312,6 @@ def run_label(args: LabelArguments, recipe: Recipe) -> dict[str, Any]:
     import_gradio(source)
     store = open_store(args, recipe)
 
-    from instructgpt.labeling.app import KEYBOARD_JS, build_app
 
     demo = build_app(store, rate_metadata=args.rate_metadata, use_login=password is not None,
                      browser_secret=browser_secret(Path(args.output_dir)))

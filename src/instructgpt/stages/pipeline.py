@@ -46,13 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.log import get_logger
-from instructgpt.stages import load_stage
-from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
 from instructgpt.infra.entrypoint import run_cli
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.hub import add_card_section
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
+from instructgpt.infra.processes import process_state
+from instructgpt.infra.tracking import GROUP_ENV
 from instructgpt.infra.validation import range_problems
+from instructgpt.stages import load_stage
 
 logger = get_logger(__name__)
 
@@ -456,7 +459,6 @@ class Console:
     """Banners, tables and messages with rich (main process only)."""
 
     def __init__(self) -> None:
-        from instructgpt.infra.processes import process_state
         from rich.console import Console as RichConsole
 
         self.main = process_state().is_main_process
@@ -497,7 +499,6 @@ def load_state(root: Path) -> dict[str, Any]:
 
 def run_pipeline(args: PipelineArguments, recipe: Recipe, stage_overrides: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Run (or resume) every stage of the plan, then the evaluation; returns the pipeline's summary."""
-    from instructgpt.infra.tracking import GROUP_ENV
 
     console = Console()
     root = Path(args.output_dir)
@@ -543,7 +544,6 @@ def environment(name: str, value: str) -> Iterator[None]:
 
 def run_plan(stages: list[Stage], eval_args: Any, recipe: Recipe, summary: dict[str, Any], console: Console) -> None:
     """Skip, resume or run each stage in order, then the evaluation; ``summary`` collects timings and results."""
-    from instructgpt.infra.processes import process_state
 
     state = process_state()
     root, group, timings = Path(summary["output_dir"]), summary["wandb_group"], summary["stages"]
@@ -636,7 +636,6 @@ def eval_is_current(eval_args: Any, stages: list[Stage]) -> bool:
 def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, total: int,
                       timings: dict[str, Any], save: Any) -> dict[str, Any] | None:
     """The evaluation stage (main process; the others wait)."""
-    from instructgpt.infra.processes import process_state
 
     evaluation = load_stage("eval")
 
@@ -665,7 +664,6 @@ def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, tot
 
 def add_eval_to_cards(results: dict[str, Any]) -> None:
     """Each evaluated model's card gets the pipeline's evaluation: its win rates and its per-model numbers."""
-    from instructgpt.infra.hub import add_card_section
 
     metrics_keys = ("labeler_score", "labeler_correct", "labeler_on_task", "labeler_off_topic", "rm_score",
                     "kl_to_reference", "response_tokens")

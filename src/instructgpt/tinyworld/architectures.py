@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from instructgpt.infra.log import get_logger
+from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.log import get_logger
 from instructgpt.infra.validation import range_problems
 
 logger = get_logger(__name__)
@@ -146,8 +147,6 @@ def build_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from instructgpt.infra.entrypoint import run_cli
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", required=True, help="Where to save the model and its tokenizer.")
     parser.add_argument("--base_tokenizer", default=DEFAULT_BASE_TOKENIZER,
