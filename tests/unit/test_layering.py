@@ -48,6 +48,8 @@ def stage_of(module: str) -> str | None:
         return None
     name = module[len(STAGES) + 1:].split(".")[0]
     folder = PACKAGE / "stages"
+    if name == "registry":  # the package's index of its stages (STAGES, load_stage), not a stage
+        return None
     # `from instructgpt.stages import load_stage` names a function of the package, not a stage
     return name if (folder / f"{name}.py").is_file() or (folder / name).is_dir() else None
 
@@ -62,7 +64,7 @@ def test_the_walker_sees_lazy_and_relative_imports():
     assert "instructgpt.data" in names  # the PPO data module reads prompts through the shared loader
     assert stage_of("instructgpt.stages.ppo.trainer") == "ppo" and stage_of("instructgpt.stages.sft") == "sft"
     assert stage_of("instructgpt.stages") is None and stage_of("instructgpt.modeling.reward") is None
-    assert stage_of("instructgpt.stages.load_stage") is None
+    assert stage_of("instructgpt.stages.load_stage") is None and stage_of("instructgpt.stages.registry") is None
 
 
 def test_no_stage_imports_another_stage():
