@@ -36,7 +36,7 @@ def test_every_stage_loads_prompts_and_demonstrations_through_the_one_rule(tmp_p
     assert prompts == [[SYSTEM, U1, A1, U2], [U1, A1, U2]]
 
     from instructgpt.stages import collect, eval as evaluate
-    from instructgpt.stages.ppo import trainer
+    from instructgpt.stages.ppo import data as trainer  # PPO reads its prompts in stages/ppo/data.py
 
     import inspect
 

@@ -345,3 +345,11 @@ class PPOConfig(TrainingArguments):
         """Updates in the run: ``ceil(total_episodes / batch_size)`` (TRL's ``num_total_batches``)."""
         episodes = self.total_episodes or int(self.num_train_epochs * num_prompts)
         return max(1, math.ceil(episodes / self.batch_size(num_processes)))
+
+
+def steps_of(value: float | int | None, total: int) -> int | None:
+    """How many updates ``logging_steps``, ``save_steps`` or ``eval_steps`` means in a run of ``total``:
+    TrainingArguments' convention, where a float below 1 is a fraction of the run (None: never)."""
+    if value is None or value <= 0:
+        return None
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)
