@@ -19,7 +19,10 @@ Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implem
 4. β update (fixed, or the adaptive controller), learning-rate schedule step, logging, checkpoint.
 
 Built on accelerate (DDP, DeepSpeed, FSDP, mixed precision, checkpoint state) with TRL's remaining utilities.
-Checkpoints (writing, rotating, resuming) live in :mod:`instructgpt.stages.ppo.checkpointing`.
+``PPOTrainer`` holds the algorithm; beside it in ``stages/ppo/``: ``config`` (the settings), ``data`` (prompts, ptx),
+``models`` (the four models), ``rollout`` and ``vllm_rollout`` (sampling), ``optimization`` (optimizer, schedule,
+KL controller), ``metrics`` (what is logged), ``checkpointing`` (save, rotate, resume) and ``output`` (how the
+output directory starts and ends).
 """
 
 from __future__ import annotations
