@@ -126,7 +126,7 @@ class VLLMRollout:
         for output in outputs:
             completion = output.outputs[0]
             ids = list(completion.token_ids)
-            logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs or [], ids)]
+            logprobs = [float(position[token].logprob) for position, token in zip(completion.logprobs or [], ids)]
             results.append((ids, logprobs))
         return results
 
