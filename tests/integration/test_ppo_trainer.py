@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, run_cli
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.processes import prepare_frozen_model
+from instructgpt.losses.ppo import logprobs_from_logits
+from instructgpt.stages.ppo.models import (
+    PolicyAndValue, Sequences, fuse_tanh_gelu, response_logits, response_values, score_parts, sequence_scores,
+)
+from instructgpt.stages.ppo.rollout import Samples
 from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
 
 # The end-to-end margins: after 8 updates of 64 episodes (learning rate 1e-4), the mean normalized RM score of the
@@ -80,8 +87,6 @@ def test_saved_policy_and_value_model_load_with_the_auto_classes(ppo_run, sft_mo
 
 
 def test_finished_run_is_not_overwritten(ppo_run, sft_model, trained_rm):
-    from instructgpt.infra.outputs import OutputDirError
-
     out, _ = ppo_run
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(OutputDirError, match="already holds a trained model; it was not touched"):
@@ -193,7 +198,6 @@ def test_fused_gelu_changes_speed_not_results():
     from transformers import AutoModelForCausalLM
 
     from helpers import TINY_BASE
-    from instructgpt.stages.ppo.models import fuse_tanh_gelu
 
     model = AutoModelForCausalLM.from_pretrained(TINY_BASE).double()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -212,11 +216,6 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from helpers import TINY_BASE
-    from instructgpt.losses.ppo import logprobs_from_logits
-    from instructgpt.stages.ppo.models import (
-        PolicyAndValue, Sequences, response_logits, response_values, score_parts, sequence_scores,
-    )
-    from instructgpt.stages.ppo.rollout import Samples
 
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(TINY_BASE).double().eval()
@@ -262,7 +261,6 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
 
 def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):
     from helpers import FIXTURES
-    from instructgpt.infra.errors import InstructGPTError
 
     prompts = FIXTURES / "ultrafeedback_binarized"
     with pytest.raises(InstructGPTError, match=r"`dataset_name` \(.*ultrafeedback_binarized\) has 40 prompts, fewer "
@@ -280,8 +278,6 @@ def test_frozen_models_are_prepared_for_the_accelerator_backend(monkeypatch, bac
     from types import SimpleNamespace
 
     import trl.models.utils as trl_utils
-
-    from instructgpt.infra.processes import prepare_frozen_model
 
     calls = []
     monkeypatch.setattr(trl_utils, "prepare_fsdp", lambda model, acc: calls.append(("fsdp", model)) or "sharded")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from instructgpt.infra.parser import RecipeError, load_yaml, recipe_stage, split_argv
+from instructgpt.infra.validation import range_of
+from instructgpt.stages.ppo.config import PPOConfig
+from instructgpt.stages.ppo.trainer import main as ppo_main
+from instructgpt.stages.ppo.trainer import parse_args as parse_ppo_args
 from instructgpt.stages.sft import parse_args as parse_sft_args
 
 MINIMAL = "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\noutput_dir: runs/x\n"
@@ -134,11 +139,29 @@ def test_every_entry_point_prints_help_and_exits_0(name, capsys):
 
 def test_help_comes_before_any_recipe_check(tmp_path, capsys):
     """`instructgpt-ppo recipes/tiny/ppo.yaml --help` prints help, it does not complain about the recipe."""
-    from instructgpt.stages.ppo.trainer import main
-
     with pytest.raises(SystemExit) as exit_:
-        main(["recipes/tiny/ppo.yaml", "--help"])
+        ppo_main(["recipes/tiny/ppo.yaml", "--help"])
     assert exit_.value.code == 0 and "--kl_coef" in capsys.readouterr().out
+
+
+# PPO's two clip ranges, the adaptive controller's KL target and the max_kl stop are each "> 0", declared on the field:
+# a clip range of 0 pins the ratio (or the value) to the old one, a target of 0 divides the controller's error by
+# zero, and a max_kl of 0 stops the run at the first update's estimation noise (null turns the stop off).
+@pytest.mark.parametrize("key", ["cliprange", "cliprange_value", "target", "max_kl"])
+def test_ppo_clip_ranges_kl_target_and_max_kl_are_positive_and_refused_at_zero(key):
+    field = next(f for f in dataclasses.fields(PPOConfig) if f.name == key)
+    assert field.metadata["range"] == range_of(field) == "> 0"
+    for refused in ("0", "-0.1"):
+        with pytest.raises(RecipeError) as err:
+            parse_ppo_args(["recipes/tiny/ppo.yaml", f"--{key}", refused])
+        line = str(err.value)
+        assert line == f"recipes/tiny/ppo.yaml: `{key}` must be greater than 0, got {float(refused)}", line
+    for accepted in ("1e-06", "0.5"):
+        (_, config, _), _ = parse_ppo_args(["recipes/tiny/ppo.yaml", f"--{key}", accepted])
+        assert getattr(config, key) == float(accepted)
+    if key == "max_kl":
+        (_, config, _), _ = parse_ppo_args(["recipes/tiny/ppo.yaml", "--max_kl", "null"])
+        assert config.max_kl is None
 
 
 def test_version_everywhere(capsys):

@@ -23,12 +23,13 @@ each minibatch processed ``per_device_train_batch_size`` sequences at a time wit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from transformers import TrainingArguments
 
 from instructgpt.arguments import ScriptArguments
+from instructgpt.infra.validation import check_number
 
 
 @dataclass
@@ -59,7 +60,9 @@ class PPOScriptArguments(ScriptArguments):
     )
     ptx_dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration of the ptx dataset."})
     ptx_dataset_split: str = field(default="train", metadata={"help": "Split of the ptx dataset (Hub datasets)."})
-    max_ptx_samples: int | None = field(default=None, metadata={"help": "Use only the first N ptx examples."})
+    max_ptx_samples: int | None = field(
+        default=None, metadata={"range": ">= 1", "help": "Use only the first N ptx examples."}
+    )
 
 
 @dataclass
@@ -68,9 +71,15 @@ class PPOConfig(TrainingArguments):
     ``logging_steps`` (1: one update is a whole rollout batch), ``bf16`` (on where the hardware has it)."""
 
     # ---- overridden TrainingArguments defaults -------------------------------------------------------------------
-    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate of AdamW (TRL's PPO default)."})
+    learning_rate: float = field(
+        default=3e-6, metadata={"range": ">= 0", "help": "Initial learning rate of AdamW (TRL's PPO default)."}
+    )
     logging_steps: float = field(
-        default=1, metadata={"help": "Log every N updates (each update is one rollout batch and its PPO epochs)."}
+        default=1,
+        metadata={
+            "range": ">= 0",
+            "help": "Log every N updates (each update is one rollout batch and its PPO epochs).",
+        },
     )
     bf16: bool | None = field(
         default=None,
@@ -81,26 +90,34 @@ class PPOConfig(TrainingArguments):
 
     # ---- TRL PPOConfig (trl.experimental.ppo, <= 1.12): same names, same meaning -----------------------------------
     num_mini_batches: int = field(
-        default=1, metadata={"help": "Minibatches per rollout batch; each gets one optimizer step per PPO epoch."}
+        default=1,
+        metadata={
+            "range": ">= 1",
+            "help": "Minibatches per rollout batch; each gets one optimizer step per PPO epoch.",
+        },
     )
     total_episodes: int | None = field(
         default=None,
-        metadata={
+        metadata={"range": ">= 1", 
             "help": "Episodes (sampled responses) to train on in total. Default: `num_train_epochs` passes over the "
             "prompts. Rounded up to whole rollout batches."
         },
     )
     local_rollout_forward_batch_size: int = field(
-        default=64, metadata={"help": "Sequences per forward pass (generation, reference, value, reward) in rollouts."}
+        default=64,
+        metadata={"range": ">= 1",
+                  "help": "Sequences per forward pass (generation, reference, value, reward) in rollouts."},
     )
     num_sample_generations: int = field(
         default=10,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "How many times over the run to log a table of sample completions with their scores "
             "(W&B table `completions` and `completions.jsonl`); 0 turns it off."
         },
     )
-    response_length: int = field(default=53, metadata={"help": "Maximum number of tokens in a sampled response."})
+    response_length: int = field(
+        default=53, metadata={"range": ">= 1", "help": "Maximum number of tokens in a sampled response."}
+    )
     stop_token: Literal["eos"] | None = field(
         default="eos",
         metadata={
@@ -109,11 +126,12 @@ class PPOConfig(TrainingArguments):
         },
     )
     stop_token_id: int | None = field(
-        default=None, metadata={"help": "A token id that ends a response; exclusive with `stop_token`."}
+        default=None,
+        metadata={"range": ">= 0", "help": "A token id that ends a response; exclusive with `stop_token`."},
     )
     temperature: float = field(
         default=1.0,
-        metadata={
+        metadata={"range": "> 0", 
             "help": "Sampling temperature. The policy PPO optimises is softmax(logits / temperature), so the same "
             "division applies to the log-probs of the policy and the reference (N+ implementation details). 1.0 "
             "(default) trains the model's own distribution."
@@ -121,19 +139,19 @@ class PPOConfig(TrainingArguments):
     )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "Subtracted from the score of a response that reaches `response_length` without the stop token "
             "(must be >= 0), which teaches the policy to finish its answers."
         },
     )
-    num_ppo_epochs: int = field(default=4, metadata={"help": "PPO epochs over each rollout batch."})
+    num_ppo_epochs: int = field(default=4, metadata={"range": ">= 1", "help": "PPO epochs over each rollout batch."})
     whiten_rewards: bool = field(
         default=False,
         metadata={"help": "Whiten the per-token rewards (scale only, mean kept) before GAE."},
     )
     kl_coef: float = field(
         default=0.05,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "beta, the per-token KL penalty coefficient (InstructGPT: 0.02); the starting value when "
             "`adap_kl_ctrl` is on."
         },
@@ -145,11 +163,19 @@ class PPOConfig(TrainingArguments):
             "(r - 1) - log r with r = pi_ref / pi (unbiased, never negative, lower variance)."
         },
     )
-    cliprange: float = field(default=0.2, metadata={"help": "epsilon of PPO's clipped surrogate objective."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value function's update."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
-    lam: float = field(default=0.95, metadata={"help": "lambda of GAE."})
+    # a clip range of 0 clips the ratio to exactly 1: after the first optimizer step of a batch the policy loss has
+    # no gradient except back toward the old policy, so PPO cannot move (the same holds for the value clip)
+    cliprange: float = field(
+        default=0.2, metadata={"range": "> 0", "help": "epsilon of PPO's clipped surrogate objective."}
+    )
+    vf_coef: float = field(
+        default=0.1, metadata={"range": ">= 0", "help": "Weight of the value loss in the total loss."}
+    )
+    cliprange_value: float = field(
+        default=0.2, metadata={"range": "> 0", "help": "Clip range of the value function's update."}
+    )
+    gamma: float = field(default=1.0, metadata={"range": "[0, 1]", "help": "Discount factor of GAE."})
+    lam: float = field(default=0.95, metadata={"range": "[0, 1]", "help": "lambda of GAE."})
 
     # ---- TRL's older PPOConfig names for the adaptive KL controller (Ziegler et al. 2019) ---------------------------
     adap_kl_ctrl: bool = field(
@@ -159,43 +185,52 @@ class PPOConfig(TrainingArguments):
             "Ziegler et al. 2019); off: beta stays at `kl_coef`."
         },
     )
+    # the controller's error is KL / target - 1: a target of 0 divides by zero
     target: float = field(
-        default=6.0, metadata={"help": "Adaptive KL: the target KL per response, in nats (with `adap_kl_ctrl`)."}
+        default=6.0,
+        metadata={"range": "> 0", "help": "Adaptive KL: the target KL per response, in nats (with `adap_kl_ctrl`)."},
     )
     horizon: int = field(
-        default=10000, metadata={"help": "Adaptive KL: the controller's horizon, in episodes (with `adap_kl_ctrl`)."}
+        default=10000,
+        metadata={"range": ">= 1", "help": "Adaptive KL: the controller's horizon, in episodes (with `adap_kl_ctrl`)."},
     )
 
     # ---- new in this project ---------------------------------------------------------------------------------------
-    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens only (0: no limit)."})
+    top_k: int = field(
+        default=0, metadata={"range": ">= 0", "help": "Sample among the k most likely tokens only (0: no limit)."}
+    )
     top_p: float = field(
-        default=1.0, metadata={"help": "Nucleus sampling: the smallest set of tokens with this probability (1.0: all)."}
+        default=1.0,
+        metadata={"range": "[0, 1]",
+                  "help": "Nucleus sampling: the smallest set of tokens with this probability (1.0: all)."},
     )
     entropy_coef: float = field(
         default=0.0,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "Weight of the entropy bonus (PPO's c2, Schulman et al. 2017, eq. 9) against premature collapse; "
             "InstructGPT used 0."
         },
     )
     ptx_coef: float = field(
         default=0.0,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "PPO-ptx: gamma, the weight of the pretraining log-likelihood term (InstructGPT used 27.8); 0 "
             "gives plain PPO. Needs `ptx_dataset_name`."
         },
     )
     ptx_batch_size: int | None = field(
         default=None,
-        metadata={
+        metadata={"range": ">= 1", 
             "help": "PPO-ptx sequences per micro-batch (default `per_device_train_batch_size`): every PPO "
             "micro-batch is paired with this many ptx sequences."
         },
     )
-    ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx sequences are truncated to this many tokens."})
+    ptx_max_length: int = field(
+        default=128, metadata={"range": ">= 1", "help": "PPO-ptx sequences are truncated to this many tokens."}
+    )
     max_kl: float | None = field(
         default=100.0,
-        metadata={
+        metadata={"range": "> 0", 
             "help": "Stop the run (keeping the last checkpoint) when the mean KL to the SFT policy per response "
             "exceeds this many nats: the policy has run away from the reference. Null: never."
         },
@@ -209,7 +244,7 @@ class PPOConfig(TrainingArguments):
     )
     eval_num_prompts: int = field(
         default=64,
-        metadata={
+        metadata={"range": ">= 0", 
             "help": "With `eval_dataset_name`: how many held-out prompts to score before training, at each "
             "evaluation (`eval_strategy: steps`, `eval_steps`) and at the end (mean reward, KL, length)."
         },
@@ -237,7 +272,7 @@ class PPOConfig(TrainingArguments):
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
-        metadata={
+        metadata={"range": "[0, 1]", 
             "help": "With use_vllm: the share of GPU memory vLLM takes (weights + KV cache), the rest being left "
             "to training (TRL's GRPO colocate default: 0.3). No effect on CPU, where VLLM_CPU_KVCACHE_SPACE (GiB, "
             "1 unless set) sizes the cache."
@@ -260,40 +295,20 @@ class PPOConfig(TrainingArguments):
         self._validate()
 
     def _validate(self) -> None:
-        """Reject settings that cannot describe a PPO run; each message names the key."""
-        positive_ints = ("num_ppo_epochs", "num_mini_batches", "response_length", "local_rollout_forward_batch_size",
-                         "per_device_train_batch_size", "gradient_accumulation_steps", "ptx_max_length", "horizon")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        if self.total_episodes is not None and self.total_episodes < 1:
-            raise ValueError(f"`total_episodes` must be >= 1, got {self.total_episodes}")
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be > 0 for PPO's sampling, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"`top_k` must be >= 0 (0: no limit), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}")
-        for name in ("cliprange", "cliprange_value", "target"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
-        for name in ("kl_coef", "vf_coef", "entropy_coef", "ptx_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"`gamma` and `lam` must be in [0, 1], got gamma={self.gamma}, lam={self.lam}")
-        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
-            raise ValueError(f"`missing_eos_penalty` must be >= 0, got {self.missing_eos_penalty}")
+        """Reject settings that cannot describe a PPO run; each message names the key.
+
+        Each number's range is declared on its field (``metadata["range"]``, or for the fields of
+        ``TrainingArguments`` a rule of :mod:`instructgpt.infra.validation`) and checked when the recipe is parsed.
+        It is checked again here, from the same declarations, so that a config built in code is held to the same
+        ranges. What follows are the rules that no one field's range can say."""
+        problems = [p for f in fields(self) if f.init and (p := check_number(f.name, getattr(self, f.name), f))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        for name in ("top_p", "vllm_gpu_memory_utilization"):  # (0, 1]: the range format has no open end for 0
+            if getattr(self, name) == 0:
+                raise ValueError(f"`{name}` must be in (0, 1], got {getattr(self, name)}")
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("set either `stop_token` or `stop_token_id`, not both")
-        if self.max_kl is not None and not self.max_kl > 0:
-            raise ValueError(f"`max_kl` must be > 0 (or null), got {self.max_kl}")
-        if self.ptx_batch_size is not None and self.ptx_batch_size < 1:
-            raise ValueError(f"`ptx_batch_size` must be >= 1, got {self.ptx_batch_size}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(f"`vllm_gpu_memory_utilization` must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
-        if self.eval_num_prompts < 0:
-            raise ValueError(f"`eval_num_prompts` must be >= 0, got {self.eval_num_prompts}")
         if self.local_batch_size % self.num_mini_batches:
             raise ValueError(
                 f"the rollout batch per process (per_device_train_batch_size * gradient_accumulation_steps = "
@@ -330,3 +345,11 @@ class PPOConfig(TrainingArguments):
         """Updates in the run: ``ceil(total_episodes / batch_size)`` (TRL's ``num_total_batches``)."""
         episodes = self.total_episodes or int(self.num_train_epochs * num_prompts)
         return max(1, math.ceil(episodes / self.batch_size(num_processes)))
+
+
+def steps_of(value: float | int | None, total: int) -> int | None:
+    """How many updates ``logging_steps``, ``save_steps`` or ``eval_steps`` means in a run of ``total``:
+    TrainingArguments' convention, where a float below 1 is a fraction of the run (None: never)."""
+    if value is None or value <= 0:
+        return None
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)

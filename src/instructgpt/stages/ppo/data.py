@@ -6,16 +6,18 @@ Prompts are tokenized once, up front, with the chat template the SFT model saved
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import AutoConfig
 
 from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
-
-
-
-
-
+from instructgpt.data.formats import load_prompts, to_prompt_completion
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.losses import IGNORE_INDEX
+from instructgpt.modeling import load_tokenizer, model_context_length
+from instructgpt.sampling import encode_prompts
 
 
 class PromptOrder:
@@ -68,8 +70,6 @@ def ptx_texts(dataset: Any, tokenizer: Any, *, name: str, source: str) -> list[s
     if fmt == ("text",):
         texts = list(dataset["text"])
     else:
-        from instructgpt.data.formats import to_prompt_completion
-
         texts = []
         for row in dataset:
             pair = to_prompt_completion(row)
@@ -141,6 +141,71 @@ class PtxStream:
 
 def ptx_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Labels for :func:`instructgpt.losses.ppo.ptx_loss`: the ids, with padding ignored."""
-    from instructgpt.losses import IGNORE_INDEX
-
     return input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Everything a run reads before its first update
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptData:
+    """The policy's tokenizer and what a PPO run samples from, as :func:`load_prompt_data` reads them."""
+
+    tokenizer: Any
+    prompts: list[Any]
+    prompt_ids: list[list[int]]
+    stop_token_ids: list[int]
+    """What ends a response: the EOS token (``stop_token: eos``), ``stop_token_id``, or nothing."""
+    eval_prompts: list[Any] = field(default_factory=list)
+    eval_prompt_ids: list[list[int]] = field(default_factory=list)
+    ptx: PtxStream | None = None
+
+
+def load_prompt_data(script_args: Any, args: Any, model_args: Any, policy_path: str, process_index: int,
+                     source: str) -> PromptData:
+    """The tokenizer (left padding, the SFT model's chat template), the prompts and held-out prompts tokenized to
+    leave ``response_length`` tokens of the model's context, the ptx stream of this process, the stop tokens."""
+    sa = script_args
+    tokenizer = load_tokenizer(
+        policy_path,
+        revision=model_args.model_revision,
+        trust_remote_code=args.trust_remote_code,
+        chat_template=sa.chat_template,
+        prompt_template=sa.prompt_template,
+        pad_token=sa.pad_token,
+        padding_side="left",
+    )
+    config = AutoConfig.from_pretrained(policy_path, trust_remote_code=args.trust_remote_code)
+    context = model_context_length(config)
+    if context is not None and args.response_length >= context:
+        raise InstructGPTError(
+            f"{source}: `response_length` ({args.response_length}) leaves no room for a prompt in the model's "
+            f"context of {context} tokens"
+        )
+    max_prompt = None if context is None else context - args.response_length
+    prompts = load_prompts(
+        sa.dataset_name, key="dataset_name", source=source, config=sa.dataset_config,
+        split=sa.dataset_train_split, limit=sa.max_train_samples,
+    )
+    data = PromptData(tokenizer, prompts, encode_prompts(tokenizer, prompts, max_prompt), stop_token_ids=[])
+    if sa.eval_dataset_name and args.eval_num_prompts > 0:
+        limit = min(args.eval_num_prompts, sa.max_eval_samples or args.eval_num_prompts)
+        data.eval_prompts = load_prompts(
+            sa.eval_dataset_name, key="eval_dataset_name", source=source, config=sa.dataset_config,
+            split=sa.dataset_test_split or "test", limit=limit,
+        )
+        data.eval_prompt_ids = encode_prompts(tokenizer, data.eval_prompts, max_prompt)
+    if args.ptx_coef > 0:
+        sequences = load_ptx(
+            sa.ptx_dataset_name, tokenizer, source=source, config=sa.ptx_dataset_config,
+            split=sa.ptx_dataset_split, limit=sa.max_ptx_samples,
+            max_length=min(args.ptx_max_length, context or args.ptx_max_length),
+        )
+        data.ptx = PtxStream(sequences, args.seed, process_index)
+    if args.stop_token == "eos":
+        data.stop_token_ids = [tokenizer.eos_token_id]
+    elif args.stop_token_id is not None:
+        data.stop_token_ids = [args.stop_token_id]
+    return data

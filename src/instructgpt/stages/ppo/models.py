@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.modeling import load_tokenizer, lora_config, model_init_kwargs
+from instructgpt.modeling.reward import load_sequence_classifier, reward_shift
 
 
 class PPOModelError(InstructGPTError):
@@ -240,3 +244,73 @@ def fuse_tanh_gelu(model: nn.Module) -> int:
                 setattr(parent, name, nn.GELU(approximate="tanh"))
                 swapped += 1
     return swapped
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading the four models
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOModels:
+    """The models of a PPO run, as :func:`load_models` returns them (before ``accelerator.prepare``)."""
+
+    model: PolicyAndValue
+    """The policy and the value function, trained together."""
+    ref_model: nn.Module | None
+    """The frozen SFT policy; None with LoRA, where the reference is the policy with its adapter disabled."""
+    reward_model: nn.Module
+    reward_shift: float
+    """Subtracted from every raw score (:func:`instructgpt.modeling.reward.reward_shift`)."""
+    reward_pad_id: int | None
+    rm_parts: tuple[nn.Module, nn.Module]
+    """The reward model's backbone and score head (:func:`score_parts`)."""
+    is_peft: bool
+
+
+def load_models(policy_path: str, reward_path: str, value_path: str, tokenizer: Any, model_args: Any, args: Any,
+                source: str) -> PPOModels:
+    """Load the policy (with a LoRA adapter when ``model_args.use_peft``), the reference, the reward model and the
+    value model, in that order; dropout off and GPT-2's GELU fused in all of them.
+
+    ``args`` is the run's :class:`~instructgpt.stages.ppo.config.PPOConfig` (remote code, gradient checkpointing).
+    The reward and value models must share the policy's tokenizer (:func:`check_same_tokenizer`).
+    """
+    init = model_init_kwargs(model_args, trust_remote_code=args.trust_remote_code, source=source)
+    for key, path in (("reward_model_path", reward_path), ("value_model_path", value_path)):
+        check_same_tokenizer(tokenizer, load_tokenizer(path), key, path)
+
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, **init)
+    peft_config = lora_config(model_args, "CAUSAL_LM", source=source, trust_remote_code=args.trust_remote_code)
+    ref_model = None
+    if peft_config is None:
+        ref_model = freeze(AutoModelForCausalLM.from_pretrained(policy_path, **init))
+    else:
+        from peft import get_peft_model
+
+        # the reference is the policy with its adapter disabled: no second copy of the SFT weights
+        peft_config.base_model_name_or_path = str(Path(policy_path).resolve()) if Path(policy_path).exists() else policy_path
+        if getattr(policy, "is_quantized", False):  # QLoRA: fp32 norms and input grads for the frozen 4/8-bit base
+            from peft import prepare_model_for_kbit_training
+
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=args.gradient_checkpointing)
+        policy = get_peft_model(policy, peft_config)
+    reward_model = freeze(AutoModelForSequenceClassification.from_pretrained(reward_path, **init))
+    shift = reward_shift(reward_model)
+    reward_pad_id = reward_model.config.pad_token_id
+    if reward_pad_id is None:
+        reward_pad_id = tokenizer.pad_token_id
+    # the value model is trained in full, so it is never loaded quantized
+    value_model = load_sequence_classifier(value_path, model_args, args.trust_remote_code, quantize=False, source=source)
+    for model in (policy, value_model, reward_model, ref_model):
+        if model is not None:
+            disable_dropout(model)
+            fuse_tanh_gelu(model)
+    for model in (policy, value_model):
+        model.config.pad_token_id = tokenizer.pad_token_id
+    rm_parts = score_parts(reward_model, "reward_model_path", reward_path)
+    both = PolicyAndValue(policy, value_model, "value_model_path", value_path)
+    if args.gradient_checkpointing:
+        both.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
+    return PPOModels(model=both, ref_model=ref_model, reward_model=reward_model, reward_shift=shift,
+                     reward_pad_id=reward_pad_id, rm_parts=rm_parts, is_peft=peft_config is not None)

@@ -24,11 +24,12 @@ rows) and position ids count real tokens only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from instructgpt.data.padding import pad_columns
 from instructgpt.stages.ppo.models import supports_logits_to_keep
 
 
@@ -44,6 +45,39 @@ class Samples:
     """``(B, T)`` float32 :math:`\\log\\pi(a_t|s_t)` at the sampling temperature, 0 on padding."""
     ended: torch.Tensor
     """``(B,)`` bool, True where the response ended with the stop token (not cut at ``max_new_tokens``)."""
+
+
+@dataclass
+class Batch:
+    """One process's rollout batch: ``[query | response]`` and everything PPO computes from it, ``(B, ...)``: the
+    :class:`Samples` with the prompts they answer and the reference log-probs, old values and scores."""
+
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    ended: torch.Tensor
+    prompts: list[Any]
+
+
+def join_chunks(chunks: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The fields of :class:`Batch` (but the prompts) from the rollout's chunks, each chunk padded to the widest:
+    queries on the left, responses and per-token numbers on the right."""
+    out = {
+        "query": pad_columns([c["query"] for c in chunks], pad_token_id, side="left"),
+        "query_mask": pad_columns([c["query_mask"] for c in chunks], False, side="left"),
+        "response": pad_columns([c["response"] for c in chunks], pad_token_id),
+        "mask": pad_columns([c["mask"] for c in chunks], False),
+    }
+    for key in ("logprobs", "ref_logprobs", "values"):
+        out[key] = pad_columns([c[key] for c in chunks], 0.0)
+    for key in ("scores", "ended"):
+        out[key] = torch.cat([c[key] for c in chunks])
+    return out
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
