@@ -38,17 +38,15 @@ def test_generate_errors(capsys, tmp_path):
 
 
 def test_chat_keeps_the_conversation_and_resets_it(monkeypatch):
-    import instructgpt.sampling as generation
-
     model, tokenizer = load_policy(str(TINY_BASE))
     seen = []
-    real = generation.generate_responses
+    real = generate.generate_responses
 
     def spy(model, tokenizer, prompts, **kwargs):
         seen.append([list(p) for p in prompts])
         return real(model, tokenizer, prompts, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_responses", spy)
+    monkeypatch.setattr(generate, "generate_responses", spy)  # the sampler the chat loop calls
     inputs = iter(["What is 2 plus 3?", "", "And 4 plus 4?", "/reset", "Tell me about the glimmerfox.", "/quit"])
     written = []
     messages = chat_loop(model, tokenizer, Sampling(max_new_tokens=6, seed=0), read=lambda _: next(inputs),

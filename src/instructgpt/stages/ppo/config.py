@@ -23,13 +23,13 @@ each minibatch processed ``per_device_train_batch_size`` sequences at a time wit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import TrainingArguments
 
 from instructgpt.arguments import ScriptArguments
-from instructgpt.infra.validation import check_number
+from instructgpt.infra.validation import range_problems
 
 
 @dataclass
@@ -98,7 +98,7 @@ class PPOConfig(TrainingArguments):
     )
     total_episodes: int | None = field(
         default=None,
-        metadata={"range": ">= 1", 
+        metadata={"range": ">= 1",
             "help": "Episodes (sampled responses) to train on in total. Default: `num_train_epochs` passes over the "
             "prompts. Rounded up to whole rollout batches."
         },
@@ -110,7 +110,7 @@ class PPOConfig(TrainingArguments):
     )
     num_sample_generations: int = field(
         default=10,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "How many times over the run to log a table of sample completions with their scores "
             "(W&B table `completions` and `completions.jsonl`); 0 turns it off."
         },
@@ -131,7 +131,7 @@ class PPOConfig(TrainingArguments):
     )
     temperature: float = field(
         default=1.0,
-        metadata={"range": "> 0", 
+        metadata={"range": "> 0",
             "help": "Sampling temperature. The policy PPO optimises is softmax(logits / temperature), so the same "
             "division applies to the log-probs of the policy and the reference (N+ implementation details). 1.0 "
             "(default) trains the model's own distribution."
@@ -139,7 +139,7 @@ class PPOConfig(TrainingArguments):
     )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "Subtracted from the score of a response that reaches `response_length` without the stop token "
             "(must be >= 0), which teaches the policy to finish its answers."
         },
@@ -151,7 +151,7 @@ class PPOConfig(TrainingArguments):
     )
     kl_coef: float = field(
         default=0.05,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "beta, the per-token KL penalty coefficient (InstructGPT: 0.02); the starting value when "
             "`adap_kl_ctrl` is on."
         },
@@ -201,26 +201,26 @@ class PPOConfig(TrainingArguments):
     )
     top_p: float = field(
         default=1.0,
-        metadata={"range": "[0, 1]",
+        metadata={"range": "(0, 1]",
                   "help": "Nucleus sampling: the smallest set of tokens with this probability (1.0: all)."},
     )
     entropy_coef: float = field(
         default=0.0,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "Weight of the entropy bonus (PPO's c2, Schulman et al. 2017, eq. 9) against premature collapse; "
             "InstructGPT used 0."
         },
     )
     ptx_coef: float = field(
         default=0.0,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "PPO-ptx: gamma, the weight of the pretraining log-likelihood term (InstructGPT used 27.8); 0 "
             "gives plain PPO. Needs `ptx_dataset_name`."
         },
     )
     ptx_batch_size: int | None = field(
         default=None,
-        metadata={"range": ">= 1", 
+        metadata={"range": ">= 1",
             "help": "PPO-ptx sequences per micro-batch (default `per_device_train_batch_size`): every PPO "
             "micro-batch is paired with this many ptx sequences."
         },
@@ -230,7 +230,7 @@ class PPOConfig(TrainingArguments):
     )
     max_kl: float | None = field(
         default=100.0,
-        metadata={"range": "> 0", 
+        metadata={"range": "> 0",
             "help": "Stop the run (keeping the last checkpoint) when the mean KL to the SFT policy per response "
             "exceeds this many nats: the policy has run away from the reference. Null: never."
         },
@@ -244,7 +244,7 @@ class PPOConfig(TrainingArguments):
     )
     eval_num_prompts: int = field(
         default=64,
-        metadata={"range": ">= 0", 
+        metadata={"range": ">= 0",
             "help": "With `eval_dataset_name`: how many held-out prompts to score before training, at each "
             "evaluation (`eval_strategy: steps`, `eval_steps`) and at the end (mean reward, KL, length)."
         },
@@ -272,7 +272,7 @@ class PPOConfig(TrainingArguments):
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
-        metadata={"range": "[0, 1]", 
+        metadata={"range": "(0, 1]",
             "help": "With use_vllm: the share of GPU memory vLLM takes (weights + KV cache), the rest being left "
             "to training (TRL's GRPO colocate default: 0.3). No effect on CPU, where VLLM_CPU_KVCACHE_SPACE (GiB, "
             "1 unless set) sizes the cache."
@@ -301,12 +301,9 @@ class PPOConfig(TrainingArguments):
         ``TrainingArguments`` a rule of :mod:`instructgpt.infra.validation`) and checked when the recipe is parsed.
         It is checked again here, from the same declarations, so that a config built in code is held to the same
         ranges. What follows are the rules that no one field's range can say."""
-        problems = [p for f in fields(self) if f.init and (p := check_number(f.name, getattr(self, f.name), f))]
+        problems = range_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
-        for name in ("top_p", "vllm_gpu_memory_utilization"):  # (0, 1]: the range format has no open end for 0
-            if getattr(self, name) == 0:
-                raise ValueError(f"`{name}` must be in (0, 1], got {getattr(self, name)}")
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("set either `stop_token` or `stop_token_id`, not both")
         if self.local_batch_size % self.num_mini_batches:
