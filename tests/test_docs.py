@@ -101,6 +101,25 @@ def test_reference_has_a_page_and_a_nav_entry_per_stage(gen):
         assert f"## `instructgpt {name}`" in cli
 
 
+def test_every_module_has_a_docstrings_page(gen):
+    pages = gen.reference_pages()
+    sources = [p for p in (REPO / "src" / "instructgpt").rglob("*.py") if p.name != "__main__.py"]
+    assert len(gen.modules()) == len(sources)
+    for module in gen.modules():
+        assert f"::: {module}" in pages[f"reference/api/{module}.md"]
+    assert "instructgpt.stages" in gen.modules() and "instructgpt.infra.validation" in gen.modules()
+
+
+def test_rst_in_docstrings_becomes_markdown():
+    pytest.importorskip("griffe")  # the docs extra
+    spec = importlib.util.spec_from_file_location("docs_griffe_rst", REPO / "scripts" / "docs_griffe_rst.py")
+    rst = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rst)
+    text = "A :func:`~instructgpt.losses.ppo.policy_loss` of :math:`x*y`:\n\n.. math::\n\n    a * b\n      + c\n\nafter\n"
+    assert rst.markdown(text) == ("A `instructgpt.losses.ppo.policy_loss` of `x*y`:\n\n```text\na * b\n  + c\n```\n"
+                                  "\nafter")
+
+
 def test_reference_types_and_defaults_read_as_yaml(gen):
     @dataclasses.dataclass
     class Example:
