@@ -5,7 +5,7 @@ Everything comes from the code at build time, so the pages cannot drift from ``-
 - the stages from the registry (``instructgpt.stages.STAGES``; ``load_stage(name).arguments()`` gives the
   dataclasses a stage's recipe fills), each field's range from ``instructgpt.infra.validation.range_of``;
 - the commands from ``[project.scripts]`` in ``pyproject.toml`` and the subcommands of ``instructgpt`` (its stages
-  and tools), each with the text its own ``--help`` prints.
+  and ``instructgpt.cli.TOOLS``), each with the text its own ``--help`` prints.
 
 Used two ways:
 
@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "src") not in sys.path:  # a checkout that was not installed with `pip install -e .`
     sys.path.insert(0, str(REPO / "src"))
 
+from instructgpt.cli import TOOLS  # noqa: E402
 from instructgpt.infra.validation import range_of  # noqa: E402
 from instructgpt.stages import STAGES, load_stage  # noqa: E402
 
@@ -166,9 +167,8 @@ def console_scripts() -> dict[str, str]:
 
 def subcommands() -> dict[str, str]:
     """The subcommands of ``instructgpt``: every stage of the registry, then the tools of ``instructgpt.cli``."""
-    cli = importlib.import_module("instructgpt.cli")
     return {**{name: f"{module}:main" for name, module in STAGES.items()},
-            **{name: target if ":" in target else f"{target}:main" for name, target in cli.TOOLS.items()}}
+            **{name: target if ":" in target else f"{target}:main" for name, target in TOOLS.items()}}
 
 
 def call(target: str, argv: list[str]) -> str:

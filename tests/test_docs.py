@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from instructgpt.cli import TOOLS
 from instructgpt.infra.parser import RecipeParser, load_yaml
 from instructgpt.infra.validation import range_of
 from instructgpt.stages import STAGES, load_stage
@@ -206,12 +207,11 @@ def _check_tool_command(target: str, argv: list[str]) -> None:
 
 
 def _check_instructgpt(argv: list[str]) -> None:
-    cli = importlib.import_module("instructgpt.cli")
     command, rest = argv[0], argv[1:]
     if command in STAGES:
         _check_stage_command(command, rest)
-    elif command in cli.TOOLS:
-        _check_tool_command(cli.TOOLS[command], rest)
+    elif command in TOOLS:
+        _check_tool_command(TOOLS[command], rest)
     elif command.endswith((".yaml", ".yml")):
         stage = load_yaml(REPO / command).get("stage")
         assert stage in STAGES, f"{command}: stage {stage!r}"
