@@ -28,7 +28,7 @@ from instructgpt.infra.parser import RecipeParser, load_yaml
 from instructgpt.infra.validation import range_of
 from instructgpt.stages import STAGES, load_stage
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # at any test depth
 DOCS = REPO / "docs"
 GETTING_STARTED = DOCS / "getting-started.md"
 
