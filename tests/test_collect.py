@@ -13,7 +13,7 @@ from conftest import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect
 from instructgpt.stages.collect import RANKINGS_FILE, parse_args as collect_args, run_collect
 from instructgpt.data import DataError
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.modeling.reward import RewardModelError, load_reward_model, score_responses
 from instructgpt.stages.rm import parse_args as rm_args, run_rm
 

@@ -12,7 +12,7 @@ from torch.autograd import gradcheck
 
 from conftest import FIXTURES, python_m, run_cli
 from instructgpt.data.rankings import split_by_prompt
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 from instructgpt.losses import dpo_pairwise_loss, plackett_luce_dpo_loss, ranking_pairs
 
 # --------------------------------------------------------------------------------------------------------------

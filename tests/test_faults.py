@@ -20,7 +20,7 @@ import torch
 from conftest import REPO, TINY_BASE, TINY_DATA, python_m, run_cli
 from instructgpt.data import DataError
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
+from instructgpt.infra.files import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
 from instructgpt.infra.parser import RecipeError
 from instructgpt.stages.sft import parse_args as sft_args
 

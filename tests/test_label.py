@@ -225,7 +225,7 @@ def test_the_ranking_box_reads_as_places_of_shown_positions():
 
 def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeling_is_refused(tmp_path):
     from conftest import TINY_BASE
-    from instructgpt.infra.outputs import OutputDirError
+    from instructgpt.infra.files import OutputDirError
     from instructgpt.labeling import ITEMS_FILE
     from instructgpt.stages.label import open_store, parse_args
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 pytestmark = pytest.mark.distributed
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, TINY_BASE, TINY_DATA
 
 from instructgpt import cli
-from instructgpt.infra.outputs import RUN_MARKER, is_complete
+from instructgpt.infra.files import RUN_MARKER, is_complete
 from instructgpt.stages.pipeline import PipelineError, cli_value, main as pipeline_main, parse_args, run_pipeline
 
 FAKE_STAGE = textwrap.dedent('''
@@ -30,7 +30,8 @@ FAKE_STAGE = textwrap.dedent('''
     from dataclasses import dataclass
     from pathlib import Path
 
-    from instructgpt.infra.outputs import last_checkpoint, mark_complete, prepare_output_dir
+    from instructgpt.infra.files import last_checkpoint
+    from instructgpt.infra.outputs import mark_complete, prepare_output_dir
     from instructgpt.infra.parser import RecipeParser, recipe_stage
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import accelerate_launch, run_cli
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
 
 # The end-to-end margins: after 8 updates of 64 episodes (learning rate 1e-4), the mean normalized RM score of the
@@ -80,7 +80,7 @@ def test_saved_policy_and_value_model_load_with_the_auto_classes(ppo_run, sft_mo
 
 
 def test_finished_run_is_not_overwritten(ppo_run, sft_model, trained_rm):
-    from instructgpt.infra.outputs import OutputDirError
+    from instructgpt.infra.files import OutputDirError
 
     out, _ = ppo_run
     before = (out / "model.safetensors").read_bytes()

@@ -16,7 +16,7 @@ from conftest import FIXTURES, TINY_BASE, TINY_DATA
 from instructgpt.data import DataError
 from instructgpt.losses import kway_ranking_loss
 from instructgpt.modeling import ModelLoadError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.data.rankings import rankings_from_dataset
 from instructgpt.losses import unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement

@@ -13,7 +13,7 @@ import torch
 from wandb_records import read_run
 from conftest import FIXTURES, TINY_BASE, TINY_DATA, accelerate_launch, run_cli
 from instructgpt.data import DataError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.stages.sft import parse_args, run_sft
 
 FAST = [

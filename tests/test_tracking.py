@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import python_m, run_cli
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 FAULT_ENV = "INSTRUCTGPT_FAULT"
 # A stage resumed after a crash is a new process with its own W&B service, not one that inherits this test

@@ -16,7 +16,7 @@ decision, so the rules below hold whatever the front end does:
   ``file:`` labeler read (``prompt``, ``responses`` best first, ``scores``), plus who, when and how long. A skip or
   flag is one line of ``skips.jsonl``. Each line is written whole with one ``write`` and flushed to disk before the
   next item is shown, so killing the server or closing the browser loses at most the item on screen, and a line
-  an interruption cut off is removed when the labeling restarts (:func:`instructgpt.infra.outputs.read_appended_jsonl`).
+  an interruption cut off is removed when the labeling restarts (:func:`instructgpt.infra.files.read_appended_jsonl`).
 - **Ties.** With ``allow_ties``, responses can share a place. Tied responses get equal ``scores``; the reward model
   needs a strict order, so when it trains it keeps the first of a tie (in ``responses`` order, which for a tie is
   the order shown on screen) and drops the others from that ranking, counted in its log
@@ -38,7 +38,7 @@ from typing import Any, Callable
 from instructgpt.data import DataError
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import atomic_write_text, read_appended_jsonl
+from instructgpt.infra.files import atomic_write_text, read_appended_jsonl
 
 logger = get_logger(__name__)
 

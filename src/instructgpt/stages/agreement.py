@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     def _run() -> None:
-        from instructgpt.infra.outputs import atomic_write_json
+        from instructgpt.infra.files import atomic_write_json
 
         by_labeler, prompts = read_rankings(args.rankings)
         reference = None

@@ -538,9 +538,9 @@ def load_groups(path: str, column: str, count: int, source: str) -> list[str] | 
 
 def read_metrics_log(ppo_run: str | Path) -> list[dict[str, Any]]:
     """The PPO trainer's ``metrics.jsonl`` (one JSON object per logged update); [] when it has none."""
-    from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
+    from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
 
-    from instructgpt.infra.outputs import read_jsonl
+    from instructgpt.infra.files import read_jsonl
 
     path = Path(ppo_run) / METRICS_FILE
     return read_jsonl(path) if path.is_file() else []
@@ -662,15 +662,8 @@ def resolve_reference(args: EvalArguments, models: dict[str, str]) -> tuple[str 
 
 def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str, Any]:
     """Run the whole evaluation and write its outputs; returns the results dict written to results.json."""
-    from instructgpt.infra.outputs import (
-        OutputDirError,
-        atomic_write_json,
-        atomic_write_text,
-        is_complete,
-        mark_complete,
-        mark_started,
-        prepare_output_dir,
-    )
+    from instructgpt.infra.files import OutputDirError, atomic_write_json, atomic_write_text, is_complete
+    from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
     from instructgpt.data.formats import load_prompts
     from instructgpt.infra.tracking import StageTracker, run_identity
     args.validate(source)

@@ -35,14 +35,8 @@ from typing import Any, Literal
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    OutputDirError,
-    atomic_write_json,
-    is_complete,
-    mark_complete,
-    mark_started,
-    prepare_output_dir,
-)
+from instructgpt.infra.files import OutputDirError, atomic_write_json, is_complete
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE
 
@@ -293,7 +287,7 @@ def browser_secret(output_dir: Path) -> str:
     """A random key kept in the output directory, so that browsers recognize their labeler after a restart."""
     import secrets
 
-    from instructgpt.infra.outputs import atomic_write_text
+    from instructgpt.infra.files import atomic_write_text
 
     path = output_dir / ".browser_secret"
     if not path.exists():

@@ -49,7 +49,8 @@ from typing import Any, Iterator
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 from instructgpt.stages import load_stage
-from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
+from instructgpt.infra.files import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete
+from instructgpt.infra.outputs import mark_complete
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
 

@@ -40,7 +40,7 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.hub import push_output, take_push_to_hub, write_model_card
 from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_checkpoint, nonfinite_gradients
 from instructgpt.modeling.lora import merge_adapter
-from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
+from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
 from instructgpt.infra.outputs import mark_started, recover_final_save
 from instructgpt.infra.processes import no_accelerator, prepare_frozen_model
 from instructgpt.infra.tracking import StageTracker
@@ -863,7 +863,7 @@ class PPOTrainer:
             fault_point("mid_checkpoint")
             self.save_policy(tmp / "policy", merged=False)
             if writer:
-                from instructgpt.infra.outputs import atomic_write_json
+                from instructgpt.infra.files import atomic_write_json
 
                 atomic_write_json(tmp / TRAINER_STATE, {
                     **self.resume_state(), "kl_coef": self.kl_controller.value,
@@ -913,7 +913,7 @@ class PPOTrainer:
     def _truncate_log(self, name: str) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be written again), and a last line
         an interruption cut off."""
-        from instructgpt.infra.outputs import atomic_write_text, read_jsonl
+        from instructgpt.infra.files import atomic_write_text, read_jsonl
 
         path = self.output_dir / name
         if not path.exists():
