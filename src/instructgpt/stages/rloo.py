@@ -69,12 +69,13 @@ class RLOOScriptArguments(ScriptArguments):
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={
+            "range": ">= 0",
             "help": "Subtracted from the reward of a response that reaches `max_completion_length` without an EOS "
             "token (>= 0; PPO's key), which teaches the policy to finish its answers. Null: no penalty."
         },
     )
     reward_batch_size: int = field(
-        default=32, metadata={"help": "Sequences per forward pass of the reward model."}
+        default=32, metadata={"range": ">= 1", "help": "Sequences per forward pass of the reward model."}
     )
     save_policy_checkpoints: bool = field(
         default=True,
@@ -196,10 +197,6 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     check_reward_model(script_args.reward_model_path, "reward_model_path", source)
     required(script_args.dataset_name, "dataset_name", source, "the prompts: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
-    if script_args.missing_eos_penalty is not None and script_args.missing_eos_penalty < 0:
-        raise InstructGPTError(f"{source}: `missing_eos_penalty` must be >= 0, got {script_args.missing_eos_penalty}")
-    if script_args.reward_batch_size < 1:
-        raise InstructGPTError(f"{source}: `reward_batch_size` must be >= 1, got {script_args.reward_batch_size}")
     if training_args.use_vllm:
         raise InstructGPTError(f"{source}: `use_vllm` is not supported by this stage yet; sample with transformers")
     stage = TrainerStage("rloo", training_args, recipe, script_args.if_output_exists, what="RLOO policy")
