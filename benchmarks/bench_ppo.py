@@ -309,9 +309,9 @@ def tokenize_prompts(sft: str, prompts_file: str, out: Path, response_length: in
     """Token ids of every prompt, formatted with the SFT model's chat template, shared by both trainers."""
     from transformers import AutoConfig
 
-    from instructgpt.sampling import encode_prompts
-    from instructgpt.modeling import load_tokenizer, model_context_length
     from instructgpt.data.formats import load_prompts
+    from instructgpt.modeling import load_tokenizer, model_context_length
+    from instructgpt.sampling import encode_prompts
 
     tokenizer = load_tokenizer(sft)
     prompts = load_prompts(prompts_file, key="--prompts", source="bench_ppo")
@@ -350,10 +350,10 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
     import torch
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.sampling import generate_samples
-    from instructgpt.modeling import load_tokenizer
     from instructgpt.data.formats import load_prompts
+    from instructgpt.modeling import load_tokenizer
     from instructgpt.modeling.reward import load_reward_model, score_responses
+    from instructgpt.sampling import generate_samples
 
     prompts = load_prompts(eval_prompts, key="--eval_prompts", source="bench_ppo")
     reward_model, rm_tokenizer, _ = load_reward_model(rm)

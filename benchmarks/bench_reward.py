@@ -50,9 +50,9 @@ def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, 
     """K distinct responses per prompt (up to 4 rounds of resampling); prompts that never reach K are left out."""
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.stages.collect import add_distinct
-    from instructgpt.sampling import generate_responses
     from instructgpt.modeling import load_tokenizer
+    from instructgpt.sampling import generate_responses
+    from instructgpt.stages.collect import add_distinct
 
     model = AutoModelForCausalLM.from_pretrained(policy).eval()
     tokenizer = load_tokenizer(str(policy))
@@ -126,8 +126,8 @@ def main() -> None:
 
     import torch
 
-    from instructgpt.modeling import load_tokenizer
     from instructgpt.data.rankings import split_by_prompt
+    from instructgpt.modeling import load_tokenizer
     from instructgpt.modeling.reward import evaluate_rankings
     from instructgpt.stages.rm import tokenize_rankings
 

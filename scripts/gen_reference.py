@@ -26,10 +26,11 @@ import io
 import json
 import os
 import sys
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "src") not in sys.path:  # a checkout that was not installed with `pip install -e .`

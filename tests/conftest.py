@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import NUM_PROMPTS, REPO, collect, rm, running, stop_all, stop_started_since
-from instructgpt.stages.sft import parse_args as sft_args, run_sft
+from instructgpt.stages.sft import parse_args as sft_args
+from instructgpt.stages.sft import run_sft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

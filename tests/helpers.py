@@ -24,8 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-from instructgpt.stages.collect import parse_args as collect_args, run_collect
-from instructgpt.stages.rm import parse_args as rm_args, run_rm
+from instructgpt.stages.collect import parse_args as collect_args
+from instructgpt.stages.collect import run_collect
+from instructgpt.stages.rm import parse_args as rm_args
+from instructgpt.stages.rm import run_rm
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = REPO / "data" / "tiny"

@@ -18,10 +18,10 @@ import importlib.util
 import io
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from instructgpt.cli import TOOLS
 from instructgpt.infra.parser import RecipeParser, load_yaml

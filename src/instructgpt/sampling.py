@@ -19,10 +19,9 @@ from typing import Any, Sequence
 
 import torch
 
+from instructgpt.data.formats import Prompt
 from instructgpt.data.padding import pad_sequences
 from instructgpt.modeling import format_prompt, model_context_length
-from instructgpt.data.formats import Prompt
-
 
 
 def _unwrap(model: Any) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, start, stop
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 pytestmark = pytest.mark.distributed
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os  # DEV-ONLY
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,14 @@ import yaml
 
 from helpers import REPO, TINY_BASE, TINY_DATA
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.parser import load_yaml, recipe_stage
 from instructgpt.modeling.config import ModelLoadError, read_model_config
 from instructgpt.modeling.loading import model_init_kwargs
 from instructgpt.modeling.lora import default_lora_target_modules, lora_config, lora_target_modules
 from instructgpt.modeling.quantization import QuantizationError, quantization_config
 from instructgpt.modeling.tokenizers import end_of_turn_token, eos_mismatch, load_tokenizer
-from instructgpt.infra.parser import load_yaml, recipe_stage
 from instructgpt.tinyworld.architectures import IM_END, PAD_TOKEN, TinyArchitecture, build_tiny_model
 
-import os  # DEV-ONLY
 TINY_BASE = Path(os.environ.get("I6_BASE", TINY_BASE))  # DEV-ONLY
 
 MODEL_RECIPES = sorted((REPO / "recipes" / "models").glob("*/*.yaml"))
@@ -409,9 +409,9 @@ def test_ppo_reads_the_reward_where_the_reward_model_was_trained_to_give_it(rewa
     """The RM stage scores ``chat_template(prompt + response)``; PPO scores ``[prompt | sampled tokens up to EOS]``.
     With ChatML the template writes a newline after <|im_end|>, so unless the reward texts stop at the EOS, the two
     read the score head at different tokens."""
+    from instructgpt.modeling.reward import load_reward_model, score_responses
     from instructgpt.sampling import encode_prompts
     from instructgpt.stages.ppo.models import Sequences, score_parts, sequence_scores
-    from instructgpt.modeling.reward import load_reward_model, score_responses
 
     model, tokenizer, shift = load_reward_model(str(reward_model[0]))
     prompt, response = "Describe the rustbeetle.", "The rustbeetle is large."

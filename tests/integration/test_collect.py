@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect, rm, run_cli
-from instructgpt.stages.collect import RANKINGS_FILE, parse_args as collect_args, run_collect
+from helpers import FAST_RM, NUM_PROMPTS, TINY_DATA, accelerate_launch, collect, run_cli
 from instructgpt.data import DataError
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.modeling.reward import RewardModelError, load_reward_model, score_responses
-from instructgpt.stages.rm import parse_args as rm_args, run_rm
+from instructgpt.stages.collect import RANKINGS_FILE
 
 # The end-to-end margin: the reward model must order held-out comparisons of the (noisy) simulated labeler
 # correctly at least this often, against 50% for a reward model that learned nothing.
@@ -35,8 +34,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_batched_left_padded_generation_matches_one_prompt_at_a_time(sft_model):
     from transformers import AutoModelForCausalLM
 
-    from instructgpt.sampling import generate_responses
     from instructgpt.modeling import load_tokenizer
+    from instructgpt.sampling import generate_responses
 
     model = AutoModelForCausalLM.from_pretrained(sft_model)
     tokenizer = load_tokenizer(str(sft_model))

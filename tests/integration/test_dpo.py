@@ -11,7 +11,7 @@ import pytest
 
 from helpers import FIXTURES, python_m, run_cli
 from instructgpt.data.rankings import split_by_prompt
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 # --------------------------------------------------------------------------------------------------------------
 # The stage, end to end on the tiny world (the session's SFT model and its collected K = 4 rankings)

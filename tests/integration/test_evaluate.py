@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import TINY_BASE, TINY_DATA
-
-from instructgpt.stages import eval as evaluate
 from instructgpt.metrics.text import distinct_n
+from instructgpt.stages import eval as evaluate
 from instructgpt.stages.eval.samples import response_logprobs
 from instructgpt.stages.eval.settings import EvalError, parse_models
 from instructgpt.stages.eval.sweeps import policy_checkpoints
@@ -105,7 +103,13 @@ def test_eval_scores_the_tokens_it_sampled(base):
 def foreign_models(tmp_path_factory):
     """A random 1-layer Llama with the tiny tokenizer, a reward model built from a config, and a fake PPO run whose
     checkpoints are copies of the base model and of the Llama."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, LlamaConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GPT2Config,
+        LlamaConfig,
+    )
 
     root = tmp_path_factory.mktemp("foreign")
     tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)

@@ -19,8 +19,8 @@ import torch
 
 from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli, start
 from instructgpt.data import DataError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
 from instructgpt.infra.parser import RecipeError
 from instructgpt.stages.sft import parse_args as sft_args
 
@@ -154,8 +154,9 @@ def test_pipeline_refuses_a_bad_override_of_its_last_stage_before_training(tmp_p
 
 def _nan_model(tmp_path: Path) -> Path:
     """A copy of the tiny base model with one weight matrix set to NaN (a corrupted file, as users get them)."""
-    from safetensors.torch import load_file, save_file
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "nan-model"
     shutil.copytree(TINY_BASE, broken)

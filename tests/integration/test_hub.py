@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import TINY_DATA
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 
 @pytest.fixture

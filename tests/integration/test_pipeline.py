@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY_BASE, TINY_DATA
-
 from instructgpt import cli
-from instructgpt.infra.outputs import RUN_MARKER, is_complete
-from instructgpt.stages.pipeline import PipelineError, cli_value, main as pipeline_main, parse_args, run_pipeline
+from instructgpt.infra.files import RUN_MARKER, is_complete
+from instructgpt.stages.pipeline import PipelineError, cli_value, parse_args, run_pipeline
+from instructgpt.stages.pipeline import main as pipeline_main
 
 FAKE_STAGE = textwrap.dedent('''
     """A stand-in for any stage: `steps` checkpoints, an optional interruption, resume, a call log."""
@@ -30,7 +29,8 @@ FAKE_STAGE = textwrap.dedent('''
     from dataclasses import dataclass
     from pathlib import Path
 
-    from instructgpt.infra.outputs import last_checkpoint, mark_complete, prepare_output_dir
+    from instructgpt.infra.files import last_checkpoint
+    from instructgpt.infra.outputs import mark_complete, prepare_output_dir
     from instructgpt.infra.parser import RecipeParser, recipe_stage
 
 

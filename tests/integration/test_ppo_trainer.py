@@ -15,11 +15,17 @@ import torch
 
 from helpers import accelerate_launch, run_cli
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.infra.processes import prepare_frozen_model
 from instructgpt.losses.ppo import logprobs_from_logits
 from instructgpt.stages.ppo.models import (
-    PolicyAndValue, Sequences, fuse_tanh_gelu, response_logits, response_values, score_parts, sequence_scores,
+    PolicyAndValue,
+    Sequences,
+    fuse_tanh_gelu,
+    response_logits,
+    response_values,
+    score_parts,
+    sequence_scores,
 )
 from instructgpt.stages.ppo.rollout import Samples
 from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo

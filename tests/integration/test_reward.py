@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from wandb_records import read_run
 from helpers import FIXTURES, TINY_BASE, TINY_DATA
 from instructgpt.data import DataError
-from instructgpt.losses import kway_ranking_loss
-from instructgpt.modeling import ModelLoadError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
 from instructgpt.data.rankings import rankings_from_dataset
-from instructgpt.losses import unflatten_rewards
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
+from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.modeling import ModelLoadError
 from instructgpt.modeling.reward import (
     NORMALIZATION_FILE,
     RewardModelError,
@@ -29,6 +27,7 @@ from instructgpt.modeling.reward import (
     score_responses,
 )
 from instructgpt.stages.rm import RankingCollator, parse_args, run_rm, tokenize_rankings
+from wandb_records import read_run
 
 FAST = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1"]
 

@@ -14,7 +14,7 @@ import torch
 
 from helpers import python_m, run_cli
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 from instructgpt.stages.rloo import parse_args, run_rloo
 
 FAST = ["--report_to", "none", "--disable_tqdm", "true"]

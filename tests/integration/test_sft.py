@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from wandb_records import read_run
 from helpers import FIXTURES, TINY_BASE, TINY_DATA, accelerate_launch, run_cli
 from instructgpt.data import DataError
-from instructgpt.infra.outputs import RUN_MARKER, OutputDirError
+from instructgpt.infra.files import RUN_MARKER, OutputDirError
 from instructgpt.stages.sft import parse_args, run_sft
+from wandb_records import read_run
 
 FAST = [
     "--report_to", "none", "--max_train_samples", "256", "--per_device_train_batch_size", "16",

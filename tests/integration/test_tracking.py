@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import python_m, run_cli
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 FAULT_ENV = "INSTRUCTGPT_FAULT"
 # A stage resumed after a crash is a new process with its own W&B service, not one that inherits this test
@@ -53,7 +53,7 @@ def test_report_to_names_are_checked_for_the_stage_path():
 
 
 def test_a_tracker_that_is_not_installed_is_one_line_naming_the_package(tmp_path):
-    from instructgpt.infra.tracking import installed, ACCELERATE_TRACKERS
+    from instructgpt.infra.tracking import ACCELERATE_TRACKERS, installed
 
     missing = next(n for n in ("swanlab", "dvclive", "clearml", "comet_ml", "aim", "mlflow")
                    if not installed(n, ACCELERATE_TRACKERS))

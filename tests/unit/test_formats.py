@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 import instructgpt
-
 from instructgpt.data import DataError
-from instructgpt.data.formats import load_demonstrations, load_prompts, prompt_of, split_conversation, to_prompt_completion
+from instructgpt.data.formats import (
+    load_demonstrations,
+    load_prompts,
+    prompt_of,
+    split_conversation,
+    to_prompt_completion,
+)
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 U1, A1 = {"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5."}

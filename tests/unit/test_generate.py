@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from helpers import TINY_BASE
-
 from instructgpt import cli
-from instructgpt.stages import generate
 from instructgpt.modeling import load_policy
+from instructgpt.stages import generate
 from instructgpt.stages.generate import Sampling, chat_loop
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from instructgpt.data.rankings import RankingStats, load_rankings, strict_order
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.labeling.store import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
 from instructgpt.judges import agreement_between, compare_rankings
+from instructgpt.labeling.store import RANKINGS_FILE, SKIPS_FILE, Item, LabelingError, LabelStore, check_labeler_id
 
 ITEMS = [
     Item(0, "What is 3 plus 4?", ["3 plus 4 is 7.", "3 plus 4 is 8.", "Sure! 7. I hope this helps!", "9"]),
@@ -146,8 +146,8 @@ def test_pairwise_agreement_and_kendall_tau_b_on_hand_counted_rankings():
 
 
 def test_the_agreement_command_reports_labeler_pairs_and_the_simulated_labeler(tmp_path):
-    from instructgpt.stages.agreement import main as agreement_main
     from instructgpt.judges import SimulatedLabeler
+    from instructgpt.stages.agreement import main as agreement_main
 
     rubric = SimulatedLabeler()
     rows = []
@@ -209,7 +209,7 @@ def test_the_ranking_box_reads_as_places_of_shown_positions():
 
 def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeling_is_refused(tmp_path):
     from helpers import TINY_BASE
-    from instructgpt.infra.outputs import OutputDirError
+    from instructgpt.infra.files import OutputDirError
     from instructgpt.labeling.store import ITEMS_FILE
     from instructgpt.stages.label import open_store, parse_args
 

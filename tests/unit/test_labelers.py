@@ -16,8 +16,8 @@ from instructgpt.judges import (
     pairwise_agreement,
 )
 from instructgpt.tinyworld import UnknownPromptError, parse_prompt
-from instructgpt.tinyworld.rubric import EMPTY_SCORE
 from instructgpt.tinyworld.demos import response_pool
+from instructgpt.tinyworld.rubric import EMPTY_SCORE
 
 LABELER = SimulatedLabeler()
 

@@ -91,7 +91,8 @@ def test_the_library_never_imports_a_stage():
 
 def test_every_stage_module_has_the_one_contract():
     """Each stage names its arguments, runs from them with ``run(args)`` and has a thin ``main()``."""
-    from instructgpt.stages import STAGES as registry, load_stage
+    from instructgpt.stages import STAGES as registry
+    from instructgpt.stages import load_stage
 
     assert {"pretrain", "sft", "collect", "rm", "ppo", "eval", "pipeline"} <= set(registry)
     for name in registry:

@@ -295,7 +295,8 @@ def test_range_forms(spec, inside, outside, words):
 
 
 def test_a_declared_range_is_checked_when_parsed_and_when_built_directly():
-    from instructgpt.stages.collect import CollectArguments, parse_args as collect_args
+    from instructgpt.stages.collect import CollectArguments
+    from instructgpt.stages.collect import parse_args as collect_args
     from instructgpt.stages.pretrain import PretrainArguments
 
     with pytest.raises(RecipeError, match=r"collect\.yaml: `vllm_gpu_memory_utilization` must be greater than 0 and "

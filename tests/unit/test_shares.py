@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from instructgpt.judges import SimulatedLabeler
 from instructgpt.metrics.ranking import pairwise_accuracy
 from instructgpt.metrics.shares import grouped_shares, share_of
 from instructgpt.stages.eval.judging import task_shares
-from instructgpt.judges import SimulatedLabeler
 
 
 def test_share_of_gives_the_wilson_interval():

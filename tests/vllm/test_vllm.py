@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, TINY_BASE, accelerate_launch, python_m, run_cli
-from instructgpt.infra.outputs import RUN_MARKER
+from instructgpt.infra.files import RUN_MARKER
 
 pytestmark = [
     pytest.mark.vllm,

@@ -27,8 +27,9 @@ def prompts_from(path: str, count: int) -> list:
 
 def vllm_token_logprobs(llm, sequences: list[list[int]]) -> list[list[float]]:
     """vLLM's log-prob of every token after the first of each sequence (teacher forcing via prompt_logprobs)."""
-    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+
+    from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)

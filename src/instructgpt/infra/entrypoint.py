@@ -9,6 +9,8 @@ import threading
 from typing import Any, Callable
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.parser import RecipeParser
+from instructgpt.infra.processes import join_cpu_processes
 
 
 class Terminated(BaseException):
@@ -26,8 +28,6 @@ def run_cli(fn: Callable[[], None]) -> None:
     signal, as a shell reports them). They are raised as exceptions where the program is, so every atomic write in
     progress removes its temporary file on the way out.
     """
-    from instructgpt.infra.processes import join_cpu_processes
-
     join_cpu_processes()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
@@ -58,8 +58,6 @@ def stage_main(
 ) -> None:
     """A stage's whole ``main()``: parse ``RECIPE.yaml``/``--config``/``--help``/``--version`` and overrides into the
     stage's dataclasses, then ``run`` them."""
-    from instructgpt.infra.parser import RecipeParser
-
     def _main() -> None:
         parser = RecipeParser(stage, arguments(), prog=prog, description=description, recipe_optional=recipe_optional)
         run(parser.parse(argv))

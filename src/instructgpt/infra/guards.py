@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import last_checkpoint
 
 
 class TrainingDiverged(InstructGPTError):
@@ -39,8 +40,6 @@ def nonfinite_gradients(parameters: Iterable[torch.nn.Parameter]) -> list[int]:
 
 
 def last_good_checkpoint(output_dir: str | Path) -> str:
-    from instructgpt.infra.outputs import last_checkpoint
-
     checkpoint = last_checkpoint(output_dir)
     return f"The last good checkpoint is {checkpoint}, left as it was." if checkpoint else "No checkpoint was saved yet."
 

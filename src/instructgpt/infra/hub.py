@@ -12,10 +12,12 @@ normalization, value model, card) and the run marker are written. The Trainer's 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import RUN_MARKER, atomic_write_text
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -82,8 +84,6 @@ def write_model_card(
     """Write ``README.md`` (atomically) into ``output_dir``: TRL's card with this stage's section added."""
     from trl.trainer.utils import generate_model_card
 
-    from instructgpt.infra.outputs import atomic_write_text
-
     output_dir = Path(output_dir)
     dataset_ids = [d for d in (hub_id(d) for d in datasets) if d]
     card = generate_model_card(
@@ -127,8 +127,6 @@ def write_dataset_card(
     rankings of ``collect``): huggingface_hub's ``DatasetCard`` metadata, then what the stage did and measured."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from instructgpt.infra.outputs import atomic_write_text
-
     output_dir = Path(output_dir)
     data = DatasetCardData(
         tags=["instructgpt", "rlhf", stage, "preference"], task_categories=["text-generation"],
@@ -147,8 +145,6 @@ def write_dataset_card(
 
 def add_card_section(output_dir: str | Path, title: str, body: str) -> None:
     """Append (or replace) a ``## title`` section of an existing card, e.g. the pipeline's evaluation results."""
-    from instructgpt.infra.outputs import atomic_write_text
-
     path = Path(output_dir) / CARD_FILE
     if not path.is_file():
         return
@@ -159,12 +155,22 @@ def add_card_section(output_dir: str | Path, title: str, body: str) -> None:
     atomic_write_text(path, text.rstrip() + "\n" + header + "\n" + body.strip() + "\n")
 
 
-def take_push_to_hub(training_args: Any) -> bool:
-    """The recipe's ``push_to_hub``, switched off in ``training_args`` so that no Trainer pushes mid-save."""
-    wanted = bool(getattr(training_args, "push_to_hub", False))
-    if wanted:
-        training_args.push_to_hub = False
-    return wanted
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a finished output is pushed: the recipe's ``hub_model_id``, ``hub_private_repo`` and ``hub_token``."""
+
+    repo_id: str | None
+    private: bool | None = None
+    token: str | None = None
+
+
+def take_push_to_hub(training_args: Any) -> PushTarget | None:
+    """The recipe's ``push_to_hub``, switched off in ``training_args`` so that no Trainer pushes mid-save; where the
+    stage pushes its output once it is finished, or None when the recipe does not push."""
+    if not getattr(training_args, "push_to_hub", False):
+        return None
+    training_args.push_to_hub = False
+    return PushTarget(training_args.hub_model_id, private=training_args.hub_private_repo, token=training_args.hub_token)
 
 
 def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | None = None,
@@ -173,8 +179,6 @@ def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | 
     commit; checkpoints, W&B files and hidden files stay local. ``repo_type`` is ``dataset`` for data a stage
     produced (``collect``'s rankings). Returns the repository id."""
     from huggingface_hub import HfApi
-
-    from instructgpt.infra.outputs import RUN_MARKER
 
     output_dir = Path(output_dir)
     if not (output_dir / RUN_MARKER).is_file():

@@ -10,8 +10,10 @@ sets to false under ``--multi_gpu``), so the entry points also set that variable
 from __future__ import annotations
 
 import os
-
 from typing import Any
+
+# torch and accelerate are imported inside the functions: every entry point imports this module (through
+# infra/entrypoint.py), and `instructgpt --help` must not wait seconds for them
 
 
 def no_accelerator() -> bool:

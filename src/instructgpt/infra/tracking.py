@@ -28,10 +28,12 @@ import netrc
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import atomic_write_json
 from instructgpt.infra.log import get_logger
+from instructgpt.infra.processes import process_state
 
 logger = get_logger(__name__)
 
@@ -126,8 +128,6 @@ def run_identity(output_dir: str | Path, stage: str, run_name: str | None, resum
 
 def save_identity(folder: str | Path, identity: dict[str, Any]) -> None:
     """Write ``trackers.json`` (atomically) into ``folder``: the output directory or a checkpoint."""
-    from instructgpt.infra.outputs import atomic_write_json
-
     Path(folder).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(folder) / IDENTITY_FILE, {k: v for k, v in identity.items() if k != "resumed"})
 
@@ -210,8 +210,6 @@ def start_wandb(
     """
     if "wandb" not in check_report_to(report_to, trainer=True):
         return None
-    from instructgpt.infra.processes import process_state
-
     if not process_state().is_main_process:
         return None
     import wandb
@@ -244,8 +242,6 @@ def trainer_tracking(training_args: Any, stage: str, config: dict[str, Any],
     """For the Trainer stages: the run's identity applied to ``training_args`` (so that Trackio's callback, which
     resumes by run name, continues the run), the W&B run started, and the callback that stores the identity in
     each checkpoint. Returns the W&B run (or None) and the callbacks to give the Trainer."""
-    from instructgpt.infra.processes import process_state
-
     names = check_report_to(training_args.report_to, trainer=True)
     if not names:
         return None, []
@@ -320,8 +316,6 @@ class StageTracker:
     def start(cls, report_to: Any, *, project: str, stage: str, config: dict[str, Any], output_dir: str | Path,
               identity: dict[str, Any]) -> "StageTracker":
         """Start the runs on the main process (other processes get an empty tracker) and store their identity."""
-        from instructgpt.infra.processes import process_state
-
         names = check_report_to(report_to, trainer=False)
         if not names or not process_state().is_main_process:
             return cls([], identity)

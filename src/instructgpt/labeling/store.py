@@ -39,8 +39,8 @@ from typing import Any, Callable
 from instructgpt.data.loading import DataError
 from instructgpt.data.rankings import load_rankings
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import atomic_write_text, read_appended_jsonl
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import atomic_write_text, read_appended_jsonl
 
 logger = get_logger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import atomic_write_json
+from instructgpt.infra.files import atomic_write_json
 from instructgpt.judges import agreement_report, make_labeler, read_rankings
 
 

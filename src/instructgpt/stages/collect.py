@@ -31,19 +31,17 @@ from instructgpt import sampling
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.guards import UnsoundOutput, fault_point
-from instructgpt.infra.hub import push_output, write_dataset_card
-from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
+from instructgpt.infra.files import (
     OutputDirError,
     atomic_write_json,
     atomic_write_text,
     is_complete,
-    mark_complete,
-    mark_started,
-    prepare_output_dir,
     read_appended_jsonl,
 )
+from instructgpt.infra.guards import UnsoundOutput, fault_point
+from instructgpt.infra.hub import push_output, write_dataset_card
+from instructgpt.infra.log import get_logger
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.infra.processes import process_state
 from instructgpt.infra.tracking import StageTracker, run_identity

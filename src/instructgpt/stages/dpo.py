@@ -52,19 +52,12 @@ from instructgpt.data.padding import pad_sequences
 from instructgpt.data.rankings import load_rankings, split_by_prompt
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
-)
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import trainer_tracking
+from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.losses import plackett_luce_dpo_loss, ranking_pairs, unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
-from instructgpt.metrics.training import trainer_metrics
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, model_init_kwargs, stage_tokenizer
-from instructgpt.modeling.lora import save_trained_model
 
 logger = get_logger(__name__)
 
@@ -393,10 +386,9 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
     required(script_args.dataset_name, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
     refuse_keys_that_cannot_apply(script_args, training_args, source)
-    recovered = recover_final_save(training_args.output_dir, "dpo", recipe.data, script_args.if_output_exists)
-    if recovered is not None:
+    stage = TrainerStage("dpo", training_args, recipe, script_args.if_output_exists, what="DPO policy")
+    if (recovered := stage.begin()) is not None:
         return recovered
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="dpo")
 
     train_rows, eval_rows = load_splits(script_args, training_args.seed, source)
     train_dataset = _as_dataset(train_rows, script_args.ranking_loss)
@@ -416,8 +408,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     training_args.prediction_loss_only = True  # evaluation reports the loss and the logged reward metrics
 
-    run, tracking_callbacks = trainer_tracking(training_args, "dpo", recipe.data, resume_from)
-    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
+    callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
     trainer_class = build_trainer_class(script_args.ranking_loss)
     extra = {}
     if script_args.ranking_loss == "plackett_luce":
@@ -429,8 +420,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
-                   *tracking_callbacks],
+        callbacks=callbacks,
         peft_config=lora_config(
             model_args, "CAUSAL_LM", source=source, trust_remote_code=training_args.trust_remote_code
         ),
@@ -441,9 +431,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
     if eval_dataset is not None:
         _check_nothing_lost(trainer.eval_dataset, len(eval_dataset), f"held-out {unit}", training_args.max_length, source)
 
-    mark_started(training_args.output_dir, "dpo")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics = trainer_metrics(trainer, result)
+    metrics = stage.train(trainer)
     metrics.update({"ranking_loss": script_args.ranking_loss, "train_rankings": len(train_rows),
                     f"train_{unit}s": num_train})
     if eval_dataset is not None:
@@ -457,25 +445,21 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
         raise InstructGPTError(f"{source}: DPO finished with non-finite metrics {bad}; the output is not marked finished")
 
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, stage="dpo", title="Direct Preference Optimization (instead of InstructGPT's RM + PPO)",
-            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
-            summary="The SFT policy trained on preference rankings with DPO (Rafailov et al. 2023), the SFT model as "
-            "the frozen reference, with instructgpt on TRL's `DPOTrainer`. "
-            + ("Each ranking of K responses is trained on as its C(K, 2) pairs."
-               if script_args.ranking_loss == "pairs" else
-               "Each ranking of K responses is trained on whole, with the Plackett-Luce form of the DPO loss.")
-            + " It loads with `AutoModelForCausalLM` and formats prompts with the chat template saved beside it.",
-            settings={"beta": training_args.beta, "ranking_loss": script_args.ranking_loss,
-                      "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                      "LoRA r": model_args.lora_r if model_args.use_peft else None},
-            results={"train rankings": len(train_rows), "held-out DPO loss": metrics.get("eval_loss"),
-                     "held-out implicit-reward accuracy": metrics.get("eval_rewards/accuracies")},
-        )
-    save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: last but the marker
-    finish_trainer_output(trainer, training_args, "dpo", recipe.data, metrics, run, push, what="DPO policy")
+    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
+        title="Direct Preference Optimization (instead of InstructGPT's RM + PPO)",
+        base_model=model_path, datasets=[script_args.dataset_name],
+        summary="The SFT policy trained on preference rankings with DPO (Rafailov et al. 2023), the SFT model as "
+        "the frozen reference, with instructgpt on TRL's `DPOTrainer`. "
+        + ("Each ranking of K responses is trained on as its C(K, 2) pairs."
+           if script_args.ranking_loss == "pairs" else
+           "Each ranking of K responses is trained on whole, with the Plackett-Luce form of the DPO loss.")
+        + " It loads with `AutoModelForCausalLM` and formats prompts with the chat template saved beside it.",
+        settings={"beta": training_args.beta, "ranking_loss": script_args.ranking_loss,
+                  "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
+                  "LoRA r": model_args.lora_r if model_args.use_peft else None},
+        results={"train rankings": len(train_rows), "held-out DPO loss": metrics.get("eval_loss"),
+                 "held-out implicit-reward accuracy": metrics.get("eval_rewards/accuracies")},
+    ))
     return metrics
 
 

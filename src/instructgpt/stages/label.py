@@ -35,16 +35,9 @@ from typing import Any, Literal
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import OutputDirError, atomic_write_json, atomic_write_text, is_complete
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    OutputDirError,
-    atomic_write_json,
-    atomic_write_text,
-    is_complete,
-    mark_complete,
-    mark_started,
-    prepare_output_dir,
-)
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.labeling import ITEMS_FILE, Item, LabelStore, items_from_rankings, load_items, save_items
 from instructgpt.labeling.app import KEYBOARD_JS, build_app

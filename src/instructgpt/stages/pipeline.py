@@ -48,9 +48,10 @@ from typing import Any, Iterator
 
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete
 from instructgpt.infra.hub import add_card_section
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import RUN_MARKER, atomic_write_json, atomic_write_text, is_complete, mark_complete
+from instructgpt.infra.outputs import mark_complete
 from instructgpt.infra.parser import Recipe, RecipeError, RecipeParser, StageArgs, load_yaml, split_argv
 from instructgpt.infra.processes import process_state
 from instructgpt.infra.tracking import GROUP_ENV

@@ -27,19 +27,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from instructgpt.infra.log import get_logger
 from instructgpt.data import DataError, load_data, require_columns, require_rows
-from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.outputs import (
-    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
-)
 from instructgpt.infra.entrypoint import stage_main
-from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import take_push_to_hub, write_model_card
+from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.log import get_logger
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.metrics.training import trainer_metrics
-from instructgpt.infra.tracking import trainer_tracking
+from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.infra.validation import range_problems
+from instructgpt.tinyworld.probes import knowledge_probes
 
 logger = get_logger(__name__)
 
@@ -242,10 +237,10 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
 
     source = recipe.source
     required(training_args.output_dir, "output_dir", source)
-    recovered = recover_final_save(training_args.output_dir, "pretrain", recipe.data, args.if_output_exists)
-    if recovered is not None:
+    stage = TrainerStage("pretrain", training_args, recipe, args.if_output_exists, what="base model and tokenizer")
+    if (recovered := stage.begin()) is not None:
         return recovered
-    resume_from = prepare_output_dir(training_args.output_dir, args.if_output_exists, source, stage="pretrain")
+    resume_from = stage.resume_from
     set_seed(training_args.seed)
 
     texts = load_corpus(args, source)
@@ -262,8 +257,7 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
 
     model = build_model(args, tokenizer)
     logger.info(f"GPT-2 base model: {model.num_parameters() / 1e6:.2f}M parameters")
-    run, tracking_callbacks = trainer_tracking(training_args, "pretrain", recipe.data, resume_from)
-    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
+    callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -271,42 +265,32 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
         eval_dataset=eval_dataset,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
-                   *tracking_callbacks],
+        callbacks=callbacks,
     )
-    mark_started(training_args.output_dir, "pretrain")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics = trainer_metrics(trainer, result)
+    metrics = stage.train(trainer)
     metrics.update(num_parameters=model.num_parameters(), vocab_size=len(tokenizer), num_blocks=len(blocks))
     if eval_dataset is not None:
         evaluation = trainer.evaluate()
         metrics.update(evaluation)
         metrics["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50.0))
     if args.probe_tiny_world and trainer.is_world_process_zero():
-        from instructgpt.tinyworld.probes import knowledge_probes
-
         probes = knowledge_probes(trainer.model, tokenizer)
         metrics.update({f"probe/{k}": v for k, v in probes.items()})
         logger.info("knowledge probes (greedy completion of plain statements): "
                     + ", ".join(f"{k} {v:.0%}" for k, v in probes.items()))
-        if run is not None:
-            run.summary.update({f"probe/{k}": v for k, v in probes.items()})
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, stage="pretrain", title="Pretraining (the base model InstructGPT starts from)",
-            base_model=None, datasets=[args.dataset_name], hub_model_id=training_args.hub_model_id,
-            summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
-            "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
-            settings={"layers": args.n_layer, "width": args.n_embd, "heads": args.n_head, "context": args.n_positions,
-                      "vocabulary": len(tokenizer), "learning_rate": training_args.learning_rate,
-                      "epochs": training_args.num_train_epochs},
-            results={k: metrics.get(k) for k in ("num_parameters", "global_step", "eval_loss", "eval_perplexity",
-                                                 *(k for k in metrics if k.startswith("probe/")))},
-        )
-    trainer.save_model(training_args.output_dir)  # the weights: the last file but the marker
-    finish_trainer_output(trainer, training_args, "pretrain", recipe.data, metrics, run, push,
-                          what="base model and tokenizer")
+        if stage.run is not None:
+            stage.run.summary.update({f"probe/{k}": v for k, v in probes.items()})
+    stage.finish(trainer, metrics, tokenizer=tokenizer, card=dict(
+        title="Pretraining (the base model InstructGPT starts from)",
+        base_model=None, datasets=[args.dataset_name],
+        summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
+        "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
+        settings={"layers": args.n_layer, "width": args.n_embd, "heads": args.n_head, "context": args.n_positions,
+                  "vocabulary": len(tokenizer), "learning_rate": training_args.learning_rate,
+                  "epochs": training_args.num_train_epochs},
+        results={k: metrics.get(k) for k in ("num_parameters", "global_step", "eval_loss", "eval_perplexity",
+                                             *(k for k in metrics if k.startswith("probe/")))},
+    ))
     return metrics
 
 

@@ -36,20 +36,19 @@ from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt, load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
-)
-from instructgpt.infra.processes import prepare_frozen_model
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import trainer_tracking
-from instructgpt.metrics.training import trainer_metrics
+from instructgpt.infra.processes import prepare_frozen_model
+from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.modeling import (
-    check_model_path, format_prompt, load_tokenizer, lora_config, model_context_length, model_init_kwargs,
+    check_model_path,
+    format_prompt,
+    load_tokenizer,
+    lora_config,
+    model_context_length,
+    model_init_kwargs,
 )
-from instructgpt.modeling.lora import save_trained_model
+from instructgpt.modeling.reward import RewardModelReward, check_reward_model
 
 logger = get_logger(__name__)
 
@@ -75,12 +74,13 @@ class RLOOScriptArguments(ScriptArguments):
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={
+            "range": ">= 0",
             "help": "Subtracted from the reward of a response that reaches `max_completion_length` without an EOS "
             "token (>= 0; PPO's key), which teaches the policy to finish its answers. Null: no penalty."
         },
     )
     reward_batch_size: int = field(
-        default=32, metadata={"help": "Sequences per forward pass of the reward model."}
+        default=32, metadata={"range": ">= 1", "help": "Sequences per forward pass of the reward model."}
     )
     save_policy_checkpoints: bool = field(
         default=True,
@@ -196,24 +196,17 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     """Run one RLOO stage as the recipe describes; returns the final metrics."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from instructgpt.modeling.reward import RewardModelReward, check_reward_model
-
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
     required(script_args.reward_model_path, "reward_model_path", source, "the output_dir of instructgpt-rm")
     check_reward_model(script_args.reward_model_path, "reward_model_path", source)
     required(script_args.dataset_name, "dataset_name", source, "the prompts: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
-    if script_args.missing_eos_penalty is not None and script_args.missing_eos_penalty < 0:
-        raise InstructGPTError(f"{source}: `missing_eos_penalty` must be >= 0, got {script_args.missing_eos_penalty}")
-    if script_args.reward_batch_size < 1:
-        raise InstructGPTError(f"{source}: `reward_batch_size` must be >= 1, got {script_args.reward_batch_size}")
     if training_args.use_vllm:
         raise InstructGPTError(f"{source}: `use_vllm` is not supported by this stage yet; sample with transformers")
-    recovered = recover_final_save(training_args.output_dir, "rloo", recipe.data, script_args.if_output_exists)
-    if recovered is not None:
+    stage = TrainerStage("rloo", training_args, recipe, script_args.if_output_exists, what="RLOO policy")
+    if (recovered := stage.begin()) is not None:
         return recovered
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="rloo")
 
     trust = training_args.trust_remote_code
     tokenizer = load_tokenizer(
@@ -267,8 +260,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         batch_size=script_args.reward_batch_size, source=source,
     )
 
-    run, tracking_callbacks = trainer_tracking(training_args, "rloo", recipe.data, resume_from)
-    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
+    callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
     trainer_class = build_trainer_class()
     trainer_class.keep_policies = script_args.save_policy_checkpoints
     trainer = trainer_class(
@@ -278,15 +270,12 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
-                   *tracking_callbacks],
+        callbacks=callbacks,
         peft_config=lora_config(model_args, "CAUSAL_LM", source=source, trust_remote_code=trust),
     )
     # the frozen reward model placed like PPO's: on this process's device, sharded under DeepSpeed and FSDP
     reward.model = prepare_frozen_model(reward.model, trainer.accelerator)
-    mark_started(training_args.output_dir, "rloo")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics = trainer_metrics(trainer, result)
+    metrics = stage.train(trainer)
     history = [row for row in trainer.state.log_history if "reward" in row]
     if history:
         metrics.update({"first_logged_reward": history[0]["reward"], "last_logged_reward": history[-1]["reward"],
@@ -294,26 +283,22 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     # with LoRA: the merged model in output_dir, the adapter alone in output_dir/adapter
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, stage="rloo", title="RLOO policy (InstructGPT step 3, REINFORCE leave-one-out)",
-            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
-            summary="The SFT policy trained with RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer` against the "
-            f"frozen reward model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), "
-            "under a KL penalty to the SFT policy. It loads with `AutoModelForCausalLM` and formats prompts with "
-            "the chat template saved beside it.",
-            settings={"learning_rate": training_args.learning_rate, "beta (KL)": training_args.beta,
-                      "num_generations": training_args.num_generations,
-                      "max_completion_length": training_args.max_completion_length,
-                      "temperature": training_args.temperature,
-                      "missing_eos_penalty": script_args.missing_eos_penalty,
-                      "LoRA r": model_args.lora_r if model_args.use_peft else None},
-            results={k: metrics.get(k) for k in ("global_step", "first_logged_reward", "last_logged_reward",
-                                                 "last_logged_kl")},
-        )
-    save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: last file but the marker
-    finish_trainer_output(trainer, training_args, "rloo", recipe.data, metrics, run, push, what="RLOO policy")
+    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
+        title="RLOO policy (InstructGPT step 3, REINFORCE leave-one-out)",
+        base_model=model_path, datasets=[script_args.dataset_name],
+        summary="The SFT policy trained with RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer` against the "
+        f"frozen reward model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), "
+        "under a KL penalty to the SFT policy. It loads with `AutoModelForCausalLM` and formats prompts with "
+        "the chat template saved beside it.",
+        settings={"learning_rate": training_args.learning_rate, "beta (KL)": training_args.beta,
+                  "num_generations": training_args.num_generations,
+                  "max_completion_length": training_args.max_completion_length,
+                  "temperature": training_args.temperature,
+                  "missing_eos_penalty": script_args.missing_eos_penalty,
+                  "LoRA r": model_args.lora_r if model_args.use_peft else None},
+        results={k: metrics.get(k) for k in ("global_step", "first_logged_reward", "last_logged_reward",
+                                             "last_logged_kl")},
+    ))
     return metrics
 
 

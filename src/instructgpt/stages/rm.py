@@ -40,20 +40,15 @@ from instructgpt.data.padding import pad_sequences
 from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prompt
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import take_push_to_hub, write_model_card
+from instructgpt.infra.files import atomic_write_json
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    atomic_write_json, finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir,
-    recover_final_save,
-)
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import trainer_tracking
+from instructgpt.infra.trainer_stage import TrainerStage
+from instructgpt.judges import make_labeler
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
-from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
-from instructgpt.metrics.training import trainer_metrics
+from instructgpt.metrics.ranking import pairwise_accuracy, ranking_agreement, summarize_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, stage_tokenizer
-from instructgpt.modeling.lora import merge_adapter, save_trained_model
+from instructgpt.modeling.lora import merge_adapter
 from instructgpt.modeling.reward import NORMALIZATION_FILE, load_sequence_classifier, reward_input_ids, score_responses
 
 logger = get_logger(__name__)
@@ -256,9 +251,6 @@ def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: 
                   source: str) -> dict[str, float | int]:
     """Held-out pairwise accuracy of the reward model against a gold judge (``spec``, e.g. the noiseless rubric)
     and, on the same pairs' responses, against the data's own order (best first, as the noisy labeler ranked)."""
-    from instructgpt.judges import make_labeler
-    from instructgpt.metrics.ranking import pairwise_accuracy
-
     judge = make_labeler(spec, batch_size=batch_size, source=source)
     prompts = [row["prompt"] for row in rows for _ in row["responses"]]
     responses = [response for row in rows for response in row["responses"]]
@@ -320,10 +312,9 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             f"{source}: `load_in_4bit`/`load_in_8bit` is not supported for the reward model (its merged weights "
             "would stay quantized, which PPO and evaluation cannot load); use LoRA in bf16 (use_peft: true) instead"
         )
-    recovered = recover_final_save(training_args.output_dir, "rm", recipe.data, script_args.if_output_exists)
-    if recovered is not None:
+    stage = TrainerStage("rm", training_args, recipe, script_args.if_output_exists, what="reward model")
+    if (recovered := stage.begin()) is not None:
         return recovered
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="rm")
 
     train_rows, eval_rows = _load_splits(script_args, training_args, source)
     demo_prompts: list[Prompt] = []
@@ -342,8 +333,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     model = load_sequence_classifier(model_path, model_args, training_args.trust_remote_code, source=source)
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    run, tracking_callbacks = trainer_tracking(training_args, "rm", recipe.data, resume_from)
-    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
+    callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
     trainer = build_trainer_class()(
         model=model,
         args=training_args,
@@ -351,16 +341,13 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=RankingCollator(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
-                   *tracking_callbacks],
+        callbacks=callbacks,
         peft_config=lora_config(
             model_args, "SEQ_CLS", source=source, trust_remote_code=training_args.trust_remote_code
         ),
     )
-    mark_started(training_args.output_dir, "rm")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics = stage.train(trainer)
     accelerator = trainer.accelerator
-    metrics = trainer_metrics(trainer, result)
     metrics["train_rankings"] = len(train_dataset)
 
     if eval_dataset is not None:
@@ -395,29 +382,25 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         )
 
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
         atomic_write_json(
             Path(training_args.output_dir) / NORMALIZATION_FILE,
             {**normalization, "dataset": script_args.demonstrations_dataset,
              "note": "score_responses() returns raw reward - shift, so the demonstrations average 0"},
         )
-    if trainer.is_world_process_zero():
-        write_model_card(
-            training_args.output_dir, stage="rm", title="Reward model (InstructGPT step 2)",
-            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
-            summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
-            "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
-            "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
-            "on average.",
-            settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                      "train rankings": len(train_dataset)},
-            results={"reward shift": normalization["shift"],
-                     "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
-                     "held-out Kendall's tau": metrics.get("eval_kendall_tau"),
-                     "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy")},
-        )
-    save_trained_model(trainer, training_args.output_dir, model=final_model)  # the weights: last but the marker
-    finish_trainer_output(trainer, training_args, "rm", recipe.data, metrics, run, push, what="reward model")
+    stage.finish(trainer, metrics, tokenizer=tokenizer, model=final_model, card=dict(
+        title="Reward model (InstructGPT step 2)",
+        base_model=model_path, datasets=[script_args.dataset_name],
+        summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
+        "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
+        "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
+        "on average.",
+        settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
+                  "train rankings": len(train_dataset)},
+        results={"reward shift": normalization["shift"],
+                 "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
+                 "held-out Kendall's tau": metrics.get("eval_kendall_tau"),
+                 "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy")},
+    ))
     return metrics
 
 

@@ -17,21 +17,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-
 from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import load_demonstrations
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import take_push_to_hub, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import (
-    finish_trainer_output, mark_started, node_local_checkpoint_callback, prepare_output_dir, recover_final_save,
-)
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
-from instructgpt.infra.tracking import trainer_tracking
-from instructgpt.metrics.training import trainer_metrics
+from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.modeling import (
     cap_max_length,
     check_model_path,
@@ -40,7 +33,6 @@ from instructgpt.modeling import (
     model_init_kwargs,
     stage_tokenizer,
 )
-from instructgpt.modeling.lora import save_trained_model
 
 logger = get_logger(__name__)
 
@@ -110,10 +102,9 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
     required(script_args.dataset_name, "dataset_name", source, "a Hub dataset id or a local .jsonl file")
     required(training_args.output_dir, "output_dir", source)
     refuse_keys_that_cannot_apply(training_args, source)
-    recovered = recover_final_save(training_args.output_dir, "sft", recipe.data, script_args.if_output_exists)
-    if recovered is not None:
+    stage = TrainerStage("sft", training_args, recipe, script_args.if_output_exists, what="SFT model")
+    if (recovered := stage.begin()) is not None:
         return recovered
-    resume_from = prepare_output_dir(training_args.output_dir, script_args.if_output_exists, source, stage="sft")
 
     train_dataset = load_demonstrations(
         script_args.dataset_name, config=script_args.dataset_config, split=script_args.dataset_train_split,
@@ -155,43 +146,35 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    run, tracking_callbacks = trainer_tracking(training_args, "sft", recipe.data, resume_from)
+    callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
     from trl import SFTTrainer
 
-    push = take_push_to_hub(training_args)  # pushed below, once the output is finished, not mid-save
     trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[finite_gradients_callback(training_args.output_dir), node_local_checkpoint_callback(),
-                   *tracking_callbacks],
+        callbacks=callbacks,
         peft_config=lora_config(
             model_args, "CAUSAL_LM", source=source, trust_remote_code=training_args.trust_remote_code
         ),
     )
-    mark_started(training_args.output_dir, "sft")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics = trainer_metrics(trainer, result)
+    metrics = stage.train(trainer)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     # with LoRA: the merged model in output_dir (later stages start from a complete model), the adapter alone in
     # output_dir/adapter for PeftModel.from_pretrained
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, stage="sft", title="Supervised fine-tuning (InstructGPT step 1)",
-            base_model=model_path, datasets=[script_args.dataset_name], hub_model_id=training_args.hub_model_id,
-            summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
-            "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
-            "formats prompts with the chat template saved beside it.",
-            settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                      "max_length": training_args.max_length, "LoRA r": model_args.lora_r if model_args.use_peft else None},
-            results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
-        )
-    save_trained_model(trainer, training_args.output_dir, keep_adapter=True)  # the weights: the last file but the marker
-    finish_trainer_output(trainer, training_args, "sft", recipe.data, metrics, run, push, what="SFT model")
+    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
+        title="Supervised fine-tuning (InstructGPT step 1)",
+        base_model=model_path, datasets=[script_args.dataset_name],
+        summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
+        "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
+        "formats prompts with the chat template saved beside it.",
+        settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
+                  "max_length": training_args.max_length, "LoRA r": model_args.lora_r if model_args.use_peft else None},
+        results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
+    ))
     return metrics
 
 

@@ -49,17 +49,14 @@ from typing import Any, Iterable
 from instructgpt.tinyworld.corpus import build_corpus
 from instructgpt.tinyworld.demos import demonstrate, pick_style
 from instructgpt.tinyworld.world import (
-    CREATURE_BY_NAME,
     CREATURES,
     FAMILIES,
     KINDS,
     MAX_OPERAND,
     PREFIXES,
     TEMPLATES,
-    WORDS,
     Task,
     all_cores,
-    attribute_of_word,
     make_task,
     parse_prompt,
 )

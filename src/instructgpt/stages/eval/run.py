@@ -51,15 +51,8 @@ from typing import Any, Sequence
 from instructgpt.data import load_data
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
-from instructgpt.infra.outputs import (
-    OutputDirError,
-    atomic_write_json,
-    atomic_write_text,
-    is_complete,
-    mark_complete,
-    mark_started,
-    prepare_output_dir,
-)
+from instructgpt.infra.files import OutputDirError, atomic_write_json, atomic_write_text, is_complete
+from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
 from instructgpt.infra.parser import StageArgs
 from instructgpt.infra.processes import default_device, process_state
 from instructgpt.infra.tracking import StageTracker, run_identity

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from instructgpt.infra.outputs import PPO_METRICS_FILE, read_jsonl
+from instructgpt.infra.files import PPO_METRICS_FILE, read_jsonl
 from instructgpt.stages.eval.evaluator import Evaluator
 from instructgpt.stages.eval.settings import EvalArguments, parse_models
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 from torch import nn
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import atomic_write_json
 from instructgpt.infra.guards import fault_point
-from instructgpt.infra.outputs import atomic_write_json
 from instructgpt.infra.tracking import StageTracker
 from instructgpt.modeling.lora import merge_adapter
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from instructgpt.infra.outputs import atomic_write_text, read_jsonl
+from instructgpt.infra.files import atomic_write_text, read_jsonl
 from instructgpt.stages.ppo.rollout import Batch
 
 COMPLETIONS_FILE = "completions.jsonl"

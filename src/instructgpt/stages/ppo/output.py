@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from instructgpt.infra.files import PPO_METRICS_FILE
 from instructgpt.infra.hub import push_output, write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import PPO_METRICS_FILE, mark_complete, mark_started
+from instructgpt.infra.outputs import mark_complete, mark_started
 from instructgpt.infra.tracking import StageTracker, run_identity
 from instructgpt.stages.ppo.metrics import COMPLETIONS_FILE
 

@@ -43,10 +43,10 @@ from transformers import set_seed
 from instructgpt.data.padding import pad_sequences
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
 from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_checkpoint, nonfinite_gradients
 from instructgpt.infra.hub import take_push_to_hub
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import PPO_METRICS_FILE as METRICS_FILE
 from instructgpt.infra.outputs import prepare_output_dir, recover_final_save
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.infra.processes import no_accelerator, prepare_frozen_model
@@ -57,15 +57,32 @@ from instructgpt.modeling.reward import check_reward_model
 from instructgpt.stages.ppo import models
 from instructgpt.stages.ppo import rollout as hf_rollout
 from instructgpt.stages.ppo.checkpointing import (
-    Progress, load_checkpoint, restore_resume_state, resume_state, save_policy, write_checkpoint,
+    Progress,
+    load_checkpoint,
+    restore_resume_state,
+    resume_state,
+    save_policy,
+    write_checkpoint,
 )
 from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments, steps_of
 from instructgpt.stages.ppo.data import PromptOrder, load_prompt_data, ptx_labels
 from instructgpt.stages.ppo.metrics import (
-    COMPLETIONS_FILE, append_jsonl, completion_rows, global_mean, held_out_metrics, truncate_log, update_metrics,
+    COMPLETIONS_FILE,
+    append_jsonl,
+    completion_rows,
+    global_mean,
+    held_out_metrics,
+    truncate_log,
+    update_metrics,
 )
 from instructgpt.stages.ppo.models import (
-    Sequences, length_groups, load_models, response_logits, score_parts, supports_logits_to_keep, trim_padding,
+    Sequences,
+    length_groups,
+    load_models,
+    response_logits,
+    score_parts,
+    supports_logits_to_keep,
+    trim_padding,
 )
 from instructgpt.stages.ppo.optimization import build_kl_controller, build_optimizer, build_scheduler
 from instructgpt.stages.ppo.output import begin, finish
