@@ -4,9 +4,8 @@
 :func:`~instructgpt.infra.outputs.prepare_output_dir` chose) or start with empty logs, mark the directory as started
 by ``ppo``, start the dashboards. :func:`finish`, after the last update, in this order: the value model
 (``value_model/``) and the model card, the policy (LoRA merged) with its tokenizer, the marker that the output is
-complete, the Hub push, the dashboards' summary.
-
-The Trainer stages take the same steps through :mod:`instructgpt.infra.outputs`; PPO's own trainer takes them here.
+complete, the Hub push, the dashboards' summary. The marker, the wait and the push are
+:func:`~instructgpt.infra.outputs.finish_output`, the same finishing steps every Trainer stage ends with.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from instructgpt.infra.files import PPO_METRICS_FILE
-from instructgpt.infra.hub import push_output, write_model_card
+from instructgpt.infra.hub import write_model_card
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import mark_complete, mark_started
+from instructgpt.infra.outputs import finish_output, mark_started
 from instructgpt.infra.tracking import StageTracker, run_identity
 from instructgpt.stages.ppo.metrics import COMPLETIONS_FILE
 
@@ -53,14 +52,10 @@ def finish(trainer: Any, metrics: dict[str, Any]) -> None:
         )
         trainer.tokenizer.save_pretrained(output_dir / VALUE_MODEL_DIR)
         write_card(trainer, metrics)
-    trainer.save_policy(output_dir, merged=True)
-    if acc.is_main_process:
-        mark_complete(output_dir, "ppo", trainer.recipe.data, metrics, weights=True)
-        logger.info(f"PPO policy saved to {output_dir}")
-    acc.wait_for_everyone()
-    args = trainer.args
-    if trainer.push and acc.is_main_process:
-        push_output(output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+    trainer.save_policy(output_dir, merged=True)  # the weights: the last file but the marker
+    # the same finishing steps as every Trainer stage: marker, wait for every process, push
+    finish_output(output_dir, "ppo", trainer.recipe.data, metrics, what="PPO policy",
+                  is_main_process=acc.is_main_process, wait_for_everyone=acc.wait_for_everyone, push=trainer.push)
     trainer.tracker.summary(metrics)
     trainer.tracker.finish()
 
