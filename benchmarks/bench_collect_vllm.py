@@ -36,7 +36,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--num_responses", type=int, default=4, help="K, samples per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--batch_size", type=int, default=64, help="HF: sequences per generate batch (collect's default)")
+    parser.add_argument(
+        "--batch_size", type=int, default=64, help="HF: sequences per generate batch (collect's default)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     return parser.parse_args()
@@ -66,14 +68,16 @@ def main() -> None:
     policy = Path(args.policy) if args.policy else quick_sft(workdir / "sft")
     prompts = load_prompts(args.prompts, key="--prompts", source="bench", limit=args.num_prompts)
     tokenizer = load_tokenizer(str(policy))
-    settings = dict(num_samples=args.num_responses, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, seed=args.seed)
+    settings = dict(
+        num_samples=args.num_responses, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    )
     n = len(prompts) * args.num_responses
 
     model = AutoModelForCausalLM.from_pretrained(str(policy)).eval()
     hf_generate(model, tokenizer, prompts[:4], batch_size=args.batch_size, **settings)  # warm-up
-    hf_s, hf_rows = timed(lambda: hf_generate(model, tokenizer, prompts, batch_size=args.batch_size, **settings),
-                          args.repeats)
+    hf_s, hf_rows = timed(
+        lambda: hf_generate(model, tokenizer, prompts, batch_size=args.batch_size, **settings), args.repeats
+    )
 
     started = time.perf_counter()
     sampler = VLLMSampler(str(policy), tokenizer, seed=args.seed)
@@ -86,14 +90,18 @@ def main() -> None:
 
     hf_tokens, vllm_tokens = tokens(hf_rows), tokens(vllm_rows)
     load = os.getloadavg()
-    print(f"\npolicy {policy}; {len(prompts)} prompts x K={args.num_responses} = {n} samples, "
-          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}; torch threads "
-          f"{torch.get_num_threads()}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"\npolicy {policy}; {len(prompts)} prompts x K={args.num_responses} = {n} samples, "
+        f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}; torch threads "
+        f"{torch.get_num_threads()}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
+    )
     print(f"{'':6} {'samples/s':>10} {'tokens/s':>10} {'tokens':>8} {'mean len':>9} {'seconds':>8}")
     for name, secs, count in (("hf", hf_s, hf_tokens), ("vllm", vllm_s, vllm_tokens)):
         print(f"{name:6} {n / secs:10.1f} {count / secs:10.1f} {count:8d} {count / n:9.1f} {secs:8.2f}")
-    print(f"vllm / hf: {hf_s / vllm_s:.2f}x samples/s, {(vllm_tokens / vllm_s) / (hf_tokens / hf_s):.2f}x tokens/s "
-          f"(median of {args.repeats}); vLLM start-up {startup:.1f} s, once per collection")
+    print(
+        f"vllm / hf: {hf_s / vllm_s:.2f}x samples/s, {(vllm_tokens / vllm_s) / (hf_tokens / hf_s):.2f}x tokens/s "
+        f"(median of {args.repeats}); vLLM start-up {startup:.1f} s, once per collection"
+    )
     sampler.close()
 
 

@@ -170,7 +170,7 @@ def worker_ours(cfg: dict) -> None:
     from instructgpt.stages.ppo.trainer import PPOTrainer, parse_args
 
     timers = Timers()
-    no_grad_only = lambda phase: (lambda *a, **k: None if torch.is_grad_enabled() else phase)  # noqa: E731
+    no_grad_only = lambda phase: lambda *a, **k: None if torch.is_grad_enabled() else phase  # noqa: E731
     timers.wrap(rollout, "sample_responses", "generation")
     timers.wrap(PPOTrainer, "_reference_logprobs", "reference")
     timers.wrap(models, "response_values", no_grad_only("value"))  # also called by the update's forward
@@ -195,10 +195,20 @@ def worker_ours(cfg: dict) -> None:
         PPOTrainer.check_update = check_update_and_save
 
     overrides = {
-        "model_name_or_path": cfg["sft"], "reward_model_path": cfg["rm"], "output_dir": cfg["output_dir"],
-        "dataset_name": cfg["prompts_file"], "eval_dataset_name": "null", "total_episodes": cfg["episodes"],
-        "if_output_exists": "overwrite", "save_strategy": "no", "num_sample_generations": 0, "report_to": "[]",
-        "max_grad_norm": 0, "gradient_checkpointing": "false", "disable_tqdm": "true", **cfg["settings"],
+        "model_name_or_path": cfg["sft"],
+        "reward_model_path": cfg["rm"],
+        "output_dir": cfg["output_dir"],
+        "dataset_name": cfg["prompts_file"],
+        "eval_dataset_name": "null",
+        "total_episodes": cfg["episodes"],
+        "if_output_exists": "overwrite",
+        "save_strategy": "no",
+        "num_sample_generations": 0,
+        "report_to": "[]",
+        "max_grad_norm": 0,
+        "gradient_checkpointing": "false",
+        "disable_tqdm": "true",
+        **cfg["settings"],
     }
     argv = [str(REPO / "recipes" / "tiny" / "ppo.yaml")]
     for key, value in overrides.items():
@@ -208,13 +218,21 @@ def worker_ours(cfg: dict) -> None:
     start = time.perf_counter()
     summary = trainer.train()
     elapsed = time.perf_counter() - start - timers.seconds.get("save", 0.0)
-    _finish({
-        "trainer": "instructgpt", "seconds": elapsed, "episodes": summary["episode"],
-        "updates": summary["global_step"], "last_scores": summary.get("objective/scores"),
-        "last_kl": summary.get("objective/kl"), "eos_fraction": summary.get("objective/eos_fraction"),
-        "policy_dir": cfg["output_dir"], "checkpoints": saved,
-        "phases": {**_phases(timers, elapsed), "ppo_update": timers.seconds.get("ppo_update", 0.0)},
-    }, cfg["result"])
+    _finish(
+        {
+            "trainer": "instructgpt",
+            "seconds": elapsed,
+            "episodes": summary["episode"],
+            "updates": summary["global_step"],
+            "last_scores": summary.get("objective/scores"),
+            "last_kl": summary.get("objective/kl"),
+            "eos_fraction": summary.get("objective/eos_fraction"),
+            "policy_dir": cfg["output_dir"],
+            "checkpoints": saved,
+            "phases": {**_phases(timers, elapsed), "ppo_update": timers.seconds.get("ppo_update", 0.0)},
+        },
+        cfg["result"],
+    )
 
 
 def worker_trl(cfg: dict) -> None:
@@ -233,9 +251,18 @@ def worker_trl(cfg: dict) -> None:
     train_dataset = Dataset.from_dict({"input_ids": prompt_ids})
     eval_dataset = Dataset.from_dict({"input_ids": prompt_ids[:8]})
     args = PPOConfig(
-        output_dir=cfg["output_dir"], total_episodes=cfg["episodes"], stop_token="eos", whiten_rewards=False,
-        num_sample_generations=0, gradient_checkpointing=False, bf16=False, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, **cfg["settings"],
+        output_dir=cfg["output_dir"],
+        total_episodes=cfg["episodes"],
+        stop_token="eos",
+        whiten_rewards=False,
+        num_sample_generations=0,
+        gradient_checkpointing=False,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        **cfg["settings"],
     )
     policy = AutoModelForCausalLM.from_pretrained(cfg["sft"])
     ref_policy = AutoModelForCausalLM.from_pretrained(cfg["sft"])
@@ -244,8 +271,14 @@ def worker_trl(cfg: dict) -> None:
     for model in (policy, ref_policy, reward_model, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=policy, ref_model=ref_policy, reward_model=reward_model,
-        value_model=value_model, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
     )
     # TRL's train loop calls these module functions: generation, then per chunk the reference forward (no grad;
     # with grad, `forward` is the update's policy+value forward), the value and the reward model (`get_reward`)
@@ -277,12 +310,20 @@ def worker_trl(cfg: dict) -> None:
         trainer.save_model(cfg["output_dir"])
         tokenizer.save_pretrained(cfg["output_dir"])
     logs = [entry for entry in trainer.state.log_history if "objective/scores" in entry]
-    _finish({
-        "trainer": "trl-1.12", "seconds": elapsed, "episodes": trainer.state.episode,
-        "updates": trainer.state.global_step, "last_scores": logs[-1]["objective/scores"] if logs else None,
-        "last_kl": logs[-1]["objective/kl"] if logs else None,
-        "policy_dir": cfg["output_dir"], "checkpoints": saved, "phases": _phases(timers, elapsed),
-    }, cfg["result"])
+    _finish(
+        {
+            "trainer": "trl-1.12",
+            "seconds": elapsed,
+            "episodes": trainer.state.episode,
+            "updates": trainer.state.global_step,
+            "last_scores": logs[-1]["objective/scores"] if logs else None,
+            "last_kl": logs[-1]["objective/kl"] if logs else None,
+            "policy_dir": cfg["output_dir"],
+            "checkpoints": saved,
+            "phases": _phases(timers, elapsed),
+        },
+        cfg["result"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -328,19 +369,27 @@ def run_worker(python: str, name: str, cfg: dict, env: dict) -> dict:
     print(f"[bench] training with {name} ...", flush=True)
     start = time.time()
     worker = name.split("@")[0]
-    proc = subprocess.run([python, __file__, "--worker", worker, "--worker_config", str(cfg_path)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [python, __file__, "--worker", worker, "--worker_config", str(cfg_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"[bench] the {name} worker failed (exit code {proc.returncode})")
     result = json.loads(Path(cfg["result"]).read_text())
-    print(f"[bench]   {name}: {result['episodes']} episodes in {result['seconds']:.1f}s "
-          f"(process {time.time() - start:.0f}s with loading)", flush=True)
+    print(
+        f"[bench]   {name}: {result['episodes']} episodes in {result['seconds']:.1f}s "
+        f"(process {time.time() - start:.0f}s with loading)",
+        flush=True,
+    )
     return result
 
 
-def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, response_length: int, num_samples: int,
-                      seed: int) -> dict[str, dict[str, float]]:
+def evaluate_policies(
+    paths: dict[str, str], rm: str, eval_prompts: str, response_length: int, num_samples: int, seed: int
+) -> dict[str, dict[str, float]]:
     """Mean normalised RM score, KL to the SFT policy and share of responses that ended with EOS, per policy.
 
     Every policy samples ``num_samples`` responses to each held-out prompt with the same seed (``generate_samples``);
@@ -362,8 +411,16 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
     for name, path in paths.items():
         tokenizer = load_tokenizer(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path).eval()
-        samples = generate_samples(model, tokenizer, prompts, num_samples=num_samples,
-                                   max_new_tokens=response_length, temperature=1.0, seed=seed, batch_size=64)
+        samples = generate_samples(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=num_samples,
+            max_new_tokens=response_length,
+            temperature=1.0,
+            seed=seed,
+            batch_size=64,
+        )
         flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
         flat = [s for row in samples for s in row]
         scores = score_responses(reward_model, rm_tokenizer, flat_prompts, [s.text for s in flat], batch_size=64)
@@ -372,18 +429,24 @@ def evaluate_policies(paths: dict[str, str], rm: str, eval_prompts: str, respons
             for sample in flat:
                 prefix = sample.prompt_ids
                 ids = torch.tensor([prefix + sample.scored_ids])
-                targets = ids[:, len(prefix):]
+                targets = ids[:, len(prefix) :]
 
                 def logp(m):
-                    logits = m(input_ids=ids).logits[:, len(prefix) - 1:-1].float()
+                    logits = m(input_ids=ids).logits[:, len(prefix) - 1 : -1].float()
                     return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).sum().item()
 
                 kls.append(logp(model) - logp(sft))
-        results[name] = {"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls),
-                         "length": sum(len(s.token_ids) for s in flat) / len(flat),
-                         "eos_share": sum(s.finished for s in flat) / len(flat)}
-        print(f"[bench]   eval {name}: score {results[name]['score']:+.4f}, KL {results[name]['kl']:.3f}, "
-              f"ended with EOS {results[name]['eos_share']:.0%}", flush=True)
+        results[name] = {
+            "score": sum(scores) / len(scores),
+            "kl": sum(kls) / len(kls),
+            "length": sum(len(s.token_ids) for s in flat) / len(flat),
+            "eos_share": sum(s.finished for s in flat) / len(flat),
+        }
+        print(
+            f"[bench]   eval {name}: score {results[name]['score']:+.4f}, KL {results[name]['kl']:.3f}, "
+            f"ended with EOS {results[name]['eos_share']:.0%}",
+            flush=True,
+        )
     return results
 
 
@@ -415,13 +478,24 @@ def matched_kl(report: dict) -> list[dict]:
             continue
         mine = ours.get(r["kl_coef"]) or next(iter(ours.values()))
         curve = trajectory(mine)
-        points = [(p["episodes"], p["kl"], p["gain"]) for p in r.get("trajectory", [])] + [(r["episodes"], r["kl"],
-                                                                                             r["gain"])]
+        points = [(p["episodes"], p["kl"], p["gain"]) for p in r.get("trajectory", [])] + [
+            (r["episodes"], r["kl"], r["gain"])
+        ]
         for episodes, kl, gain in points:
             closest_kl, closest_gain = min(curve[1:], key=lambda point: abs(point[0] - kl))
-            rows.append({"trl": name, "ours": f"ours@{mine['kl_coef']:g}", "episodes": episodes, "kl": kl,
-                         "trl_gain": gain, "ours_gain": interpolate(curve, kl), "closest_kl": closest_kl,
-                         "closest_gain": closest_gain, "within_10pct": abs(closest_kl - kl) <= 0.1 * kl})
+            rows.append(
+                {
+                    "trl": name,
+                    "ours": f"ours@{mine['kl_coef']:g}",
+                    "episodes": episodes,
+                    "kl": kl,
+                    "trl_gain": gain,
+                    "ours_gain": interpolate(curve, kl),
+                    "closest_kl": closest_kl,
+                    "closest_gain": closest_gain,
+                    "within_10pct": abs(closest_kl - kl) <= 0.1 * kl,
+                }
+            )
     return rows
 
 
@@ -434,13 +508,22 @@ def plot_frontier(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     styles = ["-", "--", ":", "-."]
-    for trainer, label, marker, color in (("ours", "instructgpt", "o", "tab:blue"),
-                                          ("trl", "TRL 1.12 PPOTrainer", "s", "tab:orange")):
+    for trainer, label, marker, color in (
+        ("ours", "instructgpt", "o", "tab:blue"),
+        ("trl", "TRL 1.12 PPOTrainer", "s", "tab:orange"),
+    ):
         runs = sorted((r for r in report["runs"].values() if r["trainer_key"] == trainer), key=lambda r: r["kl_coef"])
         for i, r in enumerate(runs):
             curve = trajectory(r)
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], marker=marker, markersize=3, color=color,
-                    linestyle=styles[i % len(styles)], label=f"{label}, β={r['kl_coef']:g}")
+            ax.plot(
+                [p[0] for p in curve],
+                [p[1] for p in curve],
+                marker=marker,
+                markersize=3,
+                color=color,
+                linestyle=styles[i % len(styles)],
+                label=f"{label}, β={r['kl_coef']:g}",
+            )
             ax.plot([r["kl"]], [r["gain"]], marker=marker, markersize=8, color=color)  # the final policy
     ax.set_xlabel("KL to the SFT policy (nats per response, held-out prompts)")
     ax.set_ylabel("RM-score gain over SFT")
@@ -468,25 +551,46 @@ def print_phases(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["tiny", "gpt2"], default="tiny",
-                        help="tiny: the tiny world's SFT and RM (--sft/--rm); gpt2: 124M GPT-2-shaped models built "
-                        "locally (benchmarks/gpt2_world.py), timing only")
+    parser.add_argument(
+        "--size",
+        choices=["tiny", "gpt2"],
+        default="tiny",
+        help="tiny: the tiny world's SFT and RM (--sft/--rm); gpt2: 124M GPT-2-shaped models built "
+        "locally (benchmarks/gpt2_world.py), timing only",
+    )
     parser.add_argument("--sft", default="runs/tiny/sft", help="SFT policy (output_dir of instructgpt-sft)")
     parser.add_argument("--rm", default="runs/tiny/rm", help="reward model (output_dir of instructgpt-rm)")
     parser.add_argument("--prompts", default="data/tiny/ppo_prompts.jsonl")
     parser.add_argument("--eval_prompts", default="data/tiny/eval_prompts.jsonl")
-    parser.add_argument("--episodes", type=int, default=None,
-                        help="total_episodes of each run (default: 1536 tiny, 16 gpt2: two updates)")
-    parser.add_argument("--kl_coefs", type=float, nargs="+", default=None,
-                        help="run both trainers at each of these kl_coef values and plot RM-score gain against KL")
-    parser.add_argument("--trl_kl_coefs", type=float, nargs="+", default=None,
-                        help="TRL's kl_coef values, if not --kl_coefs")
-    parser.add_argument("--trl_pad_token", default=None,
-                        help="give TRL's tokenizer this pad token instead of EOS (e.g. '#', unused in the tiny world)")
-    parser.add_argument("--save_every", type=int, default=256,
-                        help="also save every run's policy each this many episodes and evaluate it, so that each run "
-                        "traces a gain-KL curve from the SFT policy (tiny world; the saving is not timed; 0: only "
-                        "the final policies)")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="total_episodes of each run (default: 1536 tiny, 16 gpt2: two updates)",
+    )
+    parser.add_argument(
+        "--kl_coefs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="run both trainers at each of these kl_coef values and plot RM-score gain against KL",
+    )
+    parser.add_argument(
+        "--trl_kl_coefs", type=float, nargs="+", default=None, help="TRL's kl_coef values, if not --kl_coefs"
+    )
+    parser.add_argument(
+        "--trl_pad_token",
+        default=None,
+        help="give TRL's tokenizer this pad token instead of EOS (e.g. '#', unused in the tiny world)",
+    )
+    parser.add_argument(
+        "--save_every",
+        type=int,
+        default=256,
+        help="also save every run's policy each this many episodes and evaluate it, so that each run "
+        "traces a gain-KL curve from the SFT policy (tiny world; the saving is not timed; 0: only "
+        "the final policies)",
+    )
     parser.add_argument("--plot", default=None, help="PNG of the reward-KL frontier (default: WORK_DIR/frontier.png)")
     parser.add_argument("--eval_samples", type=int, default=2, help="samples per held-out prompt for the gain")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both workers (default: torch's)")
@@ -521,16 +625,31 @@ def main(argv: list[str] | None = None) -> None:
         opts.sft, opts.rm, opts.prompts = str(sft), str(rm), str(prompts)
     prompt_ids_file = work / "prompt_ids.jsonl"
     tokenize_prompts(opts.sft, opts.prompts, prompt_ids_file, settings["response_length"])
-    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
     if opts.threads:
         env["OMP_NUM_THREADS"] = str(opts.threads)
-    common = {"sft": str(Path(opts.sft).resolve()), "rm": str(Path(opts.rm).resolve()), "episodes": episodes,
-              "threads": opts.threads, "prompts_file": str(Path(opts.prompts).resolve()),
-              "prompt_ids_file": str(prompt_ids_file), "save": not gpt2, "trl_pad_token": opts.trl_pad_token,
-              "save_every": None if gpt2 else (opts.save_every or None)}
-    sweep = {"ours": opts.kl_coefs or [settings["kl_coef"]],
-             "trl": opts.trl_kl_coefs or opts.kl_coefs or [settings["kl_coef"]]}
+    common = {
+        "sft": str(Path(opts.sft).resolve()),
+        "rm": str(Path(opts.rm).resolve()),
+        "episodes": episodes,
+        "threads": opts.threads,
+        "prompts_file": str(Path(opts.prompts).resolve()),
+        "prompt_ids_file": str(prompt_ids_file),
+        "save": not gpt2,
+        "trl_pad_token": opts.trl_pad_token,
+        "save_every": None if gpt2 else (opts.save_every or None),
+    }
+    sweep = {
+        "ours": opts.kl_coefs or [settings["kl_coef"]],
+        "trl": opts.trl_kl_coefs or opts.kl_coefs or [settings["kl_coef"]],
+    }
     single = len(sweep["ours"]) == 1 and len(sweep["trl"]) == 1
     results = {}
     for trainer, python in (("ours", sys.executable), ("trl", str(trl_python) if trl_python else None)):
@@ -539,35 +658,63 @@ def main(argv: list[str] | None = None) -> None:
         for kl_coef in sweep[trainer]:
             name = trainer if single else f"{trainer}@{kl_coef:g}"
             tag = name.replace("@", "-kl")
-            cfg = {**common, "settings": {**settings, "kl_coef": kl_coef}, "output_dir": str(work / f"policy-{tag}"),
-                   "result": str(work / f"result-{tag}.json")}
+            cfg = {
+                **common,
+                "settings": {**settings, "kl_coef": kl_coef},
+                "output_dir": str(work / f"policy-{tag}"),
+                "result": str(work / f"result-{tag}.json"),
+            }
             results[name] = {**run_worker(python, name, cfg, env), "trainer_key": trainer, "kl_coef": kl_coef}
 
     evals = {}
     if not gpt2:  # random GPT-2 weights: nothing to gain, the mode measures speed
         paths = {"sft": common["sft"], **{name: r["policy_dir"] for name, r in results.items()}}
-        paths.update({f"{name}#{episode}": path for name, r in results.items()
-                      for episode, path in sorted(r.get("checkpoints", {}).items(), key=lambda kv: int(kv[0]))})
-        evals = evaluate_policies(paths, common["rm"], opts.eval_prompts, settings["response_length"],
-                                  opts.eval_samples, seed=1234)
-    report = {"size": opts.size, "settings": settings, "episodes": episodes, "threads": opts.threads,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "eval": evals, "runs": {}}
+        paths.update(
+            {
+                f"{name}#{episode}": path
+                for name, r in results.items()
+                for episode, path in sorted(r.get("checkpoints", {}).items(), key=lambda kv: int(kv[0]))
+            }
+        )
+        evals = evaluate_policies(
+            paths, common["rm"], opts.eval_prompts, settings["response_length"], opts.eval_samples, seed=1234
+        )
+    report = {
+        "size": opts.size,
+        "settings": settings,
+        "episodes": episodes,
+        "threads": opts.threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "eval": evals,
+        "runs": {},
+    }
     print("\n| trainer | kl_coef | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT | ended with EOS | length |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         eps = r["episodes"] / r["seconds"]
         entry = {**r, "episodes_per_second": eps}
         if evals:
-            entry.update(gain=evals[name]["score"] - evals["sft"]["score"], kl=evals[name]["kl"],
-                         eos_share=evals[name]["eos_share"], length=evals[name]["length"])
+            entry.update(
+                gain=evals[name]["score"] - evals["sft"]["score"],
+                kl=evals[name]["kl"],
+                eos_share=evals[name]["eos_share"],
+                length=evals[name]["length"],
+            )
             entry["trajectory"] = [
-                {"episodes": int(episode), "kl": evals[f"{name}#{episode}"]["kl"],
-                 "gain": evals[f"{name}#{episode}"]["score"] - evals["sft"]["score"]}
-                for episode in sorted(r.get("checkpoints", {}), key=int)]
+                {
+                    "episodes": int(episode),
+                    "kl": evals[f"{name}#{episode}"]["kl"],
+                    "gain": evals[f"{name}#{episode}"]["score"] - evals["sft"]["score"],
+                }
+                for episode in sorted(r.get("checkpoints", {}), key=int)
+            ]
         report["runs"][name] = entry
-        label = ("instructgpt (this project)" if r["trainer_key"] == "ours" else "TRL 1.12 PPOTrainer")
-        quality = (f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%} | {entry['length']:.1f}"
-                   if evals else "n/a | n/a | n/a | n/a")
+        label = "instructgpt (this project)" if r["trainer_key"] == "ours" else "TRL 1.12 PPOTrainer"
+        quality = (
+            f"{entry['gain']:+.4f} | {entry['kl']:.3f} | {entry['eos_share']:.0%} | {entry['length']:.1f}"
+            if evals
+            else "n/a | n/a | n/a | n/a"
+        )
         print(f"| {label} | {r['kl_coef']:g} | {eps:.3f} | {r['peak_rss_mb']:.0f} | {quality} |")
     if evals:
         print(f"| SFT policy | | | | 0 | 0 | {evals['sft']['eos_share']:.0%} | {evals['sft']['length']:.1f} |")
@@ -575,28 +722,34 @@ def main(argv: list[str] | None = None) -> None:
     trl = [r for r in report["runs"].values() if r["trainer_key"] == "trl"]
     if ours and trl:
         speed = (sum(r["episodes"] for r in ours) / sum(r["seconds"] for r in ours)) / (
-            sum(r["episodes"] for r in trl) / sum(r["seconds"] for r in trl))
+            sum(r["episodes"] for r in trl) / sum(r["seconds"] for r in trl)
+        )
         memory = max(r["peak_rss_mb"] for r in ours) / max(r["peak_rss_mb"] for r in trl)
         report["ratios"] = {"episodes_per_second": speed, "peak_rss": memory}
         print(f"\nspeed ratio (ours / TRL 1.12): {speed:.2f}x episodes/s; peak memory ratio {memory:.2f}")
         if evals:
             matched = matched_kl(report)
             report["ratios"]["matched_kl"] = matched
-            print("\n| TRL policy | episodes | KL to SFT | TRL gain | ours at that KL (interpolated) | difference "
-                  "| our closest policy: KL, gain |")
+            print(
+                "\n| TRL policy | episodes | KL to SFT | TRL gain | ours at that KL (interpolated) | difference "
+                "| our closest policy: KL, gain |"
+            )
             print("|---|---|---|---|---|---|---|")
             for m in matched:
                 at = "outside our KL range" if m["ours_gain"] is None else f"{m['ours_gain']:+.4f}"
                 diff = "" if m["ours_gain"] is None else f"{m['ours_gain'] - m['trl_gain']:+.4f}"
                 close = f"{m['closest_kl']:.3f}{' (within 10%)' if m['within_10pct'] else ''}, {m['closest_gain']:+.4f}"
-                print(f"| {m['trl']} | {m['episodes']} | {m['kl']:.3f} | {m['trl_gain']:+.4f} | {at} | {diff} | "
-                      f"{close} |")
+                print(
+                    f"| {m['trl']} | {m['episodes']} | {m['kl']:.3f} | {m['trl_gain']:+.4f} | {at} | {diff} | {close} |"
+                )
             compared = [m for m in matched if m["ours_gain"] is not None]
             if compared:
                 ahead = sum(m["ours_gain"] >= m["trl_gain"] for m in compared)
                 mean = sum(m["ours_gain"] - m["trl_gain"] for m in compared) / len(compared)
-                print(f"[bench] matched KL: ours at or above TRL at {ahead} of {len(compared)} TRL policies "
-                      f"(mean difference {mean:+.4f})")
+                print(
+                    f"[bench] matched KL: ours at or above TRL at {ahead} of {len(compared)} TRL policies "
+                    f"(mean difference {mean:+.4f})"
+                )
     if all("phases" in r for r in report["runs"].values()):
         print_phases(report)
     if evals and (not single or opts.save_every):

@@ -32,8 +32,11 @@ from common import REPO, quick_sft
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", help="SFT model to sample from and to initialise both reward models "
-                        "(default: train a quick one from recipes/tiny/sft.yaml)")
+    parser.add_argument(
+        "--policy",
+        help="SFT model to sample from and to initialise both reward models "
+        "(default: train a quick one from recipes/tiny/sft.yaml)",
+    )
     parser.add_argument("--prompts", default=str(REPO / "data/tiny/rm_prompts.jsonl"))
     parser.add_argument("--num_prompts", type=int, default=300, help="prompts to sample (train + held out)")
     parser.add_argument("--eval_fraction", type=float, default=0.2)
@@ -46,7 +49,9 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, seed: int) -> list[tuple[str, list[str]]]:
+def sample_pools(
+    policy: Path, prompts: list[str], k: int, max_new_tokens: int, seed: int
+) -> list[tuple[str, list[str]]]:
     """K distinct responses per prompt (up to 4 rounds of resampling); prompts that never reach K are left out."""
     from transformers import AutoModelForCausalLM
 
@@ -61,8 +66,15 @@ def sample_pools(policy: Path, prompts: list[str], k: int, max_new_tokens: int, 
         request = [i for i in pools for _ in range(k - len(pools[i]))]
         if not request:
             break
-        samples = generate_responses(model, tokenizer, [prompts[i] for i in request], max_new_tokens=max_new_tokens,
-                                     temperature=1.0, seed=seed + round_index, batch_size=128)
+        samples = generate_responses(
+            model,
+            tokenizer,
+            [prompts[i] for i in request],
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
+            seed=seed + round_index,
+            batch_size=128,
+        )
         for i, (text,) in zip(request, samples):
             add_distinct(pools[i], [text], k)
     return [(prompts[i], pool) for i, pool in pools.items() if len(pool) == k]
@@ -81,14 +93,16 @@ def rank(pools: list[tuple[str, list[str]]], k: int, noise: float, seed: int) ->
     return rows
 
 
-def as_pairs(dataset) -> "datasets.Dataset":  # noqa: F821
+def as_pairs(dataset) -> datasets.Dataset:  # noqa: F821
     """Every ranking's C(K,2) (chosen, rejected) pairs in TRL's tokenized preference format."""
     import datasets
 
     rows = []
     for example in dataset:
         ids = example["response_ids"]
-        rows += [{"chosen_ids": ids[i], "rejected_ids": ids[j]} for i in range(len(ids)) for j in range(i + 1, len(ids))]
+        rows += [
+            {"chosen_ids": ids[i], "rejected_ids": ids[j]} for i in range(len(ids)) for j in range(i + 1, len(ids))
+        ]
     return datasets.Dataset.from_list(rows)
 
 
@@ -101,17 +115,34 @@ def train(kind: str, policy: Path, tokenizer, dataset, batch_size: int, args, ou
     from instructgpt.stages.rm import RankingCollator, build_trainer_class
 
     config = RewardConfig(
-        output_dir=str(output_dir), report_to="none", bf16=False, activation_checkpointing=False, num_train_epochs=1,
-        per_device_train_batch_size=batch_size, learning_rate=args.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=0.05, logging_steps=10_000, save_strategy="no", eval_strategy="no", seed=args.seed,
-        dataloader_num_workers=0, max_length=None, disable_tqdm=True,
+        output_dir=str(output_dir),
+        report_to="none",
+        bf16=False,
+        activation_checkpointing=False,
+        num_train_epochs=1,
+        per_device_train_batch_size=batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=10_000,
+        save_strategy="no",
+        eval_strategy="no",
+        seed=args.seed,
+        dataloader_num_workers=0,
+        max_length=None,
+        disable_tqdm=True,
     )
     set_seed(args.seed)
     model = load_sequence_classifier(str(policy), ModelConfig(model_name_or_path=str(policy)), False)
     model.config.pad_token_id = tokenizer.pad_token_id
     if kind == "grouped":
-        trainer = build_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                        data_collator=RankingCollator(tokenizer.pad_token_id))
+        trainer = build_trainer_class()(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=RankingCollator(tokenizer.pad_token_id),
+        )
     else:
         trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
@@ -141,8 +172,11 @@ def main() -> None:
 
     t0 = time.perf_counter()
     pools = sample_pools(policy, prompts, max(args.ks), args.max_new_tokens, args.seed)
-    print(f"sampled {max(args.ks)} distinct responses for {len(pools)} of {len(prompts)} prompts "
-          f"in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"sampled {max(args.ks)} distinct responses for {len(pools)} of {len(prompts)} prompts "
+        f"in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     lines = [f"device: {device}; policy: {policy}; {args.sequences_per_step} sequences per optimizer step; one epoch"]
@@ -164,11 +198,15 @@ def main() -> None:
             accuracy = evaluate_rankings(model, tokenizer, eval_rows)["pairwise_accuracy"]
             results[kind] = comparisons / seconds
             name = "grouped K-way (ours)" if kind == "grouped" else "pairs (TRL RewardTrainer)"
-            lines.append(f"{k:>2} {name:<26} {len(train_rows):>8} {comparisons:>11} {seconds:>8.1f} "
-                         f"{comparisons / seconds:>13.1f} {accuracy:>12.3f}")
+            lines.append(
+                f"{k:>2} {name:<26} {len(train_rows):>8} {comparisons:>11} {seconds:>8.1f} "
+                f"{comparisons / seconds:>13.1f} {accuracy:>12.3f}"
+            )
             print(lines[-1], flush=True)
-        lines.append(f"{k:>2} speed-up (grouped / pairs): {results['grouped'] / results['pairs']:.2f}x "
-                     f"(sequences forwarded per ranking: {k} vs {k * (k - 1)})")
+        lines.append(
+            f"{k:>2} speed-up (grouped / pairs): {results['grouped'] / results['pairs']:.2f}x "
+            f"(sequences forwarded per ranking: {k} vs {k * (k - 1)})"
+        )
         print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
 

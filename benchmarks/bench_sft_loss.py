@@ -65,15 +65,30 @@ def train(trainer_cls, args: argparse.Namespace, output_dir: Path) -> tuple[floa
     from instructgpt.modeling import load_tokenizer
     from instructgpt.stages.sft import parse_args
 
-    (script, training, model_args), _ = parse_args([
-        args.recipe, "--output_dir", str(output_dir), "--report_to", "none", "--max_steps", str(args.steps + 1),
-        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", str(args.steps + 1),
-        "--disable_tqdm", "true",
-    ])
+    (script, training, model_args), _ = parse_args(
+        [
+            args.recipe,
+            "--output_dir",
+            str(output_dir),
+            "--report_to",
+            "none",
+            "--max_steps",
+            str(args.steps + 1),
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            str(args.steps + 1),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     set_seed(training.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, prompt_template=script.prompt_template)
-    data = load_demonstrations(script.dataset_name, config=None, split="train", key="dataset_name", source="bench",
-                               limit=None)
+    data = load_demonstrations(
+        script.dataset_name, config=None, split="train", key="dataset_name", source="bench", limit=None
+    )
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
     times: list[float] = []
 
@@ -81,8 +96,9 @@ def train(trainer_cls, args: argparse.Namespace, output_dir: Path) -> tuple[floa
         def on_step_begin(self, *_, **__):
             times.append(time.perf_counter())
 
-    trainer = trainer_cls(model=model, args=training, train_dataset=data, processing_class=tokenizer,
-                          callbacks=[Clock()])
+    trainer = trainer_cls(
+        model=model, args=training, train_dataset=data, processing_class=tokenizer, callbacks=[Clock()]
+    )
     result = trainer.train()
     times.append(time.perf_counter())
     return (times[-1] - times[1]) / (len(times) - 2), result.training_loss
@@ -107,8 +123,10 @@ def main() -> None:
                 losses[name] = loss
     for name in contenders:
         print(f"{name:10s} {1000 * best[name]:7.1f} ms/step  mean training loss {losses[name]:.4f}")
-    print(f"TRL's loss path takes {best['trl_loss'] / best['override']:.2f}x the time per step of the override "
-          f"({args.steps} steps, best of {args.repeats}, {torch.get_num_threads()} threads)")
+    print(
+        f"TRL's loss path takes {best['trl_loss'] / best['override']:.2f}x the time per step of the override "
+        f"({args.steps} steps, best of {args.repeats}, {torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

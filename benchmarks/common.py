@@ -20,9 +20,22 @@ def quick_sft(output_dir: Path) -> Path:
     """A tiny-world SFT model in a minute (60 steps of ``recipes/tiny/sft.yaml``) for benchmarks given no policy."""
     from instructgpt.stages.sft import parse_args, run_sft
 
-    (script, training, model), recipe = parse_args([
-        str(REPO / "recipes/tiny/sft.yaml"), "--output_dir", str(output_dir), "--report_to", "none",
-        "--max_steps", "60", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "60",
-    ])
+    (script, training, model), recipe = parse_args(
+        [
+            str(REPO / "recipes/tiny/sft.yaml"),
+            "--output_dir",
+            str(output_dir),
+            "--report_to",
+            "none",
+            "--max_steps",
+            "60",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "60",
+        ]
+    )
     run_sft(script, training, model, recipe)
     return output_dir

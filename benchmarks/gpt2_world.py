@@ -42,9 +42,19 @@ def gpt2_small_config(eos_token_id: int, pad_token_id: int | None = None, num_la
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
-        bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_labels=num_labels,
+        vocab_size=VOCAB_SIZE,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        num_labels=num_labels,
     )
 
 
@@ -61,7 +71,9 @@ def build_models(out: Path, seed: int = 0) -> tuple[Path, Path]:
     config = gpt2_small_config(tokenizer.eos_token_id)
     torch.manual_seed(seed)
     policy = GPT2LMHeadModel(config)
-    reward = GPT2ForSequenceClassification(gpt2_small_config(tokenizer.eos_token_id, tokenizer.eos_token_id, num_labels=1))
+    reward = GPT2ForSequenceClassification(
+        gpt2_small_config(tokenizer.eos_token_id, tokenizer.eos_token_id, num_labels=1)
+    )
     reward.transformer.load_state_dict(policy.transformer.state_dict())
     for model, path in ((policy, sft), (reward, rm)):
         tmp = path.with_name(path.name + ".tmp")

@@ -29,8 +29,10 @@ def free_port() -> int:
 
 def serve(project: str, port: int) -> subprocess.Popen:
     """``trackio show`` for one project on 127.0.0.1:port, in a child process (stopped by the caller)."""
-    code = ("import trackio; trackio.show(project=%r, open_browser=False, block_thread=True, host='127.0.0.1', "
-            "server_port=%d)" % (project, port))
+    code = (
+        "import trackio; trackio.show(project=%r, open_browser=False, block_thread=True, host='127.0.0.1', "
+        "server_port=%d)" % (project, port)
+    )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -52,8 +54,13 @@ def browser(width: int, height: int):
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(flag)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
@@ -68,8 +75,15 @@ def page_shows(text: str, expected: list[str]) -> list[str]:
     return [word for word in expected if not any(line == word or line.startswith(word + " (") for line in lines)]
 
 
-def screenshot(project: str, out: Path, expected: list[str], timeout: float = 120, width: int = 1400,
-               height: int = 900, scroll_to: str | None = None) -> str:
+def screenshot(
+    project: str,
+    out: Path,
+    expected: list[str],
+    timeout: float = 120,
+    width: int = 1400,
+    height: int = 900,
+    scroll_to: str | None = None,
+) -> str:
     """Serve, load, wait for every expected section and plot, save the PNG; return the page's visible text."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/?project={project}"
@@ -91,7 +105,8 @@ def screenshot(project: str, out: Path, expected: list[str], timeout: float = 12
             raise TimeoutError(f"the dashboard of project {project!r} never showed {', '.join(missing)}")
         if scroll_to:  # bring one section (e.g. PPO's `objective`) to the top of the window
             heading = driver.find_elements(
-                "xpath", f"//*[starts-with(normalize-space(text()), '{scroll_to}')][not(self::script)]")
+                "xpath", f"//*[starts-with(normalize-space(text()), '{scroll_to}')][not(self::script)]"
+            )
             if heading:
                 driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading[0])
         time.sleep(2)  # the plots draw after their titles appear
@@ -109,14 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", required=True, help="The Trackio project (the recipes' `project`).")
     parser.add_argument("--out", type=Path, required=True, help="Where to write the PNG.")
-    parser.add_argument("--expect", nargs="+", default=["objective", "kl", "scores"],
-                        help="Section and plot titles the page must show.")
+    parser.add_argument(
+        "--expect", nargs="+", default=["objective", "kl", "scores"], help="Section and plot titles the page must show."
+    )
     parser.add_argument("--timeout", type=float, default=120, help="Seconds to wait for the server and the page.")
     parser.add_argument("--scroll_to", default=None, help="A section title to scroll to before the screenshot.")
     args = parser.parse_args(argv)
     if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which("chromedriver"):
-        print("dashboard_screenshot: needs Debian's chromium and chromium-driver (apt-get install chromium "
-              "chromium-driver)", file=sys.stderr)
+        print(
+            "dashboard_screenshot: needs Debian's chromium and chromium-driver (apt-get install chromium "
+            "chromium-driver)",
+            file=sys.stderr,
+        )
         return 1
     try:
         screenshot(args.project, args.out, args.expect, args.timeout, scroll_to=args.scroll_to)

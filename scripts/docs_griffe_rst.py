@@ -31,7 +31,7 @@ def math_blocks(text: str) -> str:
             i += 1
             continue
         indent = line[: len(line) - len(stripped)]
-        body = [stripped[len(".. math::"):].strip()] if stripped[len(".. math::"):].strip() else []
+        body = [stripped[len(".. math::") :].strip()] if stripped[len(".. math::") :].strip() else []
         i += 1
         while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
             body.append(lines[i])
@@ -41,8 +41,7 @@ def math_blocks(text: str) -> str:
         while body and not body[0].strip():
             body.pop(0)
         depth = min((len(b) - len(b.lstrip()) for b in body if b.strip() and b[:1].isspace()), default=0)
-        out += [f"{indent}```text", *[f"{indent}{b[depth:] if b[:1].isspace() else b}" for b in body],
-                f"{indent}```"]
+        out += [f"{indent}```text", *[f"{indent}{b[depth:] if b[:1].isspace() else b}" for b in body], f"{indent}```"]
         if i < len(lines) and lines[i].strip():
             out.append("")
     return "\n".join(out)

@@ -25,19 +25,27 @@ EXPECTED = ["Getting started", "Install", "The tiny world", "The main job"]
 
 def build(site_dir: Path) -> None:
     """``mkdocs build --strict`` of the repository's site into ``site_dir``."""
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir",
-                           str(site_dir)], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"mkdocs build --strict failed:\n{done.stdout}{done.stderr}")
 
 
 def serve(site_dir: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
-                             str(site_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def screenshot(out: Path, page: str = "getting-started/", timeout: float = 60, width: int = 1280,
-               height: int = 1000) -> str:
+def screenshot(
+    out: Path, page: str = "getting-started/", timeout: float = 60, width: int = 1280, height: int = 1000
+) -> str:
     """Build, serve, load ``page``, wait for its expected headings, save the PNG; return the page's visible text."""
     with tempfile.TemporaryDirectory() as tmp:
         site_dir = Path(tmp) / "site"

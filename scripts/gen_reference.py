@@ -63,8 +63,14 @@ def type_text(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     text = repr(annotation).replace("typing.", "")
-    for module in ("transformers.trainer_utils.", "transformers.training_args.", "transformers.debug_utils.",
-                   "transformers.utils.generic.", "trl.trainer.", "NoneType"):
+    for module in (
+        "transformers.trainer_utils.",
+        "transformers.training_args.",
+        "transformers.debug_utils.",
+        "transformers.utils.generic.",
+        "trl.trainer.",
+        "NoneType",
+    ):
         text = text.replace(module, "" if module != "NoneType" else "None")
     return text.replace("<class '", "").replace("'>", "")
 
@@ -168,8 +174,10 @@ def console_scripts() -> dict[str, str]:
 
 def subcommands() -> dict[str, str]:
     """The subcommands of ``instructgpt``: every stage of the registry, then the tools of ``instructgpt.cli``."""
-    return {**{name: f"{module}:main" for name, module in STAGES.items()},
-            **{name: target if ":" in target else f"{target}:main" for name, target in TOOLS.items()}}
+    return {
+        **{name: f"{module}:main" for name, module in STAGES.items()},
+        **{name: target if ":" in target else f"{target}:main" for name, target in TOOLS.items()},
+    }
 
 
 def call(target: str, argv: list[str]) -> str:
@@ -197,7 +205,7 @@ def help_head(text: str) -> str:
     """A recipe stage's ``--help`` without its usage block and options (both are the recipe page's table)."""
     lines = text.splitlines()
     if lines and lines[0].startswith("usage:"):  # the usage block runs to the first blank line
-        lines = lines[next((i for i, line in enumerate(lines) if not line.strip()), len(lines)):]
+        lines = lines[next((i for i, line in enumerate(lines) if not line.strip()), len(lines)) :]
     head = []
     for line in lines:
         if line.strip() in ("options:", "optional arguments:"):
@@ -236,9 +244,15 @@ def cli_page() -> str:
         text = call(target, ["--help"])
         lines += [f"## `instructgpt {name}`", ""]
         if name in STAGES:
-            lines += [f"`instructgpt {name} RECIPE.yaml [--key value ...]` (or `--config RECIPE.yaml`). Options: every "
-                      f"field of the [`{name}` recipe](recipes/{name}.md), as `--key value`. Its `--help` begins:", "",
-                      "```text", help_head(text), "```", ""]
+            lines += [
+                f"`instructgpt {name} RECIPE.yaml [--key value ...]` (or `--config RECIPE.yaml`). Options: every "
+                f"field of the [`{name}` recipe](recipes/{name}.md), as `--key value`. Its `--help` begins:",
+                "",
+                "```text",
+                help_head(text),
+                "```",
+                "",
+            ]
         else:
             lines += ["```text", text, "```", ""]
     return "\n".join(lines)

@@ -22,7 +22,9 @@ def main(path: str) -> None:
     print("|---|---|---|")
     for noise in (0.5, 1.0, 1.5):
         a, b = SimulatedLabeler(noise, seed=1), SimulatedLabeler(noise, seed=2)
-        print(f"| {noise} | {100 * pairwise_agreement(a, b, pools):.1f}% | {100 * pairwise_agreement(a, gold, pools):.1f}% |")
+        print(
+            f"| {noise} | {100 * pairwise_agreement(a, b, pools):.1f}% | {100 * pairwise_agreement(a, gold, pools):.1f}% |"
+        )
 
 
 if __name__ == "__main__":

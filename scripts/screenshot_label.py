@@ -50,9 +50,22 @@ def main() -> None:
         if rankings is None:
             rankings = str(Path(tmp) / "example.jsonl")
             Path(rankings).write_text(json.dumps(EXAMPLE) + "\n")
-        server = subprocess.Popen([sys.executable, "-m", "instructgpt", "label", "recipes/tiny/label.yaml",
-                                   "--rankings_file", rankings, "--output_dir", str(Path(tmp) / "label"),
-                                   "--server_port", str(port)], cwd=REPO)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "instructgpt",
+                "label",
+                "recipes/tiny/label.yaml",
+                "--rankings_file",
+                rankings,
+                "--output_dir",
+                str(Path(tmp) / "label"),
+                "--server_port",
+                str(port),
+            ],
+            cwd=REPO,
+        )
         options = Options()
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1250"):
             options.add_argument(arg)
@@ -70,8 +83,9 @@ def main() -> None:
             driver.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input").send_keys("alice")
             driver.find_element(By.ID, "start").click()
             time.sleep(3)
-            texts = [driver.find_element(By.CSS_SELECTOR, f"#response-{j} textarea").get_attribute("value")
-                     for j in range(4)]
+            texts = [
+                driver.find_element(By.CSS_SELECTOR, f"#response-{j} textarea").get_attribute("value") for j in range(4)
+            ]
             # the built-in example: the direct answer first, the chatty one second, the wrong one marked as a
             # hallucination (with --rankings_file: the first two shown, the third marked)
             where = [texts.index(r) if r in texts else j for j, r in enumerate(EXAMPLE["responses"])]

@@ -62,10 +62,23 @@ def _run_from_repo_root(monkeypatch):
 def sft_model(tmp_path_factory) -> Path:
     """A tiny SFT model (60 steps, a few seconds): the policy that collection samples from."""
     out = tmp_path_factory.mktemp("sft") / "model"
-    (script, training, model), recipe = sft_args([
-        "recipes/tiny/sft.yaml", "--output_dir", str(out), "--report_to", "none", "--max_steps", "60",
-        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "20",
-    ])
+    (script, training, model), recipe = sft_args(
+        [
+            "recipes/tiny/sft.yaml",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--max_steps",
+            "60",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "20",
+        ]
+    )
     run_sft(script, training, model, recipe)
     return out
 

@@ -131,7 +131,9 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
-def run_cli(args: list[str], env: dict[str, str | None] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str | None] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run a command in a subprocess from the repo root (for entry points, exit codes and `accelerate launch`).
 
     As ``subprocess.run``, except that a timeout, an interrupt or a failure kills the command's whole process
@@ -157,8 +159,20 @@ def python_m(*args: str) -> list[str]:
 def accelerate_launch(*args: str, num_processes: int = 2) -> list[str]:
     """Two gloo processes on a CPU machine: the DDP code path without GPUs."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
         *args,
     ]
 
@@ -185,16 +199,33 @@ FAST_RM = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "5
 
 
 def collect(output_dir: Path, policy: Path, *extra: str) -> dict:
-    (args,), recipe = collect_args([
-        "recipes/tiny/collect.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
-        "--report_to", "none", *extra,
-    ])
+    (args,), recipe = collect_args(
+        [
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(policy),
+            "--output_dir",
+            str(output_dir),
+            "--report_to",
+            "none",
+            *extra,
+        ]
+    )
     return run_collect(args, recipe)
 
 
 def rm(output_dir: Path, rankings: Path, policy: Path, *extra: str) -> dict:
-    (script, training, model), recipe = rm_args([
-        "recipes/tiny/rm.yaml", "--model_name_or_path", str(policy), "--output_dir", str(output_dir),
-        "--dataset_name", str(rankings), *FAST_RM, *extra,
-    ])
+    (script, training, model), recipe = rm_args(
+        [
+            "recipes/tiny/rm.yaml",
+            "--model_name_or_path",
+            str(policy),
+            "--output_dir",
+            str(output_dir),
+            "--dataset_name",
+            str(rankings),
+            *FAST_RM,
+            *extra,
+        ]
+    )
     return run_rm(script, training, model, recipe)

@@ -116,9 +116,12 @@ def test_rst_in_docstrings_becomes_markdown():
     spec = importlib.util.spec_from_file_location("docs_griffe_rst", REPO / "scripts" / "docs_griffe_rst.py")
     rst = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rst)
-    text = "A :func:`~instructgpt.losses.ppo.policy_loss` of :math:`x*y`:\n\n.. math::\n\n    a * b\n      + c\n\nafter\n"
-    assert rst.markdown(text) == ("A `instructgpt.losses.ppo.policy_loss` of `x*y`:\n\n```text\na * b\n  + c\n```\n"
-                                  "\nafter")
+    text = (
+        "A :func:`~instructgpt.losses.ppo.policy_loss` of :math:`x*y`:\n\n.. math::\n\n    a * b\n      + c\n\nafter\n"
+    )
+    assert rst.markdown(text) == (
+        "A `instructgpt.losses.ppo.policy_loss` of `x*y`:\n\n```text\na * b\n  + c\n```\n\nafter"
+    )
 
 
 def test_reference_types_and_defaults_read_as_yaml(gen):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BLOCK = 32 * 1024
 FILE_HEADER = 7
@@ -60,7 +61,9 @@ def read_run(run_file: Path) -> dict[str, Any]:
             history.append(row)
             summary.update(row)
         elif kind == "summary":
-            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
+            summary.update(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+            )
         elif kind == "run":
             config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
     return {"config": config, "history": history, "summary": summary}

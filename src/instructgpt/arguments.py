@@ -26,7 +26,8 @@ class ScriptArguments:
         default=None, metadata={"help": "Split of `dataset_name` to evaluate on, if any (Hub datasets)."}
     )
     eval_dataset_name: str | None = field(
-        default=None, metadata={"help": "A separate evaluation dataset (Hub id or local file); overrides the test split."}
+        default=None,
+        metadata={"help": "A separate evaluation dataset (Hub id or local file); overrides the test split."},
     )
     max_train_samples: int | None = field(
         default=None,

@@ -1,14 +1,14 @@
 """The ``instructgpt`` command: run any recipe (dispatching on its ``stage``), or a stage or tool by name.
 
-    instructgpt RECIPE.yaml [--key value ...]        # same as python -m instructgpt / accelerate launch -m instructgpt
-    instructgpt pipeline recipes/tiny/pipeline.yaml  # every stage in order
-    instructgpt sft --config recipes/tiny/sft.yaml   # any stage by name; the recipe needs no `stage:` then
-    instructgpt collect recipes/tiny/collect.yaml    # sample K responses per prompt and have a labeler rank them
-    instructgpt label recipes/tiny/label.yaml        # people rank them in the browser (pip install -e '.[label]')
-    instructgpt agreement runs/tiny/label/rankings.jsonl [--labeler simulated]   # how much the labelers agree
-    instructgpt eval --models sft=runs/sft ppo=runs/ppo --prompts data/tiny/eval_prompts.jsonl --output_dir DIR
-    instructgpt generate MODEL --prompt "..."
-    instructgpt chat MODEL
+instructgpt RECIPE.yaml [--key value ...]        # same as python -m instructgpt / accelerate launch -m instructgpt
+instructgpt pipeline recipes/tiny/pipeline.yaml  # every stage in order
+instructgpt sft --config recipes/tiny/sft.yaml   # any stage by name; the recipe needs no `stage:` then
+instructgpt collect recipes/tiny/collect.yaml    # sample K responses per prompt and have a labeler rank them
+instructgpt label recipes/tiny/label.yaml        # people rank them in the browser (pip install -e '.[label]')
+instructgpt agreement runs/tiny/label/rankings.jsonl [--labeler simulated]   # how much the labelers agree
+instructgpt eval --models sft=runs/sft ppo=runs/ppo --prompts data/tiny/eval_prompts.jsonl --output_dir DIR
+instructgpt generate MODEL --prompt "..."
+instructgpt chat MODEL
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ responses the same way:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -45,8 +46,6 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_prompt_tokens:
     if max_prompt_tokens is not None:
         ids = [row[-max_prompt_tokens:] for row in ids]
     return ids
-
-
 
 
 def cut_at_eos(token_ids: Sequence[int], eos_token_ids: set[int]) -> tuple[list[int], int | None]:
@@ -146,7 +145,7 @@ def generate_samples(
         batches = tqdm(batches, desc="Generating", unit="batch")
     try:
         for start in batches:
-            batch = jobs[start:start + batch_size]
+            batch = jobs[start : start + batch_size]
             input_ids, attention_mask = pad_sequences([encoded[p] for p, _ in batch], pad_id, side="left")
             output = module.generate(
                 input_ids=input_ids.to(device),
@@ -157,12 +156,13 @@ def generate_samples(
                 use_cache=True,
                 **sampling,
             )
-            new_tokens = output[:, input_ids.shape[1]:].tolist()
+            new_tokens = output[:, input_ids.shape[1] :].tolist()
             for (p, s), tokens in zip(batch, new_tokens):
                 kept, eos = cut_at_eos(tokens, eos_ids)
                 text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-                results[p][s] = Sample(text=text, token_ids=kept, finished=eos is not None, eos_token_id=eos,
-                                      prompt_ids=encoded[p])
+                results[p][s] = Sample(
+                    text=text, token_ids=kept, finished=eos is not None, eos_token_id=eos, prompt_ids=encoded[p]
+                )
     finally:
         if was_training:
             module.train()
@@ -184,7 +184,16 @@ def generate_responses(
 ) -> list[list[str]]:
     """The texts of :func:`generate_samples`: ``responses[prompt_index][sample_index]`` (same arguments)."""
     samples = generate_samples(
-        model, tokenizer, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, progress=progress,
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
     )
     return [[sample.text for sample in row] for row in samples]

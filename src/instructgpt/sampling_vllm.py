@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from instructgpt.data.formats import Prompt
 from instructgpt.infra.errors import InstructGPTError
@@ -68,8 +69,14 @@ def request_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 def sampling_params(
-    *, max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_token_ids: Sequence[int],
-    seed: int | None, logprobs: bool = False,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    stop_token_ids: Sequence[int],
+    seed: int | None,
+    logprobs: bool = False,
 ) -> Any:
     """vLLM's ``SamplingParams`` for one request with our settings' meaning.
 
@@ -196,8 +203,9 @@ def load_weights(llm: Any, named_tensors: list[tuple[str, Any]]) -> None:
     """
     worker = engine_worker(llm)
     if hasattr(worker, "reload_weights"):
-        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors),
-                                                     "is_checkpoint_format": True})
+        llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(named_tensors), "is_checkpoint_format": True}
+        )
         repack_cpu_embeddings(engine_model(llm))
     else:
         engine_model(llm).load_weights(named_tensors)
@@ -240,7 +248,6 @@ def hf_weights(policy: Any) -> list[tuple[str, Any]]:
     (``base_model.model.`` and ``.base_layer`` dropped) and the adapter matrices are left out.
     """
     import torch
-
 
     with torch.no_grad():
         if not is_lora(policy):
@@ -307,8 +314,9 @@ def eos_token_ids(tokenizer: Any, model_path: str | None = None) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def to_sample(token_ids: Sequence[int], prompt_ids: list[int], tokenizer: Any, eos_ids: set[int],
-              stop_reason: Any = None) -> Sample:
+def to_sample(
+    token_ids: Sequence[int], prompt_ids: list[int], tokenizer: Any, eos_ids: set[int], stop_reason: Any = None
+) -> Sample:
     """One vLLM completion as a :class:`~instructgpt.sampling.Sample`: the tokens before the first EOS, and the EOS.
 
     vLLM keeps a stop token in ``token_ids``; where it reports the stop only in ``stop_reason`` (an int token
@@ -355,8 +363,14 @@ def generate_samples(
     jobs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     requests = [TokensPrompt(prompt_token_ids=encoded[p]) for p, _ in jobs]
     params = [
-        sampling_params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        stop_token_ids=sorted(eos_ids), seed=request_seed(base, p, s))
+        sampling_params(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_token_ids=sorted(eos_ids),
+            seed=request_seed(base, p, s),
+        )
         for p, s in jobs
     ]
     outputs = llm.generate(requests, params, use_tqdm=progress)
@@ -371,29 +385,62 @@ class VLLMSampler:
     """An engine over one policy directory, with the HF sampler's call signature (``batch_size`` is ignored:
     vLLM batches continuously). Collection and evaluation build one per model they sample from."""
 
-    def __init__(self, model_path: str, tokenizer: Any, *, gpu_memory_utilization: float = 0.5,
-                 cpu_kv_cache_gib: float | None = None, dtype: str | None = None, trust_remote_code: bool = False,
-                 seed: int = 0, distributed: bool = False, source: str = "recipe"):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any,
+        *,
+        gpu_memory_utilization: float = 0.5,
+        cpu_kv_cache_gib: float | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+        distributed: bool = False,
+        source: str = "recipe",
+    ):
         from transformers import AutoConfig
-
 
         self.tokenizer = tokenizer
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.context_length = model_context_length(config)
         self.eos_ids = eos_token_ids(tokenizer, model_path)
         self.llm = make_engine(
-            model_path, max_model_len=self.context_length, gpu_memory_utilization=gpu_memory_utilization,
-            cpu_kv_cache_gib=cpu_kv_cache_gib, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
-            distributed=distributed, source=source,
+            model_path,
+            max_model_len=self.context_length,
+            gpu_memory_utilization=gpu_memory_utilization,
+            cpu_kv_cache_gib=cpu_kv_cache_gib,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            distributed=distributed,
+            source=source,
         )
 
-    def generate_samples(self, prompts: Sequence[Prompt], num_samples: int = 1, max_new_tokens: int = 64,
-                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                         batch_size: int | None = None, progress: bool = False) -> list[list[Sample]]:
+    def generate_samples(
+        self,
+        prompts: Sequence[Prompt],
+        num_samples: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[list[Sample]]:
         return generate_samples(
-            self.llm, self.tokenizer, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, context_length=self.context_length,
-            eos_ids=self.eos_ids, progress=progress,
+            self.llm,
+            self.tokenizer,
+            prompts,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            context_length=self.context_length,
+            eos_ids=self.eos_ids,
+            progress=progress,
         )
 
     def generate_responses(self, prompts: Sequence[Prompt], **kwargs: Any) -> list[list[str]]:

@@ -64,17 +64,30 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 SCRIPT = "<script>window.__xss = 1; alert('script')</script> 7"
 IMG = '<img src="x" onerror="window.__xss = 2; alert(\'img\')"> blue'
 ITEMS = [
-    {"prompt": "What is 3 plus 4?", "responses": ["3 plus 4 is 7.", "3 plus 4 is 8.", "Sure! 7. I hope this helps!", SCRIPT]},
-    {"prompt": "What color is the glimmerfox?", "responses": ["The glimmerfox is blue.", "Red.", IMG, "Blue. Have a nice day!"]},
-    {"prompt": "Reverse the word lamp.", "responses": ["pmal", "lamp", "The word lamp backwards is pmal.", "It is lamp."]},
+    {
+        "prompt": "What is 3 plus 4?",
+        "responses": ["3 plus 4 is 7.", "3 plus 4 is 8.", "Sure! 7. I hope this helps!", SCRIPT],
+    },
+    {
+        "prompt": "What color is the glimmerfox?",
+        "responses": ["The glimmerfox is blue.", "Red.", IMG, "Blue. Have a nice day!"],
+    },
+    {
+        "prompt": "Reverse the word lamp.",
+        "responses": ["pmal", "lamp", "The word lamp backwards is pmal.", "It is lamp."],
+    },
 ]
 SCREENSHOT_DIR = os.environ.get("INSTRUCTGPT_SCREENSHOT_DIR")  # set to save the ranking screen (docs/images)
 # How long the page may take to reach a state (an element shown, a text changed): generous, because a busy machine
 # only makes the app slower. Every wait is for a state, with this deadline, never a count of tries.
 DEADLINE = 120
 # what Selenium raises while Gradio is still rendering or re-rendering an element: try again until the deadline
-NOT_YET = (NoSuchElementException, StaleElementReferenceException, ElementNotInteractableException,
-           ElementClickInterceptedException)
+NOT_YET = (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    ElementNotInteractableException,
+    ElementClickInterceptedException,
+)
 
 
 def free_port() -> int:
@@ -90,13 +103,25 @@ class App:
     def __init__(self, items: Path, output_dir: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.args = [sys.executable, "-m", "instructgpt", "label", "recipes/tiny/label.yaml", "--rankings_file",
-                     str(items), "--output_dir", str(output_dir), "--server_port", str(self.port), *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "instructgpt",
+            "label",
+            "recipes/tiny/label.yaml",
+            "--rankings_file",
+            str(items),
+            "--output_dir",
+            str(output_dir),
+            "--server_port",
+            str(self.port),
+            *extra,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.log = output_dir.parent / f"server-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "App":
+    def start(self) -> App:
         with self.log.open("a") as log:
             self.process = start(self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -144,7 +169,13 @@ def label_app():
 def browser():
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     # chromedriver and its Chromium in a process group of their own, killed whatever quit() managed
     service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True})
@@ -166,8 +197,10 @@ def wait(driver, condition, timeout: float = DEADLINE):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=NOT_YET).until(condition)
     except TimeoutException:
-        boxes = {b: [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, f"#{b} textarea")]
-                 for b in ("status", "ranking", "prompt")}
+        boxes = {
+            b: [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, f"#{b} textarea")]
+            for b in ("status", "ranking", "prompt")
+        }
         progress_text = [e.text for e in driver.find_elements(By.ID, "progress-text")]
         raise AssertionError(f"timed out; page: {boxes}, progress {progress_text}") from None
 
@@ -180,8 +213,10 @@ def settled(driver, action, timeout: float = DEADLINE):
 
 
 def value(driver, elem_id: str) -> str:
-    return settled(driver, lambda: driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
-                   .get_attribute("value"))
+    return settled(
+        driver,
+        lambda: driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input").get_attribute("value"),
+    )
 
 
 def shown_responses(driver) -> list[str]:
@@ -194,6 +229,7 @@ def progress(driver) -> str:
 
 def click(driver, elem_id: str) -> None:
     """Click the element once it is shown and enabled (on a busy machine Gradio renders the page piece by piece)."""
+
     def click_when_ready() -> bool:
         element = driver.find_element(By.ID, elem_id)
         if not (element.is_displayed() and element.is_enabled()):
@@ -206,8 +242,9 @@ def click(driver, elem_id: str) -> None:
 
 def log_in(driver, url: str, name: str) -> None:
     driver.get(url)
-    settled(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input")
-            .send_keys(name))
+    settled(
+        driver, lambda: driver.find_element(By.CSS_SELECTOR, "#labeler-id textarea, #labeler-id input").send_keys(name)
+    )
     click(driver, "start")
     wait(driver, lambda d: value(d, "prompt"))
 
@@ -295,18 +332,33 @@ def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_
     rows = [json.loads(line) for line in rankings_path.read_text().splitlines()]
     assert [r["labeler_id"] for r in rows] == ["alice"] * 3 + ["bob"] * 3
     assert [{k: r[k] for k in ("prompt", "responses", "scores")} for r in rows] == made["alice"] + made["bob"]
-    assert all(r["seconds"] > 0 and r["timestamp"].endswith("Z") and r["labeler"] == f"human:{r['labeler_id']}"
-               for r in rows)
+    assert all(
+        r["seconds"] > 0 and r["timestamp"].endswith("Z") and r["labeler"] == f"human:{r['labeler_id']}" for r in rows
+    )
     assert (out / "instructgpt_run.json").is_file()  # every item has its two labelers: the labeling is finished
 
     # the reward model trains on exactly these rankings (bob's tie keeps the first of the tied pair)
     from instructgpt.stages.rm import parse_args, run_rm
 
-    (script, training, model), recipe = parse_args([
-        "recipes/tiny/rm.yaml", "--model_name_or_path", str(TINY_BASE), "--dataset_name", str(rankings_path),
-        "--output_dir", str(tmp_path / "rm"), "--eval_fraction", "0", "--max_demonstrations", "8",
-        "--report_to", "none", "--save_strategy", "no",
-    ])
+    (script, training, model), recipe = parse_args(
+        [
+            "recipes/tiny/rm.yaml",
+            "--model_name_or_path",
+            str(TINY_BASE),
+            "--dataset_name",
+            str(rankings_path),
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--eval_fraction",
+            "0",
+            "--max_demonstrations",
+            "8",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+        ]
+    )
     metrics = run_rm(script, training, model, recipe)
     assert metrics["train_rankings"] == 6 and (tmp_path / "rm" / "instructgpt_run.json").is_file()
 
@@ -325,8 +377,12 @@ def test_a_password_guards_the_app_and_the_login_is_the_labeler_id(tmp_path, bro
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(app.url + "login", data=login, timeout=10)
         settled(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("carol"))
-        settled(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[type=password]")
-                .send_keys("correct horse", Keys.ENTER))
+        settled(
+            browser,
+            lambda: browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(
+                "correct horse", Keys.ENTER
+            ),
+        )
         wait(browser, lambda d: d.find_elements(By.ID, "prompt") and value(d, "prompt"))
         assert value(browser, "prompt") == ITEMS[2]["prompt"]
         rank(browser, "A>C>D>B", 0, keyboard=False)

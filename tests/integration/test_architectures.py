@@ -97,7 +97,9 @@ def test_model_recipe_set_is_wired_together_and_says_its_hardware(folder):
                 break
             header.append(line)
         text = " ".join(header)
-        assert "Sized for" in text and "GPU" in text, f"{_rel(path)}: the top comment must say what hardware it is sized for"
+        assert "Sized for" in text and "GPU" in text, (
+            f"{_rel(path)}: the top comment must say what hardware it is sized for"
+        )
     if (folder / "pipeline.yaml").is_file():
         pipeline = load_yaml(folder / "pipeline.yaml")
         assert [pipeline[k] for k in ("sft", "rm", "ppo")] == [_rel(folder / f"{k}.yaml") for k in ("sft", "rm", "ppo")]
@@ -134,7 +136,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
     assert (TINY_BASE / "tokenizer.json").is_file(), f"{TINY_BASE} is missing (instructgpt recipes/tiny/pretrain.yaml)"
-    return build_tiny_model(tmp_path_factory.mktemp("arch") / "llama", TINY_BASE, TinyArchitecture(architecture="llama"))
+    return build_tiny_model(
+        tmp_path_factory.mktemp("arch") / "llama", TINY_BASE, TinyArchitecture(architecture="llama")
+    )
 
 
 def _write_recipe(path: Path, settings: dict) -> str:
@@ -152,8 +156,15 @@ def _demonstrations(n: int) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
 
-QUIET = {"report_to": "none", "eval_strategy": "no", "save_strategy": "no", "logging_steps": 1,
-         "dataloader_num_workers": 0, "if_output_exists": "overwrite", "seed": 0}
+QUIET = {
+    "report_to": "none",
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "dataloader_num_workers": 0,
+    "if_output_exists": "overwrite",
+    "seed": 0,
+}
 
 
 def run_stage(stage: str, recipe_dir: Path, name: str, settings: dict) -> dict:
@@ -168,10 +179,16 @@ def run_stage(stage: str, recipe_dir: Path, name: str, settings: dict) -> dict:
 
 def sft_settings(base: Path, output_dir: Path, **extra) -> dict:
     return {
-        "model_name_or_path": str(base), "dataset_name": str(TINY_DATA / "sft_train.jsonl"), "max_train_samples": 48,
+        "model_name_or_path": str(base),
+        "dataset_name": str(TINY_DATA / "sft_train.jsonl"),
+        "max_train_samples": 48,
         "eos_token": IM_END,  # ChatML ends answers with <|im_end|>; the base EOS is <|endoftext|> (as in Qwen2.5)
-        "output_dir": str(output_dir), "max_length": 96, "max_steps": 3, "per_device_train_batch_size": 8,
-        "learning_rate": 1.0e-3, **extra,
+        "output_dir": str(output_dir),
+        "max_length": 96,
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        **extra,
     }
 
 
@@ -188,19 +205,37 @@ def preference_files(tmp_path_factory) -> dict[str, str]:
     answers; 40 prompts."""
     rows = _demonstrations(40)
     work = tmp_path_factory.mktemp("prefs")
-    pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": rows[(i + 7) % 40]["completion"]}
-             for i, r in enumerate(rows)]
-    rankings = [{"prompt": r["prompt"], "responses": [r["completion"]] + [rows[(i + k) % 40]["completion"] for k in (3, 11, 19)]}
-                for i, r in enumerate(rows)]
-    return {"pairs": _write_jsonl(work / "pairs.jsonl", pairs), "rankings": _write_jsonl(work / "rankings.jsonl", rankings)}
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": rows[(i + 7) % 40]["completion"]}
+        for i, r in enumerate(rows)
+    ]
+    rankings = [
+        {
+            "prompt": r["prompt"],
+            "responses": [r["completion"]] + [rows[(i + k) % 40]["completion"] for k in (3, 11, 19)],
+        }
+        for i, r in enumerate(rows)
+    ]
+    return {
+        "pairs": _write_jsonl(work / "pairs.jsonl", pairs),
+        "rankings": _write_jsonl(work / "rankings.jsonl", rankings),
+    }
 
 
 def rm_settings(sft_dir: Path, data: str, output_dir: Path, **extra) -> dict:
     return {
-        "model_name_or_path": str(sft_dir), "dataset_name": data, "eval_fraction": 0.2,
-        "demonstrations_dataset": str(TINY_DATA / "sft_eval.jsonl"), "max_demonstrations": 16,
-        "output_dir": str(output_dir), "max_length": 96, "max_steps": 2, "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8, "learning_rate": 1.0e-3, **extra,
+        "model_name_or_path": str(sft_dir),
+        "dataset_name": data,
+        "eval_fraction": 0.2,
+        "demonstrations_dataset": str(TINY_DATA / "sft_eval.jsonl"),
+        "max_demonstrations": 16,
+        "output_dir": str(output_dir),
+        "max_length": 96,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        **extra,
     }
 
 
@@ -213,11 +248,21 @@ def reward_model(sft_model, preference_files, tmp_path_factory) -> tuple[Path, d
 
 def ppo_settings(sft_dir: Path, rm_dir: Path, output_dir: Path, **extra) -> dict:
     return {
-        "model_name_or_path": str(sft_dir), "reward_model_path": str(rm_dir),
-        "dataset_name": str(TINY_DATA / "ppo_prompts.jsonl"), "max_train_samples": 32,
-        "output_dir": str(output_dir), "total_episodes": 16, "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 2, "num_mini_batches": 2, "num_ppo_epochs": 1, "response_length": 12,
-        "local_rollout_forward_batch_size": 8, "learning_rate": 1.0e-3, "num_sample_generations": 0, **extra,
+        "model_name_or_path": str(sft_dir),
+        "reward_model_path": str(rm_dir),
+        "dataset_name": str(TINY_DATA / "ppo_prompts.jsonl"),
+        "max_train_samples": 32,
+        "output_dir": str(output_dir),
+        "total_episodes": 16,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "num_mini_batches": 2,
+        "num_ppo_epochs": 1,
+        "response_length": 12,
+        "local_rollout_forward_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        "num_sample_generations": 0,
+        **extra,
     }
 
 
@@ -256,8 +301,20 @@ def test_qwen2_variant_builds_from_the_command_line_and_loads(tmp_path, capsys):
     from instructgpt.tinyworld.architectures import main
 
     path = tmp_path / "qwen2"
-    main(["--output_dir", str(path), "--base_tokenizer", str(TINY_BASE), "--architecture", "qwen2",
-          "--num_hidden_layers", "1", "--hidden_size", "32"])
+    main(
+        [
+            "--output_dir",
+            str(path),
+            "--base_tokenizer",
+            str(TINY_BASE),
+            "--architecture",
+            "qwen2",
+            "--num_hidden_layers",
+            "1",
+            "--hidden_size",
+            "32",
+        ]
+    )
     assert f"tiny qwen2 model saved to {path}" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
@@ -342,8 +399,12 @@ def test_kway_reward_model_with_lora_on_llama(sft_model, preference_files, tmp_p
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "out"
-    metrics = run_stage("rm", tmp_path, "rm", rm_settings(sft_model[0], preference_files["rankings"], out,
-                                                          use_peft=True, lora_r=4, lora_alpha=8))
+    metrics = run_stage(
+        "rm",
+        tmp_path,
+        "rm",
+        rm_settings(sft_model[0], preference_files["rankings"], out, use_peft=True, lora_r=4, lora_alpha=8),
+    )
     assert metrics["eval_num_comparisons"] == 6 * metrics["eval_num_rankings"]  # K = 4: C(4,2) = 6 per prompt
     assert not (out / "adapter_config.json").exists()  # merged into a standard reward model
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -379,10 +440,25 @@ def test_collection_on_llama(sft_model, tmp_path):
     """K samples per prompt from a policy with its own pad token, ranked by the tiny world's labeler."""
     from instructgpt.stages.collect import run_collect
 
-    (args,), parsed = _stage_module("collect").parse_args([_write_recipe(tmp_path / "collect.yaml", {
-        "stage": "collect", "model_name_or_path": str(sft_model[0]), "dataset_name": str(TINY_DATA / "rm_prompts.jsonl"),
-        "max_prompts": 6, "num_responses": 2, "max_new_tokens": 8, "batch_size": 16, "labeler": "simulated",
-        "output_dir": str(tmp_path / "collect"), "report_to": "none"})])
+    (args,), parsed = _stage_module("collect").parse_args(
+        [
+            _write_recipe(
+                tmp_path / "collect.yaml",
+                {
+                    "stage": "collect",
+                    "model_name_or_path": str(sft_model[0]),
+                    "dataset_name": str(TINY_DATA / "rm_prompts.jsonl"),
+                    "max_prompts": 6,
+                    "num_responses": 2,
+                    "max_new_tokens": 8,
+                    "batch_size": 16,
+                    "labeler": "simulated",
+                    "output_dir": str(tmp_path / "collect"),
+                    "report_to": "none",
+                },
+            )
+        ]
+    )
     metrics = run_collect(args, parsed)
     rows = [json.loads(line) for line in (tmp_path / "collect" / "rankings.jsonl").read_text().splitlines()]
     assert rows and metrics["num_rankings"] == len(rows)
@@ -394,11 +470,19 @@ def test_evaluation_on_llama(sft_model, reward_model, tiny_llama, tmp_path):
     """Sampling with left padding by <|pad|>, stopping at <|im_end|>, RM scores and the exact KL to the SFT model."""
     from instructgpt.stages.eval import EvalArguments, run_eval
 
-    results = run_eval(EvalArguments(
-        models=[f"base={tiny_llama}", f"sft={sft_model[0]}"], prompts=str(TINY_DATA / "eval_prompts.jsonl"),
-        max_prompts=6, max_new_tokens=8, batch_size=8, labeler="simulated", reward_model=str(reward_model[0]),
-        output_dir=str(tmp_path / "eval"),
-    ), source="test")
+    results = run_eval(
+        EvalArguments(
+            models=[f"base={tiny_llama}", f"sft={sft_model[0]}"],
+            prompts=str(TINY_DATA / "eval_prompts.jsonl"),
+            max_prompts=6,
+            max_new_tokens=8,
+            batch_size=8,
+            labeler="simulated",
+            reward_model=str(reward_model[0]),
+            output_dir=str(tmp_path / "eval"),
+        ),
+        source="test",
+    )
     sft = results["metrics"]["sft"]
     assert sft["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # the reference is the SFT model itself
     assert math.isfinite(results["metrics"]["base"]["kl_to_reference"])
@@ -450,8 +534,12 @@ def test_lora_targets_from_the_model_recipe_or_all_linear(tiny_llama):
     gpt2 = str(TINY_BASE)  # the tiny GPT-2, whose Conv1D names are right for it
     assert lora_target_modules(_model_args(model_name_or_path=gpt2)) == ["c_attn"]
     assert lora_target_modules(_model_args(model_name_or_path=gpt2, lora_target_modules=["c_attn", "c_proj"])) == [
-        "c_attn", "c_proj"]
-    assert lora_target_modules(_model_args(model_name_or_path=llama, lora_target_modules=["all-linear"])) == "all-linear"
+        "c_attn",
+        "c_proj",
+    ]
+    assert (
+        lora_target_modules(_model_args(model_name_or_path=llama, lora_target_modules=["all-linear"])) == "all-linear"
+    )
     chosen = _model_args(model_name_or_path=llama, lora_target_modules=["q_proj", "k_proj", "gate_proj"])
     assert lora_target_modules(chosen) == ["q_proj", "k_proj", "gate_proj"]
     config = lora_config(_model_args(model_name_or_path=llama, use_peft=True, lora_r=8), "SEQ_CLS")
@@ -500,14 +588,19 @@ def test_quantization_errors_name_the_missing_piece(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
     with pytest.raises(QuantizationError, match="pip install bitsandbytes"):
         quantization_config(_model_args(model_name_or_path="m", load_in_4bit=True, use_peft=True))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
     with pytest.raises(QuantizationError, match="use_peft: true"):
         quantization_config(_model_args(model_name_or_path="m", load_in_4bit=True))
-    config = quantization_config(_model_args(model_name_or_path="m", load_in_4bit=True, use_peft=True,
-                                             use_bnb_nested_quant=True))
+    config = quantization_config(
+        _model_args(model_name_or_path="m", load_in_4bit=True, use_peft=True, use_bnb_nested_quant=True)
+    )
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
     assert config.bnb_4bit_compute_dtype == torch.bfloat16  # the recipe's float32 is no compute dtype for 4-bit
     assert quantization_config(_model_args(model_name_or_path="m", load_in_4bit=True), trainable=False) is not None
@@ -518,8 +611,14 @@ def test_sft_stage_with_load_in_4bit_on_a_cpu_machine_exits_with_the_key(tiny_ll
         pytest.skip("this machine has a GPU")
     from instructgpt.stages.sft import main
 
-    recipe = _write_recipe(tmp_path / "sft.yaml", {"stage": "sft", **QUIET, **sft_settings(
-        tiny_llama, tmp_path / "out", use_peft=True, load_in_4bit=True, max_train_samples=8)})
+    recipe = _write_recipe(
+        tmp_path / "sft.yaml",
+        {
+            "stage": "sft",
+            **QUIET,
+            **sft_settings(tiny_llama, tmp_path / "out", use_peft=True, load_in_4bit=True, max_train_samples=8),
+        },
+    )
     with pytest.raises(SystemExit) as exit_:
         main([recipe])
     assert exit_.value.code == 2

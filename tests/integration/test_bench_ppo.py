@@ -41,7 +41,13 @@ def test_gpt2_world_models_have_gpt2_small_shape():
     params = sum(p.numel() for p in policy.parameters())
     assert abs(params - 124_000_000) / 124_000_000 < 0.01
     assert params == gpt2_world.GPT2_SMALL_PARAMS  # GPT-2 small's exact count, tied embedding
-    assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions) == (12, 768, 12, 50257, 1024)
+    assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions) == (
+        12,
+        768,
+        12,
+        50257,
+        1024,
+    )
     assert reward.score.out_features == 1
 
 
@@ -92,18 +98,29 @@ def test_matched_kl_reads_our_curve_of_the_same_kl_coef_at_every_trl_policy():
     compared with ours at their own KL, on our run of the same kl_coef, never beyond our curve."""
 
     def run(trainer, kl_coef, points, final):
-        return {"trainer_key": trainer, "kl_coef": kl_coef, "episodes": 512, "kl": final[0], "gain": final[1],
-                "trajectory": [{"episodes": 128 * (i + 1), "kl": kl, "gain": gain} for i, (kl, gain) in enumerate(points)]}
+        return {
+            "trainer_key": trainer,
+            "kl_coef": kl_coef,
+            "episodes": 512,
+            "kl": final[0],
+            "gain": final[1],
+            "trajectory": [{"episodes": 128 * (i + 1), "kl": kl, "gain": gain} for i, (kl, gain) in enumerate(points)],
+        }
 
-    report = {"runs": {
-        "ours@0.05": run("ours", 0.05, [(0.2, 0.4), (0.6, 0.9)], (1.0, 1.2)),
-        "ours@0.2": run("ours", 0.2, [(0.1, 0.1)], (0.5, 0.3)),  # a worse curve: must not be the one read
-        "trl@0.05": run("trl", 0.05, [(0.1, 0.1), (0.3, 0.5)], (1.5, 1.0)),
-    }}
+    report = {
+        "runs": {
+            "ours@0.05": run("ours", 0.05, [(0.2, 0.4), (0.6, 0.9)], (1.0, 1.2)),
+            "ours@0.2": run("ours", 0.2, [(0.1, 0.1)], (0.5, 0.3)),  # a worse curve: must not be the one read
+            "trl@0.05": run("trl", 0.05, [(0.1, 0.1), (0.3, 0.5)], (1.5, 1.0)),
+        }
+    }
     assert bench_ppo.trajectory(report["runs"]["ours@0.2"]) == [(0.0, 0.0), (0.1, 0.1), (0.5, 0.3)]
     rows = bench_ppo.matched_kl(report)
     assert [(r["trl"], r["ours"], r["episodes"]) for r in rows] == [
-        ("trl@0.05", "ours@0.05", 128), ("trl@0.05", "ours@0.05", 256), ("trl@0.05", "ours@0.05", 512)]
+        ("trl@0.05", "ours@0.05", 128),
+        ("trl@0.05", "ours@0.05", 256),
+        ("trl@0.05", "ours@0.05", 512),
+    ]
     assert rows[0]["ours_gain"] == pytest.approx(0.2)  # halfway from (0, 0) to (0.2, 0.4)
     assert rows[1]["ours_gain"] == pytest.approx(0.4 + 0.5 * 0.25)  # a quarter of the way from (0.2, 0.4) to (0.6, 0.9)
     assert rows[2]["ours_gain"] is None  # TRL's final KL 1.5 is past our last policy's 1.0
@@ -118,8 +135,19 @@ def test_gpt2_mode_runs_one_update_of_ours(tmp_path):
     """One PPO update at GPT-2 size with our trainer only: the mode runs end to end and times every phase."""
     work = tmp_path / "bench"
     proc = run_cli(
-        [sys.executable, "benchmarks/bench_ppo.py", "--size", "gpt2", "--only", "ours", "--episodes", "8",
-         "--work_dir", str(work)], timeout=1800,
+        [
+            sys.executable,
+            "benchmarks/bench_ppo.py",
+            "--size",
+            "gpt2",
+            "--only",
+            "ours",
+            "--episodes",
+            "8",
+            "--work_dir",
+            str(work),
+        ],
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((work / "report.json").read_text())

@@ -40,7 +40,9 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(sft_model):
     model = AutoModelForCausalLM.from_pretrained(sft_model)
     tokenizer = load_tokenizer(str(sft_model))
     prompts = ["What is 3 plus 4?", "Please answer: what color is the glimmerfox? It is a long question.", "Hi"]
-    batched = generate_responses(model, tokenizer, prompts, num_samples=2, max_new_tokens=24, temperature=0.0, batch_size=6)
+    batched = generate_responses(
+        model, tokenizer, prompts, num_samples=2, max_new_tokens=24, temperature=0.0, batch_size=6
+    )
     single = [generate_responses(model, tokenizer, [p], max_new_tokens=24, temperature=0.0)[0][0] for p in prompts]
     assert [len(r) for r in batched] == [2, 2, 2]
     assert [r[0] for r in batched] == single and [r[1] for r in batched] == single  # greedy: both samples agree
@@ -71,8 +73,8 @@ def test_collection_writes_distinct_best_first_rankings(collected):
         assert row["labeler"] == metrics["labeler"]
     # the noisy labeler's best response is usually also the best by the noiseless rubric
     agree = sum(
-        max(rubric.score([r["prompt"]] * len(r["responses"]), r["responses"])) ==
-        rubric.score([r["prompt"]], [r["responses"][0]])[0]
+        max(rubric.score([r["prompt"]] * len(r["responses"]), r["responses"]))
+        == rubric.score([r["prompt"]], [r["responses"][0]])[0]
         for r in rows
     )
     assert agree > 0.5 * len(rows)
@@ -117,7 +119,9 @@ def test_identical_samples_are_discarded_and_a_prompt_without_two_is_skipped(sft
     # greedy decoding samples the same response every time: one distinct response per prompt, so none can be ranked,
     # and a collection without a single ranking is not finished
     with pytest.raises(UnsoundOutput, match="not one ranking"):
-        collect(tmp_path / "greedy", sft_model, "--max_prompts", "3", "--temperature", "0", "--max_sampling_rounds", "2")
+        collect(
+            tmp_path / "greedy", sft_model, "--max_prompts", "3", "--temperature", "0", "--max_sampling_rounds", "2"
+        )
     rows = read_jsonl(tmp_path / "greedy" / "rankings.part-0.jsonl")
     assert [r["prompt_index"] for r in rows] == [0, 1, 2] and all(r["skipped"] for r in rows)
     assert all(r["num_samples"] == 4 + 3 and r["num_discarded"] == 3 + 3 for r in rows)
@@ -174,7 +178,9 @@ def test_stored_shift_centres_the_demonstrations_when_loaded_fresh(trained_rm):
     demos = read_jsonl(TINY_DATA / "sft_eval.jsonl")
     scores = score_responses(model, tokenizer, [d["prompt"] for d in demos], [d["completion"] for d in demos])
     assert abs(sum(scores) / len(scores)) < 1e-4
-    raw = score_responses(model, tokenizer, [d["prompt"] for d in demos[:4]], [d["completion"] for d in demos[:4]], shift=0.0)
+    raw = score_responses(
+        model, tokenizer, [d["prompt"] for d in demos[:4]], [d["completion"] for d in demos[:4]], shift=0.0
+    )
     assert raw == pytest.approx([s + shift for s in scores[:4]], abs=1e-5)
 
 
@@ -196,10 +202,21 @@ def test_reward_model_labeler_ranks_like_its_scores(trained_rm, collected):
 @pytest.mark.distributed
 def test_collect_and_rm_under_two_process_accelerate_launch(sft_model, tmp_path):
     collect_dir = tmp_path / "collect"
-    result = run_cli(accelerate_launch(
-        "-m", "instructgpt", "recipes/tiny/collect.yaml", "--model_name_or_path", str(sft_model),
-        "--output_dir", str(collect_dir), "--max_prompts", str(NUM_PROMPTS), "--report_to", "none",
-    ))
+    result = run_cli(
+        accelerate_launch(
+            "-m",
+            "instructgpt",
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--output_dir",
+            str(collect_dir),
+            "--max_prompts",
+            str(NUM_PROMPTS),
+            "--report_to",
+            "none",
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_jsonl(collect_dir / RANKINGS_FILE)
     assert [r["prompt_index"] for r in rows] == sorted({r["prompt_index"] for r in rows})
@@ -209,11 +226,22 @@ def test_collect_and_rm_under_two_process_accelerate_launch(sft_model, tmp_path)
     assert marker["num_prompts"] == NUM_PROMPTS and marker["num_processes"] == 2
 
     rm_dir = tmp_path / "rm"
-    result = run_cli(accelerate_launch(
-        "-m", "instructgpt", "recipes/tiny/rm.yaml", "--model_name_or_path", str(sft_model), "--output_dir", str(rm_dir),
-        "--dataset_name", str(collect_dir / RANKINGS_FILE), *FAST_RM,
-        "--eval_fraction", "0.25",  # 40 held-out prompts (240 comparisons), as in the trained_rm fixture
-    ))
+    result = run_cli(
+        accelerate_launch(
+            "-m",
+            "instructgpt",
+            "recipes/tiny/rm.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--output_dir",
+            str(rm_dir),
+            "--dataset_name",
+            str(collect_dir / RANKINGS_FILE),
+            *FAST_RM,
+            "--eval_fraction",
+            "0.25",  # 40 held-out prompts (240 comparisons), as in the trained_rm fixture
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0/2" in result.stdout or "process 0/2" in result.stderr
     metrics = json.loads((rm_dir / RUN_MARKER).read_text())["metrics"]
@@ -224,10 +252,29 @@ def test_collect_and_rm_under_two_process_accelerate_launch(sft_model, tmp_path)
 
 
 def test_console_entry_points_report_bad_input_in_one_line(tmp_path):
-    result = run_cli(["instructgpt", "collect", "recipes/tiny/collect.yaml", "--output_dir", str(tmp_path / "x"),
-                      "--model_name_or_path", str(tmp_path / "missing")])
+    result = run_cli(
+        [
+            "instructgpt",
+            "collect",
+            "recipes/tiny/collect.yaml",
+            "--output_dir",
+            str(tmp_path / "x"),
+            "--model_name_or_path",
+            str(tmp_path / "missing"),
+        ]
+    )
     assert result.returncode == 2 and "`model_name_or_path`: no model directory" in result.stderr
     assert "Traceback" not in result.stderr
-    result = run_cli(["instructgpt-rm", "recipes/tiny/rm.yaml", "--output_dir", str(tmp_path / "y"),
-                      "--model_name_or_path", "data/tiny/base-model", "--dataset_name", str(tmp_path / "none.jsonl")])
+    result = run_cli(
+        [
+            "instructgpt-rm",
+            "recipes/tiny/rm.yaml",
+            "--output_dir",
+            str(tmp_path / "y"),
+            "--model_name_or_path",
+            "data/tiny/base-model",
+            "--dataset_name",
+            str(tmp_path / "none.jsonl"),
+        ]
+    )
     assert result.returncode == 2 and "none.jsonl not found" in result.stderr

@@ -20,13 +20,24 @@ from instructgpt.infra.files import RUN_MARKER
 FAST = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true"]
 
 
-def dpo(output_dir: Path, policy: Path, rankings: Path | str, *extra: str, recipe: str = "recipes/tiny/dpo.yaml") -> dict:
+def dpo(
+    output_dir: Path, policy: Path, rankings: Path | str, *extra: str, recipe: str = "recipes/tiny/dpo.yaml"
+) -> dict:
     from instructgpt.stages.dpo import parse_args, run_dpo
 
-    (script, config, model), parsed = parse_args([
-        recipe, "--model_name_or_path", str(policy), "--dataset_name", str(rankings), "--output_dir", str(output_dir),
-        *FAST, *extra,
-    ])
+    (script, config, model), parsed = parse_args(
+        [
+            recipe,
+            "--model_name_or_path",
+            str(policy),
+            "--dataset_name",
+            str(rankings),
+            "--output_dir",
+            str(output_dir),
+            *FAST,
+            *extra,
+        ]
+    )
     return run_dpo(script, config, model, parsed)
 
 
@@ -52,8 +63,19 @@ def test_dpo_on_pairs_of_the_collected_rankings(sft_model, collected, tmp_path):
     reward orders pairs as the labeler did more often than chance."""
     rankings = collected[0] / "rankings.jsonl"
     out = tmp_path / "dpo"
-    metrics = dpo(out, sft_model, rankings, "--max_steps", "6", "--learning_rate", "3e-4",
-                  "--eval_fraction", "0.25", "--per_device_train_batch_size", "32")
+    metrics = dpo(
+        out,
+        sft_model,
+        rankings,
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "3e-4",
+        "--eval_fraction",
+        "0.25",
+        "--per_device_train_batch_size",
+        "32",
+    )
     marker = json.loads((out / RUN_MARKER).read_text())
     assert marker["stage"] == "dpo" and marker["metrics"]["ranking_loss"] == "pairs"
     rows = _rankings(rankings)
@@ -79,8 +101,21 @@ def test_plackett_luce_dpo_on_whole_rankings(sft_model, collected, tmp_path):
     while the policy is the reference), and the held-out implicit reward beats chance on pairs and on Kendall's tau."""
     rankings = collected[0] / "rankings.jsonl"
     out = tmp_path / "dpo-pl"
-    metrics = dpo(out, sft_model, rankings, "--ranking_loss", "plackett_luce", "--max_steps", "6",
-                  "--learning_rate", "3e-4", "--eval_fraction", "0.25", "--per_device_train_batch_size", "8")
+    metrics = dpo(
+        out,
+        sft_model,
+        rankings,
+        "--ranking_loss",
+        "plackett_luce",
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "3e-4",
+        "--eval_fraction",
+        "0.25",
+        "--per_device_train_batch_size",
+        "8",
+    )
     rows = _rankings(rankings)
     sizes = [len(r["responses"]) for r in rows]
     assert metrics["ranking_loss"] == "plackett_luce" and metrics["global_step"] == 6
@@ -100,9 +135,22 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
     """recipes/dpo.yaml as written (UltraFeedback's binarized pairs from the Hub loading code, its preference
     splits), with the tiny SFT model and a local folder of the same schema in place of GPT-2 and the Hub."""
     out = tmp_path / "gpt2-dpo"
-    metrics = dpo(out, sft_model, FIXTURES / "ultrafeedback_binarized", "--max_steps", "2",
-                  "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false",
-                  "--eval_strategy", "no", "--report_to", "none", recipe="recipes/dpo.yaml")
+    metrics = dpo(
+        out,
+        sft_model,
+        FIXTURES / "ultrafeedback_binarized",
+        "--max_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--activation_checkpointing",
+        "false",
+        "--eval_strategy",
+        "no",
+        "--report_to",
+        "none",
+        recipe="recipes/dpo.yaml",
+    )
     assert metrics["global_step"] == 2 and metrics["train_rankings"] == 40 and metrics["train_pairs"] == 40
     assert metrics["eval_loss"] > 0 and 0 <= metrics["eval_rewards/accuracies"] <= 1  # the whole test_prefs split
     assert (out / "model.safetensors").is_file() and (out / RUN_MARKER).is_file()
@@ -116,31 +164,51 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
 def test_bad_rankings_name_the_file_and_row(tmp_path):
     from instructgpt.data import DataError
 
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [
-        {"prompt": "What is 2 plus 2?", "responses": ["4.", "5."]},
-        {"prompt": "What is 3 plus 3?", "responses": ["6."]},
-    ])
+    bad = _write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "What is 2 plus 2?", "responses": ["4.", "5."]},
+            {"prompt": "What is 3 plus 3?", "responses": ["6."]},
+        ],
+    )
     with pytest.raises(DataError, match=r"bad\.jsonl.* row 1: a ranking needs at least 2 responses, got 1"):
         dpo(tmp_path / "out", Path("data/tiny/base-model"), bad)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("key, value", [("loss_type", "ipo"), ("precompute_ref_log_probs", "true"),
-                                        ("ld_alpha", "0.5")])
+@pytest.mark.parametrize(
+    "key, value", [("loss_type", "ipo"), ("precompute_ref_log_probs", "true"), ("ld_alpha", "0.5")]
+)
 def test_keys_the_plackett_luce_loss_cannot_honour_are_refused(tmp_path, key, value):
     from instructgpt.infra.errors import InstructGPTError
 
     with pytest.raises(InstructGPTError, match=rf"`{key}: .*` does not apply with `ranking_loss: plackett_luce`"):
-        dpo(tmp_path / "out", Path("data/tiny/base-model"), "data/tiny/rm_prompts.jsonl",
-            "--ranking_loss", "plackett_luce", f"--{key}", value)
+        dpo(
+            tmp_path / "out",
+            Path("data/tiny/base-model"),
+            "data/tiny/rm_prompts.jsonl",
+            "--ranking_loss",
+            "plackett_luce",
+            f"--{key}",
+            value,
+        )
 
 
 def test_command_line_errors_are_one_line_and_a_finished_run_is_never_overwritten(tmp_path):
     rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", f"{i + 2}.", "No idea."]} for i in range(8)]
     data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
     out = tmp_path / "out"
-    base = ["instructgpt.stages.dpo", "recipes/tiny/dpo.yaml", "--model_name_or_path", "data/tiny/base-model",
-            "--dataset_name", data, "--output_dir", str(out), *FAST]
+    base = [
+        "instructgpt.stages.dpo",
+        "recipes/tiny/dpo.yaml",
+        "--model_name_or_path",
+        "data/tiny/base-model",
+        "--dataset_name",
+        data,
+        "--output_dir",
+        str(out),
+        *FAST,
+    ]
     done = run_cli(python_m(*base, "--max_steps", "1", "--eval_fraction", "0"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / RUN_MARKER).read_text())["metrics"]["train_pairs"] == 8 * 3
@@ -161,9 +229,27 @@ def test_a_killed_plackett_luce_run_resumes_from_its_checkpoint(tmp_path):
     data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
     out = tmp_path / "out"
     command = python_m(
-        "instructgpt.stages.dpo", "recipes/tiny/dpo.yaml", "--model_name_or_path", "data/tiny/base-model",
-        "--dataset_name", data, "--output_dir", str(out), "--ranking_loss", "plackett_luce", "--eval_fraction", "0",
-        "--max_steps", "4", "--per_device_train_batch_size", "4", *FAST, "--save_strategy", "steps", "--save_steps", "2",
+        "instructgpt.stages.dpo",
+        "recipes/tiny/dpo.yaml",
+        "--model_name_or_path",
+        "data/tiny/base-model",
+        "--dataset_name",
+        data,
+        "--output_dir",
+        str(out),
+        "--ranking_loss",
+        "plackett_luce",
+        "--eval_fraction",
+        "0",
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        *FAST,
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
     )
     killed = run_cli(command, env={FAULT_ENV: "train_step:3"})
     assert killed.returncode == -9 and not (out / RUN_MARKER).exists()
@@ -180,9 +266,29 @@ def test_with_lora_the_reference_is_the_adapter_free_model_and_the_output_is_mer
     rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", f"{i + 2}.", "No idea."]} for i in range(8)]
     data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
     out = tmp_path / "lora"
-    metrics = dpo(out, Path("data/tiny/base-model"), data, "--ranking_loss", "plackett_luce", "--use_peft", "true",
-                  "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
-                  "--eval_fraction", "0", "--learning_rate", "1e-3", "--warmup_steps", "0")
+    metrics = dpo(
+        out,
+        Path("data/tiny/base-model"),
+        data,
+        "--ranking_loss",
+        "plackett_luce",
+        "--use_peft",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--eval_fraction",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+    )
     assert metrics["first_logged_loss"] == pytest.approx(math.log(6), abs=1e-5)
     assert metrics["last_logged_loss"] < math.log(6)
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
@@ -199,11 +305,24 @@ def test_the_console_script_answers_help():
 
 
 def test_sequences_longer_than_max_length_are_counted(tmp_path, capsys):
-    rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", " ".join(["very"] * 60) + " long.", "No."]}
-            for i in range(4)]
+    rows = [
+        {"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", " ".join(["very"] * 60) + " long.", "No."]}
+        for i in range(4)
+    ]
     data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
     # per ranking: pairs (0,1), (0,2), (1,2) are 6 sequences, 2 with the long response; whole rankings are 3, 1 long
     for loss, expected in (("pairs", "8 of 24"), ("plackett_luce", "4 of 12")):
-        dpo(tmp_path / loss, Path("data/tiny/base-model"), data, "--ranking_loss", loss, "--max_length", "48",
-            "--max_steps", "1", "--eval_fraction", "0")
+        dpo(
+            tmp_path / loss,
+            Path("data/tiny/base-model"),
+            data,
+            "--ranking_loss",
+            loss,
+            "--max_length",
+            "48",
+            "--max_steps",
+            "1",
+            "--eval_fraction",
+            "0",
+        )
         assert f"{expected} prompt + response sequences are longer than max_length=48" in capsys.readouterr().out

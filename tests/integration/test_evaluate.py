@@ -24,7 +24,11 @@ PNG = b"\x89PNG"
 
 
 def test_parse_models_names_paths_and_refuses_duplicates():
-    assert parse_models(["sft=runs/sft", "runs/tiny/ppo/", " x = y "]) == {"sft": "runs/sft", "ppo": "runs/tiny/ppo/", "x": "y"}
+    assert parse_models(["sft=runs/sft", "runs/tiny/ppo/", " x = y "]) == {
+        "sft": "runs/sft",
+        "ppo": "runs/tiny/ppo/",
+        "x": "y",
+    }
     with pytest.raises(EvalError, match="given twice"):
         parse_models(["a=1", "a=2"])
     with pytest.raises(EvalError, match="not NAME=PATH"):
@@ -114,17 +118,32 @@ def foreign_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("foreign")
     tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
     torch.manual_seed(0)
-    llama = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    ))
+    llama = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     llama.save_pretrained(root / "llama")
     tokenizer.save_pretrained(root / "llama")
-    rm = AutoModelForSequenceClassification.from_config(GPT2Config(
-        vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32, n_positions=128, num_labels=1,
-        pad_token_id=tokenizer.eos_token_id,
-    ))
+    rm = AutoModelForSequenceClassification.from_config(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_layer=1,
+            n_head=2,
+            n_embd=32,
+            n_positions=128,
+            num_labels=1,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    )
     rm.save_pretrained(root / "rm")
     tokenizer.save_pretrained(root / "rm")
 
@@ -133,8 +152,16 @@ def foreign_models(tmp_path_factory):
     for step, model in ((4, base_model), (8, llama)):
         model.save_pretrained(ppo / f"checkpoint-{step}" / "policy")
         tokenizer.save_pretrained(ppo / f"checkpoint-{step}" / "policy")
-    rows = [{"step": s, "episode": 16 * s, "objective/scores": 0.1 * s, "objective/rlhf_reward": 0.05 * s,
-             "objective/kl": 0.3 * s} for s in range(1, 9)]
+    rows = [
+        {
+            "step": s,
+            "episode": 16 * s,
+            "objective/scores": 0.1 * s,
+            "objective/rlhf_reward": 0.05 * s,
+            "objective/kl": 0.3 * s,
+        }
+        for s in range(1, 9)
+    ]
     rows.insert(0, {"step": 0, "eval/scores": 0.0, "eval/kl": 0.0})  # an evaluation line: no training metrics
     (ppo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # a Trainer stage's run (RLOO's layout): the policy is the checkpoint folder itself
@@ -150,13 +177,35 @@ def test_eval_on_a_base_model_and_a_llama_from_a_config(tmp_path, foreign_models
     picked = [next(r for r in ood_rows if r["split"] == s) for s in ("casing", "new_words", "new_operands")] * 2
     ood = tmp_path / "ood.jsonl"
     ood.write_text("".join(json.dumps(r) + "\n" for r in picked))
-    evaluate.main([
-        "--models", f"base={TINY_BASE}", f"llama={foreign_models / 'llama'}",
-        "--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "8", "--output_dir", str(out),
-        "--labeler", "simulated", "--reference", "base", "--reward_model", str(foreign_models / "rm"),
-        "--max_new_tokens", "12", "--ppo_run", str(foreign_models / "ppo"), "--num_examples", "2",
-        "--ood_prompts", str(ood), "--checkpoint_runs", f"rloo={foreign_models / 'rloo'}",
-    ])
+    evaluate.main(
+        [
+            "--models",
+            f"base={TINY_BASE}",
+            f"llama={foreign_models / 'llama'}",
+            "--prompts",
+            str(TINY_DATA / "eval_prompts.jsonl"),
+            "--max_prompts",
+            "8",
+            "--output_dir",
+            str(out),
+            "--labeler",
+            "simulated",
+            "--reference",
+            "base",
+            "--reward_model",
+            str(foreign_models / "rm"),
+            "--max_new_tokens",
+            "12",
+            "--ppo_run",
+            str(foreign_models / "ppo"),
+            "--num_examples",
+            "2",
+            "--ood_prompts",
+            str(ood),
+            "--checkpoint_runs",
+            f"rloo={foreign_models / 'rloo'}",
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["base", "llama"]
     assert results["num_prompts"] == 8 and results["labeler"] == "simulated"
@@ -236,8 +285,18 @@ def test_eval_without_a_labeler_on_other_prompts(tmp_path, foreign_models):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Write a poem about rain."}\n{"prompt": "Say hi."}\n')
     out = tmp_path / "eval"
-    evaluate.main(["--models", str(foreign_models / "llama"), "--prompts", str(prompts), "--output_dir", str(out),
-                   "--max_new_tokens", "6"])
+    evaluate.main(
+        [
+            "--models",
+            str(foreign_models / "llama"),
+            "--prompts",
+            str(prompts),
+            "--output_dir",
+            str(out),
+            "--max_new_tokens",
+            "6",
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["labeler"] is None and results["win_rate"] == {} and results["reference"] is None
     assert results["metrics"]["llama"]["kl_to_reference"] is None
@@ -253,8 +312,9 @@ def test_eval_refuses_bad_models_with_the_name(tmp_path, foreign_models, capsys)
         evaluate.main(["--models", f"rm={foreign_models / 'rm'}", *common])
     assert "holds a reward model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(tmp_path / "none.jsonl"),
-                       "--output_dir", str(tmp_path)])
+        evaluate.main(
+            ["--models", f"a={TINY_BASE}", "--prompts", str(tmp_path / "none.jsonl"), "--output_dir", str(tmp_path)]
+        )
     assert "none.jsonl" in capsys.readouterr().err
 
 
@@ -279,36 +339,79 @@ def test_best_of_n_keeps_the_reward_models_favourite_and_reports_its_closed_form
     assert picked.kl == [pytest.approx(math.log(4) - 0.75)] * 5
 
     out = tmp_path / "eval"
-    evaluate.main(["--models", f"base={TINY_BASE}", f"best_of_4=best_of_4:{TINY_BASE}", "--prompts",
-                   str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "5", "--output_dir", str(out),
-                   "--reference", "base", "--reward_model", str(foreign_models / "rm"), "--max_new_tokens", "10",
-                   "--seed", "3"])
+    evaluate.main(
+        [
+            "--models",
+            f"base={TINY_BASE}",
+            f"best_of_4=best_of_4:{TINY_BASE}",
+            "--prompts",
+            str(TINY_DATA / "eval_prompts.jsonl"),
+            "--max_prompts",
+            "5",
+            "--output_dir",
+            str(out),
+            "--reference",
+            "base",
+            "--reward_model",
+            str(foreign_models / "rm"),
+            "--max_new_tokens",
+            "10",
+            "--seed",
+            "3",
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["best_of_4"]["kl_to_reference"] == pytest.approx(math.log(4) - 0.75)
     assert results["metrics"]["best_of_4"]["rm_score"] == pytest.approx(
-        sum(score_responses(reward[0], reward[1], prompts, picked.texts)) / 5)
+        sum(score_responses(reward[0], reward[1], prompts, picked.texts)) / 5
+    )
     assert "| best_of_4 |" in (out / "report.md").read_text()
 
 
 def test_best_of_n_needs_a_reward_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--models", f"best=best_of_4:{TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
-                       "--output_dir", str(tmp_path / "eval")])
+        evaluate.main(
+            [
+                "--models",
+                f"best=best_of_4:{TINY_BASE}",
+                "--prompts",
+                str(TINY_DATA / "eval_prompts.jsonl"),
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ]
+        )
     assert exit_.value.code != 0 and "--models best: best-of-n picks with a reward model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--max_new_tokens", "0", "`max_new_tokens` must be at least 1, got 0"),
-    ("--temperature", "-1", "`temperature` must be at least 0, got -1.0"),
-    ("--top_p", "1.5", "`top_p` must be between 0 and 1, got 1.5"),
-    ("--llm_judge_concurrency", "0", "`llm_judge_concurrency` must be at least 1, got 0"),
-    ("--llm_judge_timeout", "0", "`llm_judge_timeout` must be greater than 0, got 0.0"),
-    ("--vllm_gpu_memory_utilization", "0", "`vllm_gpu_memory_utilization` must be greater than 0 and at most 1, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--max_new_tokens", "0", "`max_new_tokens` must be at least 1, got 0"),
+        ("--temperature", "-1", "`temperature` must be at least 0, got -1.0"),
+        ("--top_p", "1.5", "`top_p` must be between 0 and 1, got 1.5"),
+        ("--llm_judge_concurrency", "0", "`llm_judge_concurrency` must be at least 1, got 0"),
+        ("--llm_judge_timeout", "0", "`llm_judge_timeout` must be greater than 0, got 0.0"),
+        (
+            "--vllm_gpu_memory_utilization",
+            "0",
+            "`vllm_gpu_memory_utilization` must be greater than 0 and at most 1, got 0.0",
+        ),
+    ],
+)
 def test_eval_refuses_numbers_out_of_range_before_any_model_loads(tmp_path, capsys, flag, value, message):
     """Each number's range sits on its field, checked when the arguments are parsed."""
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--models", f"a={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
-                       "--output_dir", str(tmp_path / "eval"), flag, value])
+        evaluate.main(
+            [
+                "--models",
+                f"a={TINY_BASE}",
+                "--prompts",
+                str(TINY_DATA / "eval_prompts.jsonl"),
+                "--output_dir",
+                str(tmp_path / "eval"),
+                flag,
+                value,
+            ]
+        )
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()

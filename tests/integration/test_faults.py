@@ -27,8 +27,22 @@ from instructgpt.stages.sft import parse_args as sft_args
 pytestmark = pytest.mark.faults
 
 MINIMAL = f"model_name_or_path: {TINY_BASE}\ndataset_name: {TINY_DATA / 'sft_train.jsonl'}\noutput_dir: runs/x\n"
-QUICK_SFT = ["--report_to", "none", "--max_train_samples", "48", "--per_device_train_batch_size", "8",
-             "--num_train_epochs", "1", "--eval_strategy", "no", "--logging_steps", "2", "--disable_tqdm", "true"]
+QUICK_SFT = [
+    "--report_to",
+    "none",
+    "--max_train_samples",
+    "48",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_train_epochs",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--logging_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def _write(tmp_path: Path, text: str | bytes, name: str = "recipe.yaml") -> str:
@@ -55,14 +69,17 @@ def temporary_files(directory: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, message", [
-    ("learning_rate: .nan", "`learning_rate` must be a finite number, got nan"),
-    ("max_grad_norm: .inf", "`max_grad_norm` must be a finite number, got inf"),
-    ("weight_decay: -0.1", "`weight_decay` must be at least 0, got -0.1"),
-    ("lora_dropout: 1.5", "`lora_dropout` must be between 0 and 1, got 1.5"),
-    ("max_length: 0", "`max_length` must be at least 1, got 0"),
-    ("per_device_train_batch_size: 0", "`per_device_train_batch_size` must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("learning_rate: .nan", "`learning_rate` must be a finite number, got nan"),
+        ("max_grad_norm: .inf", "`max_grad_norm` must be a finite number, got inf"),
+        ("weight_decay: -0.1", "`weight_decay` must be at least 0, got -0.1"),
+        ("lora_dropout: 1.5", "`lora_dropout` must be between 0 and 1, got 1.5"),
+        ("max_length: 0", "`max_length` must be at least 1, got 0"),
+        ("per_device_train_batch_size: 0", "`per_device_train_batch_size` must be at least 1, got 0"),
+    ],
+)
 def test_numbers_out_of_range_are_refused_when_parsed(tmp_path, line, message):
     with pytest.raises(RecipeError) as err:
         sft_args([_write(tmp_path, MINIMAL + line + "\n")])
@@ -108,7 +125,9 @@ def test_duplicate_keys_and_non_utf8_recipes_and_data(tmp_path):
         sft_args([_write(tmp_path, MINIMAL + "learning_rate: 1.0e-4\nlearning_rate: 1.0e-3\n")])
     with pytest.raises(RecipeError, match=r"latin\.yaml: not UTF-8 text \(byte 0xe9"):
         sft_args([_write(tmp_path, MINIMAL.encode() + b"run_name: caf\xe9\n", "latin.yaml")])
-    data = _write(tmp_path, b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n', "d.jsonl")
+    data = _write(
+        tmp_path, b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n', "d.jsonl"
+    )
     with pytest.raises(DataError, match=r"d\.jsonl: line 2 is not UTF-8 text"):
         from instructgpt.data import load_data
 
@@ -127,8 +146,7 @@ def test_rows_of_the_wrong_type_name_the_row(tmp_path):
         load_demonstrations(chats, config=None, split="train", key="dataset_name", source="r.yaml", limit=None)
     ranks = _write(tmp_path, '{"prompt": "q", "responses": ["a", 3]}\n', "r.jsonl")
     with pytest.raises(DataError, match=r"row 0: response 1 must be a string, got int"):
-        load_rankings(ranks, key="dataset_name", source="r.yaml", config=None, split="train", limit=None,
-                      score_key="s")
+        load_rankings(ranks, key="dataset_name", source="r.yaml", config=None, split="train", limit=None, score_key="s")
 
 
 def test_bad_input_on_the_command_line_is_one_line(tmp_path):
@@ -141,8 +159,11 @@ def test_bad_input_on_the_command_line_is_one_line(tmp_path):
 
 def test_pipeline_refuses_a_bad_override_of_its_last_stage_before_training(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(python_m("instructgpt", "pipeline", "recipes/tiny/pipeline.yaml", "--output_dir", str(out),
-                              "--ppo.kl_coef", "nan"))
+    result = run_cli(
+        python_m(
+            "instructgpt", "pipeline", "recipes/tiny/pipeline.yaml", "--output_dir", str(out), "--ppo.kl_coef", "nan"
+        )
+    )
     assert "`kl_coef` must be a finite number" in one_line_error(result)
     assert not out.exists() or not any((out / "pretrain").glob("*"))
 
@@ -170,8 +191,19 @@ def _nan_model(tmp_path: Path) -> Path:
 def test_non_finite_gradients_stop_training_before_the_step_and_nothing_is_finished(tmp_path):
     broken = _nan_model(tmp_path)
     out = tmp_path / "sft"
-    result = run_cli(python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--model_name_or_path", str(broken),
-                              "--output_dir", str(out), "--save_strategy", "no", *QUICK_SFT))
+    result = run_cli(
+        python_m(
+            "instructgpt.stages.sft",
+            "recipes/tiny/sft.yaml",
+            "--model_name_or_path",
+            str(broken),
+            "--output_dir",
+            str(out),
+            "--save_strategy",
+            "no",
+            *QUICK_SFT,
+        )
+    )
     line = one_line_error(result)
     assert "hold NaN or inf" in line and "stopping before the step" in line and "No checkpoint was saved" in line
     assert not is_complete(out) and not (out / "model.safetensors").exists()
@@ -183,9 +215,25 @@ def test_collection_with_no_ranking_is_not_finished(sft_model, tmp_path):
     from instructgpt.stages.collect import parse_args, run_collect
 
     out = tmp_path / "collect"
-    (args,), recipe = parse_args(["recipes/tiny/collect.yaml", "--model_name_or_path", str(sft_model), "--output_dir",
-                                  str(out), "--report_to", "none", "--max_prompts", "4", "--temperature", "0",
-                                  "--max_sampling_rounds", "1", "--max_new_tokens", "8"])
+    (args,), recipe = parse_args(
+        [
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--max_prompts",
+            "4",
+            "--temperature",
+            "0",
+            "--max_sampling_rounds",
+            "1",
+            "--max_new_tokens",
+            "8",
+        ]
+    )
     with pytest.raises(UnsoundOutput, match="not one ranking: every prompt got fewer than 2 distinct"):
         run_collect(args, recipe)
     assert not is_complete(out) and not (out / "rankings.jsonl").exists()
@@ -195,8 +243,21 @@ def test_resuming_a_collection_with_other_settings_is_refused(sft_model, tmp_pat
     from instructgpt.stages.collect import parse_args, run_collect
 
     out = tmp_path / "collect"
-    common = ["recipes/tiny/collect.yaml", "--model_name_or_path", str(sft_model), "--output_dir", str(out),
-              "--report_to", "none", "--max_prompts", "12", "--max_new_tokens", "8", "--batch_size", "8"]
+    common = [
+        "recipes/tiny/collect.yaml",
+        "--model_name_or_path",
+        str(sft_model),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--max_prompts",
+        "12",
+        "--max_new_tokens",
+        "8",
+        "--batch_size",
+        "8",
+    ]
     env_kill = run_cli(python_m("instructgpt", *common), env={FAULT_ENV: "collect_row:3"})
     assert env_kill.returncode == -signal.SIGKILL
     (args,), recipe = parse_args([*common, "--num_responses", "3", "--labeler_noise", "0.5"])
@@ -223,8 +284,21 @@ def test_merge_keeps_one_row_per_prompt_and_needs_every_prompt(tmp_path):
 
 
 def _sft(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_cli(python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(out),
-                            "--save_strategy", "steps", "--save_steps", "2", *QUICK_SFT, *extra), env=env)
+    return run_cli(
+        python_m(
+            "instructgpt.stages.sft",
+            "recipes/tiny/sft.yaml",
+            "--output_dir",
+            str(out),
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            *QUICK_SFT,
+            *extra,
+        ),
+        env=env,
+    )
 
 
 def test_sft_killed_mid_training_and_before_its_marker_resumes_to_the_same_end(tmp_path):
@@ -258,13 +332,31 @@ def test_a_foreign_model_in_the_output_dir_is_still_refused(tmp_path):
 
 
 def test_collect_killed_mid_collection_resumes_to_the_same_rankings(sft_model, tmp_path):
-    common = ["--model_name_or_path", str(sft_model), "--report_to", "none", "--max_prompts", "12",
-              "--max_new_tokens", "12", "--batch_size", "8", "--labeler_noise", "1.0"]
+    common = [
+        "--model_name_or_path",
+        str(sft_model),
+        "--report_to",
+        "none",
+        "--max_prompts",
+        "12",
+        "--max_new_tokens",
+        "12",
+        "--batch_size",
+        "8",
+        "--labeler_noise",
+        "1.0",
+    ]
     reference, out = tmp_path / "reference", tmp_path / "killed"
-    assert run_cli(python_m("instructgpt", "recipes/tiny/collect.yaml", "--output_dir", str(reference),
-                            *common)).returncode == 0
-    killed = run_cli(python_m("instructgpt", "recipes/tiny/collect.yaml", "--output_dir", str(out), *common),
-                     env={FAULT_ENV: "collect_row:5"})
+    assert (
+        run_cli(
+            python_m("instructgpt", "recipes/tiny/collect.yaml", "--output_dir", str(reference), *common)
+        ).returncode
+        == 0
+    )
+    killed = run_cli(
+        python_m("instructgpt", "recipes/tiny/collect.yaml", "--output_dir", str(out), *common),
+        env={FAULT_ENV: "collect_row:5"},
+    )
     assert killed.returncode == -signal.SIGKILL
     part = out / "rankings.part-0.jsonl"
     part.write_bytes(part.read_bytes() + b'{"prompt_index": 5, "prompt": "cut o')  # a row cut off mid-write
@@ -285,13 +377,39 @@ def tiny_rm(sft_model, tmp_path_factory) -> Path:
 
 
 def _ppo(out: Path, sft: Path, rm: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_cli(python_m(
-        "instructgpt.stages.ppo.trainer", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft),
-        "--reward_model_path", str(rm), "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true",
-        "--total_episodes", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
-        "--num_ppo_epochs", "1", "--response_length", "12", "--save_steps", "1", "--num_sample_generations", "4",
-        "--eval_num_prompts", "0",
-    ), env=env)
+    return run_cli(
+        python_m(
+            "instructgpt.stages.ppo.trainer",
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft),
+            "--reward_model_path",
+            str(rm),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--total_episodes",
+            "64",
+            "--per_device_train_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "2",
+            "--num_ppo_epochs",
+            "1",
+            "--response_length",
+            "12",
+            "--save_steps",
+            "1",
+            "--num_sample_generations",
+            "4",
+            "--eval_num_prompts",
+            "0",
+        ),
+        env=env,
+    )
 
 
 def test_ppo_killed_mid_update_and_mid_checkpoint_resumes_to_the_same_counts(sft_model, tiny_rm, tmp_path):
@@ -325,11 +443,28 @@ def test_ppo_killed_mid_update_and_mid_checkpoint_resumes_to_the_same_counts(sft
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_ends_with_one_line_and_the_run_resumes(tmp_path, sig, code, word):
     out = tmp_path / "sft"
-    args = python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--save_strategy",
-                    "steps", "--save_steps", "2", *QUICK_SFT[:-2], "--max_train_samples", "400")
+    args = python_m(
+        "instructgpt.stages.sft",
+        "recipes/tiny/sft.yaml",
+        "--output_dir",
+        str(out),
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        *QUICK_SFT[:-2],
+        "--max_train_samples",
+        "400",
+    )
     # started with SIGINT ignored, as a shell starts a background job: the stage must still stop on it
-    process = start(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = start(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     deadline = time.time() + 600  # a loaded machine can take minutes to the first checkpoint
     while last_checkpoint(out) is None and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -352,8 +487,20 @@ def test_eval_never_overwrites_a_finished_evaluation_and_a_failed_rerun_deletes_
     from instructgpt.stages import eval as evaluate
 
     out = tmp_path / "eval"
-    common = ["--models", f"base={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"), "--output_dir",
-              str(out), "--max_prompts", "4", "--max_new_tokens", "8", "--max_checkpoints", "1"]
+    common = [
+        "--models",
+        f"base={TINY_BASE}",
+        "--prompts",
+        str(TINY_DATA / "eval_prompts.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_prompts",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--max_checkpoints",
+        "1",
+    ]
     evaluate.main(common)
     finished = (out / RUN_MARKER).read_text()
     with pytest.raises(SystemExit) as exit_:

@@ -27,9 +27,14 @@ def hub(monkeypatch):
 
     def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, repo_type=None, **kwargs):
         folder = Path(folder_path)
-        calls.append({"repo_id": repo_id, "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                                                          if p.is_file()), "ignore": ignore_patterns,
-                      "repo_type": repo_type})
+        calls.append(
+            {
+                "repo_id": repo_id,
+                "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+                "ignore": ignore_patterns,
+                "repo_type": repo_type,
+            }
+        )
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
@@ -47,11 +52,27 @@ def test_sft_card_and_push_after_every_file(tmp_path, hub):
     from instructgpt.stages.sft import parse_args, run_sft
 
     out = tmp_path / "sft"
-    (script, training, model), recipe = parse_args([
-        "recipes/tiny/sft.yaml", "--output_dir", str(out), "--report_to", "none", "--max_steps", "3",
-        "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--push_to_hub", "true",
-        "--hub_model_id", "someone/tiny-sft",
-    ])
+    (script, training, model), recipe = parse_args(
+        [
+            "recipes/tiny/sft.yaml",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/tiny-sft",
+        ]
+    )
     run_sft(script, training, model, recipe)
     meta, body = card_metadata(out)
     assert {"instructgpt", "sft", "rlhf"} <= set(meta["tags"]) and meta["library_name"] == "transformers"
@@ -68,8 +89,19 @@ def test_reward_model_card_has_its_shift_and_push_comes_after_the_normalization(
     from helpers import rm
 
     out = tmp_path / "rm"
-    metrics = rm(out, collected[0] / "rankings.jsonl", sft_model, "--max_steps", "2", "--push_to_hub", "true",
-                 "--hub_model_id", "someone/tiny-rm", "--demonstrations_dataset", str(TINY_DATA / "sft_eval.jsonl"))
+    metrics = rm(
+        out,
+        collected[0] / "rankings.jsonl",
+        sft_model,
+        "--max_steps",
+        "2",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "someone/tiny-rm",
+        "--demonstrations_dataset",
+        str(TINY_DATA / "sft_eval.jsonl"),
+    )
     meta, body = card_metadata(out)
     assert "rm" in meta["tags"] and "reward shift" in body and f"{metrics['reward_shift']:.4g}" in body
     assert "held-out pairwise accuracy" in body
@@ -89,8 +121,16 @@ def test_no_push_without_push_to_hub_and_no_push_of_an_unfinished_output(tmp_pat
 def test_a_card_section_is_added_once_and_replaced(tmp_path):
     from instructgpt.infra.hub import add_card_section, write_model_card
 
-    write_model_card(tmp_path, stage="ppo", title="PPO policy", base_model="gpt2", datasets=["HuggingFaceH4/no_robots"],
-                     summary="A policy.", settings={"kl_coef": 0.05}, results={"KL": 1.5})
+    write_model_card(
+        tmp_path,
+        stage="ppo",
+        title="PPO policy",
+        base_model="gpt2",
+        datasets=["HuggingFaceH4/no_robots"],
+        summary="A policy.",
+        settings={"kl_coef": 0.05},
+        results={"KL": 1.5},
+    )
     meta, body = card_metadata(tmp_path)
     assert meta["base_model"] == "gpt2" and meta["datasets"] == ["HuggingFaceH4/no_robots"]
     assert "| kl_coef | 0.05 |" in body and "| KL | 1.5 |" in body
@@ -106,13 +146,39 @@ def test_ppo_card_says_where_the_value_model_is_and_push_comes_last(collected, s
 
     rm(tmp_path / "rm", collected[0] / "rankings.jsonl", sft_model, "--max_steps", "2")
     out = tmp_path / "ppo"
-    (script, config, model), recipe = parse_args([
-        "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft_model), "--reward_model_path", str(tmp_path / "rm"),
-        "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true", "--total_episodes", "16",
-        "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2", "--num_ppo_epochs", "1",
-        "--response_length", "8", "--eval_num_prompts", "0", "--num_sample_generations", "0",
-        "--push_to_hub", "true", "--hub_model_id", "someone/tiny-ppo",
-    ])
+    (script, config, model), recipe = parse_args(
+        [
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(tmp_path / "rm"),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--total_episodes",
+            "16",
+            "--per_device_train_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "2",
+            "--num_ppo_epochs",
+            "1",
+            "--response_length",
+            "8",
+            "--eval_num_prompts",
+            "0",
+            "--num_sample_generations",
+            "0",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/tiny-ppo",
+        ]
+    )
     summary = run_ppo(script, config, model, recipe)
     meta, body = card_metadata(out)
     assert "ppo" in meta["tags"] and "value_model/" in body and "| kl_coef |" in body
@@ -125,11 +191,29 @@ def test_pretrain_card_and_push(tmp_path, hub):
     from instructgpt.stages.pretrain import parse_args, run_pretrain
 
     out = tmp_path / "base"
-    (args, training), recipe = parse_args([
-        "recipes/tiny/pretrain.yaml", "--output_dir", str(out), "--report_to", "none", "--max_steps", "2",
-        "--save_strategy", "no", "--eval_strategy", "no", "--probe_tiny_world", "false", "--max_documents", "200",
-        "--push_to_hub", "true", "--hub_model_id", "someone/tiny-base",
-    ])
+    (args, training), recipe = parse_args(
+        [
+            "recipes/tiny/pretrain.yaml",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--probe_tiny_world",
+            "false",
+            "--max_documents",
+            "200",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/tiny-base",
+        ]
+    )
     run_pretrain(args, training, recipe)
     meta, body = card_metadata(out)
     assert {"instructgpt", "pretrain"} <= set(meta["tags"])
@@ -143,8 +227,18 @@ def test_collect_writes_a_dataset_card_and_pushes_a_dataset_repo(sft_model, tmp_
     from helpers import collect
 
     out = tmp_path / "rankings"
-    metrics = collect(out, sft_model, "--max_prompts", "6", "--max_new_tokens", "8", "--push_to_hub", "true",
-                      "--hub_dataset_id", "someone/tiny-rankings")
+    metrics = collect(
+        out,
+        sft_model,
+        "--max_prompts",
+        "6",
+        "--max_new_tokens",
+        "8",
+        "--push_to_hub",
+        "true",
+        "--hub_dataset_id",
+        "someone/tiny-rankings",
+    )
     meta, body = card_metadata(out)
     assert {"instructgpt", "collect", "preference"} <= set(meta["tags"])
     assert f"| num_rankings | {metrics['num_rankings']} |" in body and str(sft_model) in body

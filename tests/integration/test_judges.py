@@ -20,8 +20,10 @@ from instructgpt.stages.eval.judging import judge_spec
 from instructgpt.stages.eval.settings import EvalArguments
 from instructgpt.tinyworld.architectures import IM_END, IM_START, TinyArchitecture, build_tiny_model, chat_tokenizer
 
-PROMPTS = ["Describe the rustbeetle.", [{"role": "system", "content": "Be brief."},
-                                        {"role": "user", "content": "What is 2 plus 3?"}]]
+PROMPTS = [
+    "Describe the rustbeetle.",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"}],
+]
 RESPONSES = ["The rustbeetle is large and red, and it lives under old bridges.", "5"]
 
 
@@ -32,11 +34,21 @@ def gold_rm(tmp_path_factory) -> Path:
 
     tokenizer = chat_tokenizer(TINY_BASE, 128)
     torch.manual_seed(0)
-    model = LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=128, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    model = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     out = tmp_path_factory.mktemp("gold") / "llama-rm"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -49,8 +61,12 @@ def direct_scores(path: Path, ids: list[list[int]], **extra) -> list[float]:
 
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     with torch.inference_mode():
-        return [model(input_ids=torch.tensor([row]), **{k: torch.tensor([v[i]]) for k, v in extra.items()}).logits[0, 0].item()
-                for i, row in enumerate(ids)]
+        return [
+            model(input_ids=torch.tensor([row]), **{k: torch.tensor([v[i]]) for k, v in extra.items()})
+            .logits[0, 0]
+            .item()
+            for i, row in enumerate(ids)
+        ]
 
 
 def test_gold_rm_renders_with_its_own_chat_template_and_scores_as_the_model_does(gold_rm):
@@ -66,7 +82,9 @@ def test_gold_rm_renders_with_its_own_chat_template_and_scores_as_the_model_does
     ]
     assert [tokenizer.decode(row) for row in ids] == expected
     assert ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
-    assert ids[1][0] == tokenizer.convert_tokens_to_ids(IM_START) and ids[1][-2] == tokenizer.convert_tokens_to_ids(IM_END)
+    assert ids[1][0] == tokenizer.convert_tokens_to_ids(IM_START) and ids[1][-2] == tokenizer.convert_tokens_to_ids(
+        IM_END
+    )
     # batched (the short row padded with <|pad|>) equals the model on each row alone
     scores = judge.score(PROMPTS, RESPONSES)
     assert scores == pytest.approx(direct_scores(gold_rm, ids), abs=1e-5)
@@ -99,9 +117,11 @@ def test_gold_rm_without_a_chat_template_reads_a_text_pair(gold_rm, tmp_path):
 
 
 def test_gold_rm_refuses_what_is_not_a_reward_model_in_one_line(tmp_path):
-    for spec, words in ((f"gold_rm:{TINY_BASE}", "holds a GPT2LMHeadModel, not a sequence-classification"),
-                        (f"gold_rm:{tmp_path / 'missing'}", "no model directory"),
-                        ("gold_rm:nobody/no-such-reward-model", "cannot read a model config")):
+    for spec, words in (
+        (f"gold_rm:{TINY_BASE}", "holds a GPT2LMHeadModel, not a sequence-classification"),
+        (f"gold_rm:{tmp_path / 'missing'}", "no model directory"),
+        ("gold_rm:nobody/no-such-reward-model", "cannot read a model config"),
+    ):
         with pytest.raises(Exception) as err:
             make_labeler(spec)
         assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
@@ -117,8 +137,11 @@ def test_gold_rm_refuses_what_is_not_a_reward_model_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def other_policy(tmp_path_factory) -> Path:
     """A second policy that answers differently from the tiny base model: the tiny Llama with random weights."""
-    return build_tiny_model(tmp_path_factory.mktemp("policy") / "llama", TINY_BASE,
-                            TinyArchitecture(hidden_size=32, num_hidden_layers=1, intermediate_size=64))
+    return build_tiny_model(
+        tmp_path_factory.mktemp("policy") / "llama",
+        TINY_BASE,
+        TinyArchitecture(hidden_size=32, num_hidden_layers=1, intermediate_size=64),
+    )
 
 
 def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_policy, tmp_path):
@@ -127,9 +150,25 @@ def test_eval_judges_with_a_gold_rm_and_reports_both_intervals(gold_rm, other_po
     from helpers import TINY_DATA
 
     out = tmp_path / "eval"
-    evaluate.main(["--models", f"base={TINY_BASE}", f"llama={other_policy}", "--prompts",
-                   str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "6", "--max_new_tokens", "10",
-                   "--labeler", f"gold_rm:{gold_rm}", "--reference", "none", "--output_dir", str(out)])
+    evaluate.main(
+        [
+            "--models",
+            f"base={TINY_BASE}",
+            f"llama={other_policy}",
+            "--prompts",
+            str(TINY_DATA / "eval_prompts.jsonl"),
+            "--max_prompts",
+            "6",
+            "--max_new_tokens",
+            "10",
+            "--labeler",
+            f"gold_rm:{gold_rm}",
+            "--reference",
+            "none",
+            "--output_dir",
+            str(out),
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["judge"] == {"name": f"gold_rm:{gold_rm}", "kind": "pointwise", "independent_of_reward_model": True}
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]

@@ -16,8 +16,18 @@ def test_the_agreement_command_names_the_bad_line(tmp_path):
 
 
 def test_the_label_command_refuses_a_public_address_in_one_line(tmp_path):
-    result = run_cli(python_m("instructgpt", "label", "recipes/tiny/label.yaml", "--server_name", "0.0.0.0",
-                              "--output_dir", str(tmp_path / "out")), env={"INSTRUCTGPT_LABEL_PASSWORD": ""})
+    result = run_cli(
+        python_m(
+            "instructgpt",
+            "label",
+            "recipes/tiny/label.yaml",
+            "--server_name",
+            "0.0.0.0",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ),
+        env={"INSTRUCTGPT_LABEL_PASSWORD": ""},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: recipes/tiny/label.yaml: `server_name` 0.0.0.0")
     assert not (tmp_path / "out").exists()  # refused before anything was written

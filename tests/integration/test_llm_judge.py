@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -75,8 +75,13 @@ class FakeJudge:
                 question = body["messages"][-1]["content"]
                 fake.questions.append(question)
                 answer = fake.rule(question)
-                self.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
-                                 "model": body["model"]})
+                self.reply(
+                    200,
+                    {
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+                        "model": body["model"],
+                    },
+                )
 
             def reply(self, status, payload):
                 data = json.dumps(payload).encode()
@@ -117,17 +122,19 @@ def prefers_good(question: str) -> str:
 
 
 def judge_for(url: str, cache: Path | None = None, **settings):
-    return make_judge("llm:judge-model", llm_settings={"base_url": url, "cache": str(cache) if cache else None,
-                                                       "backoff": 0.01, **settings})
+    return make_judge(
+        "llm:judge-model",
+        llm_settings={"base_url": url, "cache": str(cache) if cache else None, "backoff": 0.01, **settings},
+    )
 
 
 def test_parse_is_strict_and_swapped_verdicts_combine():
     assert [parse_verdict(x) for x in ("A", " b.\n", "Tie", "TIE.")] == ["A", "B", "tie", "tie"]
     assert [parse_verdict(x) for x in ("A is better", "**A**", "", "A or B", "AB", None)] == [None] * 6
-    assert combine("A", "B") == (1.0, True)      # x first, then x in second place: x wins
+    assert combine("A", "B") == (1.0, True)  # x first, then x in second place: x wins
     assert combine("B", "A") == (0.0, True)
     assert combine("tie", "tie") == (0.5, True)
-    assert combine("A", "A") == (0.5, False)     # always the first position: inconsistent, a tie
+    assert combine("A", "A") == (0.5, False)  # always the first position: inconsistent, a tie
     assert combine("A", "tie") == (0.5, False)
 
 
@@ -136,8 +143,15 @@ def test_a_consistent_judge_sees_both_orders_and_decides(fake, tmp_path):
     judge = judge_for(server.url, tmp_path / "cache.jsonl")
     result = judge.compare(PROMPTS, GOOD[:2] + BAD[2:], BAD[:2] + GOOD[2:])
     assert result.outcomes == [1.0, 1.0, 0.0, 0.0]
-    assert result.counts == {"comparisons": 4, "judged": 4, "consistent": 4, "inconsistent": 0, "identical": 0,
-                             "unparseable": 0, "failed": 0}
+    assert result.counts == {
+        "comparisons": 4,
+        "judged": 4,
+        "consistent": 4,
+        "inconsistent": 0,
+        "identical": 0,
+        "unparseable": 0,
+        "failed": 0,
+    }
     # every pair asked in both orders, with the instruction and both responses in the template
     assert server.requests == 8
     seen = {responses_in(q) for q in server.questions}
@@ -244,12 +258,23 @@ class Serve:
         self.model, self.port, self.log = model, port, log
         self.process: subprocess.Popen | None = None
 
-    def start(self, wait: float = 120.0) -> "Serve":
+    def start(self, wait: float = 120.0) -> Serve:
         import httpx
 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port",
-                   str(self.port), "--device", "cpu", "--default-seed", "0", str(self.model)]
+        command = [
+            str(Path(sys.executable).parent / "transformers"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--default-seed",
+            "0",
+            str(self.model),
+        ]
         with self.log.open("ab") as log:
             self.process = start(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + wait
@@ -276,8 +301,9 @@ class Serve:
 def chat_model(tmp_path_factory) -> Path:
     """The tiny Llama (random weights, the tiny world's tokenizer with ChatML) with a 512-token context: the judge's
     question is ~200 tokens of the tiny vocabulary, more than the GPT-2 base model's 128 positions hold."""
-    return build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-llama", TINY_BASE,
-                            TinyArchitecture(max_position_embeddings=512))
+    return build_tiny_model(
+        tmp_path_factory.mktemp("serve") / "tiny-llama", TINY_BASE, TinyArchitecture(max_position_embeddings=512)
+    )
 
 
 @pytest.fixture
@@ -297,7 +323,7 @@ def test_transformers_serve_answers_are_counted_unparseable_and_cached(serve, ch
     assert judge.requests == 8 and len(rows) == 8
     # the tiny model continues text instead of answering A/B: every comparison is unparseable, none is guessed
     verdicts = [parse_verdict(r["answer"]) for r in rows]
-    expected_unparseable = sum(1 for i in range(4) if None in verdicts[2 * i:2 * i + 2])
+    expected_unparseable = sum(1 for i in range(4) if None in verdicts[2 * i : 2 * i + 2])
     assert result.counts["unparseable"] == expected_unparseable and result.outcomes.count(None) == expected_unparseable
     assert expected_unparseable >= 3, [r["answer"] for r in rows]
     # a rerun needs no server at all: kill it, and the same verdicts come back from the cache
@@ -313,9 +339,18 @@ def test_transformers_serve_killed_mid_run_and_restarted_lets_the_run_finish(ser
     a = [f"It is number {i}." for i in range(12)]
     b = [f"It is not number {i}." for i in range(12)]
     # up to 240 attempts 1 s apart (after a short ramp): longer than Serve.start waits for a restart under load
-    judge = make_judge(f"llm:{chat_model}", llm_settings={
-        "base_url": serve.url, "cache": str(cache), "backoff": 0.25, "max_backoff": 1.0, "max_retries": 240,
-        "concurrency": 1, "max_tokens": 24})
+    judge = make_judge(
+        f"llm:{chat_model}",
+        llm_settings={
+            "base_url": serve.url,
+            "cache": str(cache),
+            "backoff": 0.25,
+            "max_backoff": 1.0,
+            "max_retries": 240,
+            "concurrency": 1,
+            "max_tokens": 24,
+        },
+    )
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.setdefault("result", judge.compare(prompts, a, b)))
     worker.start()
@@ -366,18 +401,38 @@ def test_eval_with_an_llm_judge_takes_win_rates_from_verdicts_and_reruns_from_th
     cache = tmp_path / "judge-cache.jsonl"
 
     def run(out: Path) -> dict:
-        evaluate.main(["--models", f"base={TINY_BASE}", f"llama={llama}", "--prompts",
-                       str(TINY_DATA / "eval_prompts.jsonl"), "--max_prompts", "6", "--max_new_tokens", "10",
-                       "--labeler", "llm:judge-model", "--llm_judge_base_url", server.url, "--llm_judge_cache",
-                       str(cache), "--reference", "none", "--output_dir", str(out)])
+        evaluate.main(
+            [
+                "--models",
+                f"base={TINY_BASE}",
+                f"llama={llama}",
+                "--prompts",
+                str(TINY_DATA / "eval_prompts.jsonl"),
+                "--max_prompts",
+                "6",
+                "--max_new_tokens",
+                "10",
+                "--labeler",
+                "llm:judge-model",
+                "--llm_judge_base_url",
+                server.url,
+                "--llm_judge_cache",
+                str(cache),
+                "--reference",
+                "none",
+                "--output_dir",
+                str(out),
+            ]
+        )
         return json.loads((out / "results.json").read_text())
 
     results = run(tmp_path / "eval")
     rows = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == prompts
     # the win rate is the judge's verdicts: longer answer wins, first prompt unparseable and left out
-    expected = [1.0 if len(r["llama"]) > len(r["base"]) else 0.0 if len(r["llama"]) < len(r["base"]) else 0.5
-                for r in rows[1:]]
+    expected = [
+        1.0 if len(r["llama"]) > len(r["base"]) else 0.0 if len(r["llama"]) < len(r["base"]) else 0.5 for r in rows[1:]
+    ]
     got = results["win_rate"]["llama"]["base"]
     assert got["n"] == 5 and got["win_rate"] == pytest.approx(sum(expected) / 5)
     assert results["win_rate"]["base"]["llama"]["win_rate"] == pytest.approx(1 - sum(expected) / 5)
@@ -402,9 +457,23 @@ def test_eval_refuses_an_api_key_in_the_recipe_in_one_line(tmp_path, capsys):
     from helpers import TINY_DATA
 
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--models", f"a={TINY_BASE}", f"b={TINY_BASE}", "--prompts", str(TINY_DATA / "eval_prompts.jsonl"),
-                       "--labeler", "llm:gpt-4o-mini", "--llm_judge_base_url", "https://api.openai.com/v1",
-                       "--llm_judge_api_key_env", "sk-proj-abc123", "--output_dir", str(tmp_path / "eval")])
+        evaluate.main(
+            [
+                "--models",
+                f"a={TINY_BASE}",
+                f"b={TINY_BASE}",
+                "--prompts",
+                str(TINY_DATA / "eval_prompts.jsonl"),
+                "--labeler",
+                "llm:gpt-4o-mini",
+                "--llm_judge_base_url",
+                "https://api.openai.com/v1",
+                "--llm_judge_api_key_env",
+                "sk-proj-abc123",
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "not the key itself" in err and "llm_judge_api_key_env" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err

@@ -103,17 +103,20 @@ def fake_stages(tmp_path, monkeypatch):
 
 def write_pipeline(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "pipeline.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         stage: pipeline
-        output_dir: {tmp_path / 'run'}
-        pretrain: {tmp_path / 'pretrain.yaml'}
-        sft: {tmp_path / 'sft.yaml'}
-        collect: {tmp_path / 'collect.yaml'}
-        rm: {tmp_path / 'rm.yaml'}
-        ppo: {tmp_path / 'ppo.yaml'}
+        output_dir: {tmp_path / "run"}
+        pretrain: {tmp_path / "pretrain.yaml"}
+        sft: {tmp_path / "sft.yaml"}
+        collect: {tmp_path / "collect.yaml"}
+        rm: {tmp_path / "rm.yaml"}
+        ppo: {tmp_path / "ppo.yaml"}
         eval: null
         report_to: none
-        """) + extra)
+        """)
+        + extra
+    )
     return path
 
 
@@ -186,14 +189,20 @@ def test_rounds_collect_from_the_last_policy_and_retrain_on_all_comparisons(tmp_
     assert round2[2]["model"] == str(root / "sft") and round2[2]["reward_model"] == str(root / "round2" / "rm")
     assert round2[1]["run_name"] == "fake-rm-round2"
     trained_on = (root / "round2" / "rm" / "trained_on.txt").read_text().splitlines()
-    assert [json.loads(line)["prompt"] for line in trained_on] == [str(root / "collect"), str(root / "round2" / "collect")]
+    assert [json.loads(line)["prompt"] for line in trained_on] == [
+        str(root / "collect"),
+        str(root / "round2" / "collect"),
+    ]
 
 
 def test_embedded_stage_recipe_and_command_line_overrides(tmp_path, fake_stages):
     extra = f"sft:\n  recipe: {tmp_path / 'sft.yaml'}\n  steps: 5\n"
     text = write_pipeline(tmp_path).read_text().replace(f"sft: {tmp_path / 'sft.yaml'}\n", "") + extra
-    (tmp_path / "pipeline.yaml").write_text(text.replace(f"pretrain: {tmp_path / 'pretrain.yaml'}\n",
-                                                         f"pretrain:\n  steps: 1\n  log: {tmp_path / 'calls.jsonl'}\n"))
+    (tmp_path / "pipeline.yaml").write_text(
+        text.replace(
+            f"pretrain: {tmp_path / 'pretrain.yaml'}\n", f"pretrain:\n  steps: 1\n  log: {tmp_path / 'calls.jsonl'}\n"
+        )
+    )
     run([str(tmp_path / "pipeline.yaml"), "--ppo.steps", "2"])
     root = tmp_path / "run"
     assert sorted(p.name for p in (root / "sft").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 6)]
@@ -233,8 +242,14 @@ def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_pat
     # the evaluation sees every method next to base and SFT, and sweeps PPO's and RLOO's checkpoints
     args, parsed, per_stage = parse_args([str(recipe), "--eval", '{"prompts": "p.jsonl"}'])
     _, settings = Planner(args, parsed, per_stage).plan()
-    assert settings["models"] == [f"base={root / 'pretrain'}", f"sft={root / 'sft'}", f"ppo={root / 'ppo'}",
-                                  f"dpo={root / 'dpo'}", f"rloo={root / 'rloo'}", f"best_of_4=best_of_4:{root / 'sft'}"]
+    assert settings["models"] == [
+        f"base={root / 'pretrain'}",
+        f"sft={root / 'sft'}",
+        f"ppo={root / 'ppo'}",
+        f"dpo={root / 'dpo'}",
+        f"rloo={root / 'rloo'}",
+        f"best_of_4=best_of_4:{root / 'sft'}",
+    ]
     assert settings["ppo_run"] == str(root / "ppo") and settings["checkpoint_runs"] == [f"rloo={root / 'rloo'}"]
 
     # an explicit list chooses among the recipes given; the others are named in the log, not run
@@ -243,13 +258,16 @@ def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_pat
     assert [s.stage for s in stages] == ["pretrain", "sft", "collect", "rm", "dpo"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("methods: [dpo]\n", r"`methods` lists dpo but `dpo` \(its stage recipe\) is not set"),
-    ("methods: [ppo, best_of_0]\n", r"unknown method 'best_of_0'"),
-    ("methods: [ppo, sgd]\n", r"unknown method 'sgd'"),
-    ("methods: [ppo, ppo]\n", r"names a method twice"),
-    ("methods: [ppo, best_of_4]\nrounds: 2\n", r"`rounds` > 1 runs InstructGPT's PPO loop only"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("methods: [dpo]\n", r"`methods` lists dpo but `dpo` \(its stage recipe\) is not set"),
+        ("methods: [ppo, best_of_0]\n", r"unknown method 'best_of_0'"),
+        ("methods: [ppo, sgd]\n", r"unknown method 'sgd'"),
+        ("methods: [ppo, ppo]\n", r"names a method twice"),
+        ("methods: [ppo, best_of_4]\nrounds: 2\n", r"`rounds` > 1 runs InstructGPT's PPO loop only"),
+    ],
+)
 def test_bad_methods_are_refused_with_the_reason(tmp_path, fake_stages, extra, message):
     recipe = write_pipeline(tmp_path, extra.replace("DPO", str(tmp_path / "dpo.yaml")))
     with pytest.raises(Exception, match=message):
@@ -312,20 +330,80 @@ def test_cli_values_round_trip_through_the_stage_parser():
 # ----------------------------------------------------------------------------------------------------------------
 
 SMOKE_OVERRIDES = [
-    "--pretrain.max_documents", "200", "--pretrain.num_train_epochs", "1", "--pretrain.n_layer", "1",
-    "--pretrain.n_embd", "32", "--pretrain.n_head", "2", "--pretrain.vocab_size", "400",
-    "--pretrain.probe_tiny_world", "false", "--pretrain.save_strategy", "no",
-    "--sft.max_train_samples", "64", "--sft.num_train_epochs", "1", "--sft.eval_strategy", "no",
-    "--sft.save_strategy", "no",
-    "--collect.max_prompts", "12", "--collect.max_new_tokens", "16",
-    "--rm.max_train_samples", "12", "--rm.num_train_epochs", "1", "--rm.max_demonstrations", "16",
-    "--rm.eval_strategy", "no", "--rm.save_strategy", "no",
-    "--ppo.total_episodes", "16", "--ppo.per_device_train_batch_size", "8", "--ppo.gradient_accumulation_steps", "1",
-    "--ppo.num_ppo_epochs", "1", "--ppo.num_mini_batches", "1", "--ppo.response_length", "16", "--ppo.save_steps", "1",
-    "--dpo.max_steps", "2", "--dpo.per_device_train_batch_size", "8", "--dpo.save_strategy", "no",
-    "--rloo.max_steps", "2", "--rloo.per_device_train_batch_size", "8", "--rloo.gradient_accumulation_steps", "1",
-    "--rloo.max_completion_length", "16", "--rloo.save_steps", "1",
-    "--eval.max_prompts", "8", "--eval.max_new_tokens", "16", "--eval.max_checkpoints", "2",
+    "--pretrain.max_documents",
+    "200",
+    "--pretrain.num_train_epochs",
+    "1",
+    "--pretrain.n_layer",
+    "1",
+    "--pretrain.n_embd",
+    "32",
+    "--pretrain.n_head",
+    "2",
+    "--pretrain.vocab_size",
+    "400",
+    "--pretrain.probe_tiny_world",
+    "false",
+    "--pretrain.save_strategy",
+    "no",
+    "--sft.max_train_samples",
+    "64",
+    "--sft.num_train_epochs",
+    "1",
+    "--sft.eval_strategy",
+    "no",
+    "--sft.save_strategy",
+    "no",
+    "--collect.max_prompts",
+    "12",
+    "--collect.max_new_tokens",
+    "16",
+    "--rm.max_train_samples",
+    "12",
+    "--rm.num_train_epochs",
+    "1",
+    "--rm.max_demonstrations",
+    "16",
+    "--rm.eval_strategy",
+    "no",
+    "--rm.save_strategy",
+    "no",
+    "--ppo.total_episodes",
+    "16",
+    "--ppo.per_device_train_batch_size",
+    "8",
+    "--ppo.gradient_accumulation_steps",
+    "1",
+    "--ppo.num_ppo_epochs",
+    "1",
+    "--ppo.num_mini_batches",
+    "1",
+    "--ppo.response_length",
+    "16",
+    "--ppo.save_steps",
+    "1",
+    "--dpo.max_steps",
+    "2",
+    "--dpo.per_device_train_batch_size",
+    "8",
+    "--dpo.save_strategy",
+    "no",
+    "--rloo.max_steps",
+    "2",
+    "--rloo.per_device_train_batch_size",
+    "8",
+    "--rloo.gradient_accumulation_steps",
+    "1",
+    "--rloo.max_completion_length",
+    "16",
+    "--rloo.save_steps",
+    "1",
+    "--eval.max_prompts",
+    "8",
+    "--eval.max_new_tokens",
+    "16",
+    "--eval.max_checkpoints",
+    "2",
 ]
 
 
@@ -359,7 +437,9 @@ def test_smoke_run_of_the_whole_tiny_pipeline(tmp_path):
     group = json.loads((root / "pipeline.json").read_text())["wandb_group"]
     assert group.startswith("tiny-pipeline-")
 
-    before = {s: (root / s / RUN_MARKER).stat().st_mtime for s in ("pretrain", "sft", "rm", "ppo", "dpo", "rloo", "eval")}
+    before = {
+        s: (root / s / RUN_MARKER).stat().st_mtime for s in ("pretrain", "sft", "rm", "ppo", "dpo", "rloo", "eval")
+    }
     run(argv)  # finished: every stage (and the evaluation, same settings) is skipped
     after = {s: (root / s / RUN_MARKER).stat().st_mtime for s in before}
     assert after == before

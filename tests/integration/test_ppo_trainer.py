@@ -39,10 +39,19 @@ FAST = ["--report_to", "none", "--num_sample_generations", "0", "--disable_tqdm"
 
 
 def ppo_args(out: Path, sft: Path, rm: Path, *extra: str):
-    return parse_args([
-        "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft), "--reward_model_path", str(rm),
-        "--output_dir", str(out), *FAST, *extra,
-    ])
+    return parse_args(
+        [
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft),
+            "--reward_model_path",
+            str(rm),
+            "--output_dir",
+            str(out),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def ppo(out: Path, sft: Path, rm: Path, *extra: str) -> dict:
@@ -57,7 +66,9 @@ def read_metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def ppo_run(sft_model, trained_rm, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("ppo") / "policy"
-    summary = ppo(out, sft_model, trained_rm[0], "--total_episodes", "512", "--learning_rate", "1e-4", "--save_strategy", "no")
+    summary = ppo(
+        out, sft_model, trained_rm[0], "--total_episodes", "512", "--learning_rate", "1e-4", "--save_strategy", "no"
+    )
     return out, summary
 
 
@@ -71,9 +82,22 @@ def test_ppo_raises_the_held_out_reward_within_a_kl_bound(ppo_run):
     rows = [r for r in read_metrics(out) if "objective/kl" in r]
     assert [r["step"] for r in rows] == list(range(1, 9))
     # TRL's metric names, plus the current beta
-    for key in ("eps", "objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward",
-                "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "policy/entropy_avg",
-                "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/ratio", "objective/kl_coef"):
+    for key in (
+        "eps",
+        "objective/kl",
+        "objective/entropy",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/non_score_reward",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "policy/entropy_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "objective/kl_coef",
+    ):
         assert key in rows[-1], key
     # the first update samples from the reference itself: the per-response KL estimate starts near 0
     assert abs(rows[0]["objective/kl"]) < 0.5
@@ -106,8 +130,19 @@ def test_lora_policy_uses_the_adapter_free_model_as_reference(sft_model, trained
 
     out = tmp_path / "lora"
     (script, config, model), recipe = ppo_args(
-        out, sft_model, trained_rm[0], "--use_peft", "true", "--total_episodes", "128", "--save_strategy", "no",
-        "--learning_rate", "1e-3", "--eval_num_prompts", "16",
+        out,
+        sft_model,
+        trained_rm[0],
+        "--use_peft",
+        "true",
+        "--total_episodes",
+        "128",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "1e-3",
+        "--eval_num_prompts",
+        "16",
     )
     trainer = PPOTrainer(script, config, model, recipe)
     assert trainer.ref_model is None and isinstance(trainer.unwrapped.policy, PeftModel)  # no second copy
@@ -147,7 +182,9 @@ def test_interrupted_run_resumes_to_the_same_step_and_episode(sft_model, trained
     assert again[2]["objective/scores"] == pytest.approx(straight[2]["objective/scores"], abs=1e-4)
 
 
-def test_a_non_finite_reward_stops_the_run_and_keeps_the_last_good_checkpoint(sft_model, trained_rm, tmp_path, monkeypatch):
+def test_a_non_finite_reward_stops_the_run_and_keeps_the_last_good_checkpoint(
+    sft_model, trained_rm, tmp_path, monkeypatch
+):
     out = tmp_path / "nan"
     original = PPOTrainer.penalised_scores
 
@@ -156,9 +193,22 @@ def test_a_non_finite_reward_stops_the_run_and_keeps_the_last_good_checkpoint(sf
         return scores * float("nan") if self.progress.global_step >= 2 else scores
 
     monkeypatch.setattr(PPOTrainer, "penalised_scores", broken_after_two)
-    with pytest.raises(TrainingDiverged, match=r"update 3: the reward model returned \d+ non-finite score.*checkpoint-2"):
-        ppo(out, sft_model, trained_rm[0], "--total_episodes", "256", "--save_strategy", "steps", "--save_steps", "1",
-            "--eval_num_prompts", "8")
+    with pytest.raises(
+        TrainingDiverged, match=r"update 3: the reward model returned \d+ non-finite score.*checkpoint-2"
+    ):
+        ppo(
+            out,
+            sft_model,
+            trained_rm[0],
+            "--total_episodes",
+            "256",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--eval_num_prompts",
+            "8",
+        )
     assert (out / "checkpoint-2" / "policy" / "model.safetensors").is_file()
     assert not (out / "checkpoint-3").exists() and not (out / RUN_MARKER).exists()
 
@@ -166,12 +216,28 @@ def test_a_non_finite_reward_stops_the_run_and_keeps_the_last_good_checkpoint(sf
 @pytest.mark.distributed
 def test_two_process_ppo_trains_one_policy(sft_model, trained_rm, tmp_path):
     out = tmp_path / "ddp"
-    result = run_cli(accelerate_launch(
-        "-m", "instructgpt", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft_model),
-        "--reward_model_path", str(trained_rm[0]), "--output_dir", str(out), *FAST,
-        "--total_episodes", "256", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-        "--eval_num_prompts", "16",
-    ))
+    result = run_cli(
+        accelerate_launch(
+            "-m",
+            "instructgpt",
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(trained_rm[0]),
+            "--output_dir",
+            str(out),
+            *FAST,
+            "--total_episodes",
+            "256",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_strategy",
+            "no",
+            "--eval_num_prompts",
+            "16",
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     marker = json.loads((out / RUN_MARKER).read_text())
     # two processes x 8 x 4 accumulation = 64 episodes per update, as one process with 16 x 4
@@ -186,14 +252,34 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
     from helpers import FIXTURES
 
     out = tmp_path / "gpt2-ppo"
-    (script, config, model), recipe = parse_args([
-        "recipes/ppo.yaml", "--model_name_or_path", str(sft_model), "--reward_model_path", str(trained_rm[0]),
-        "--dataset_name", str(FIXTURES / "ultrafeedback_binarized"),
-        "--eval_dataset_name", str(FIXTURES / "ultrafeedback_binarized"), "--output_dir", str(out), *FAST,
-        "--total_episodes", "32", "--gradient_accumulation_steps", "2", "--response_length", "16", "--save_strategy", "no",
-        "--eval_strategy", "no",
-        "--lora_target_modules", "c_attn",
-    ])
+    (script, config, model), recipe = parse_args(
+        [
+            "recipes/ppo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(trained_rm[0]),
+            "--dataset_name",
+            str(FIXTURES / "ultrafeedback_binarized"),
+            "--eval_dataset_name",
+            str(FIXTURES / "ultrafeedback_binarized"),
+            "--output_dir",
+            str(out),
+            *FAST,
+            "--total_episodes",
+            "32",
+            "--gradient_accumulation_steps",
+            "2",
+            "--response_length",
+            "16",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--lora_target_modules",
+            "c_attn",
+        ]
+    )
     assert (script.dataset_train_split, script.dataset_test_split) == ("train_gen", "test_gen")
     summary = run_ppo(script, config, model, recipe)
     assert summary["global_step"] == 1 and summary["eval/num_prompts"] == 16  # the whole test_gen split
@@ -238,8 +324,8 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
     response = torch.full((5, 10), pad)
     mask = torch.zeros((5, 10), dtype=torch.bool)
     for row, (lp, lr) in enumerate(zip(prompt_lengths, response_lengths)):
-        query[row, 12 - lp:] = torch.randint(5, 1000, (lp,))
-        query_mask[row, 12 - lp:] = True
+        query[row, 12 - lp :] = torch.randint(5, 1000, (lp,))
+        query_mask[row, 12 - lp :] = True
         response[row, :lr] = torch.randint(5, 1000, (lr,))
         mask[row, :lr] = True
     response[0, 6] = pad  # a response that ended with EOS (= pad): scored before it, as in RM training
@@ -259,8 +345,12 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
         expected_values = response_values(*score_parts(value, "value_model_path", "value"), seqs)
         expected_scores = sequence_scores(*trainer.rm_parts, seqs, pad) - 0.25
     zero = torch.zeros((), dtype=torch.float64)
-    torch.testing.assert_close(grouped["ref_logprobs"].double(), torch.where(mask, expected_ref, zero), rtol=0, atol=1e-5)
-    torch.testing.assert_close(grouped["values"].double(), torch.where(mask, expected_values.double(), zero), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        grouped["ref_logprobs"].double(), torch.where(mask, expected_ref, zero), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(
+        grouped["values"].double(), torch.where(mask, expected_values.double(), zero), rtol=0, atol=1e-5
+    )
     torch.testing.assert_close(grouped["scores"].double(), expected_scores.double(), rtol=0, atol=1e-5)
     assert (grouped["ref_logprobs"][mask] != 0).all()
 
@@ -269,10 +359,24 @@ def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_mo
     from helpers import FIXTURES
 
     prompts = FIXTURES / "ultrafeedback_binarized"
-    with pytest.raises(InstructGPTError, match=r"`dataset_name` \(.*ultrafeedback_binarized\) has 40 prompts, fewer "
-                       r"than one rollout batch of 64 episodes"):
-        ppo(tmp_path / "few", sft_model, trained_rm[0], "--dataset_name", str(prompts), "--dataset_train_split",
-            "train_gen", "--eval_num_prompts", "0", "--total_episodes", "64")
+    with pytest.raises(
+        InstructGPTError,
+        match=r"`dataset_name` \(.*ultrafeedback_binarized\) has 40 prompts, fewer "
+        r"than one rollout batch of 64 episodes",
+    ):
+        ppo(
+            tmp_path / "few",
+            sft_model,
+            trained_rm[0],
+            "--dataset_name",
+            str(prompts),
+            "--dataset_train_split",
+            "train_gen",
+            "--eval_num_prompts",
+            "0",
+            "--total_episodes",
+            "64",
+        )
     assert not (tmp_path / "few" / RUN_MARKER).exists()
 
 
@@ -287,9 +391,13 @@ def test_frozen_models_are_prepared_for_the_accelerator_backend(monkeypatch, bac
 
     calls = []
     monkeypatch.setattr(trl_utils, "prepare_fsdp", lambda model, acc: calls.append(("fsdp", model)) or "sharded")
-    monkeypatch.setattr(trl_utils, "prepare_deepspeed", lambda model, acc: calls.append(("deepspeed", model)) or "engine")
-    state = SimpleNamespace(deepspeed_plugin=object() if backend == "deepspeed" else None,
-                            fsdp_plugin=object() if backend == "fsdp" else None)
+    monkeypatch.setattr(
+        trl_utils, "prepare_deepspeed", lambda model, acc: calls.append(("deepspeed", model)) or "engine"
+    )
+    state = SimpleNamespace(
+        deepspeed_plugin=object() if backend == "deepspeed" else None,
+        fsdp_plugin=object() if backend == "fsdp" else None,
+    )
     accelerator = SimpleNamespace(state=state, device=torch.device("cpu"))
     model = torch.nn.Linear(2, 2)
     prepared = prepare_frozen_model(model, accelerator)

@@ -53,16 +53,26 @@ def _write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def test_rankings_pairs_and_scores_become_best_first_rankings():
-    rows, stats = _rankings([
-        {"prompt": "p1", "responses": ["a", "b", "c"], "scores": None},
-        {"prompt": "p2", "responses": ["low", "high", "mid"], "scores": [0.1, 2.0, 1.0]},
-    ])
-    assert rows == [{"prompt": "p1", "responses": ["a", "b", "c"]}, {"prompt": "p2", "responses": ["high", "mid", "low"]}]
+    rows, stats = _rankings(
+        [
+            {"prompt": "p1", "responses": ["a", "b", "c"], "scores": None},
+            {"prompt": "p2", "responses": ["low", "high", "mid"], "scores": [0.1, 2.0, 1.0]},
+        ]
+    )
+    assert rows == [
+        {"prompt": "p1", "responses": ["a", "b", "c"]},
+        {"prompt": "p2", "responses": ["high", "mid", "low"]},
+    ]
     assert stats.ties == 0
-    pairs, _ = _rankings([
-        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "good"}],
-         "rejected": [{"role": "assistant", "content": "bad"}]},
-    ])
+    pairs, _ = _rankings(
+        [
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "good"}],
+                "rejected": [{"role": "assistant", "content": "bad"}],
+            },
+        ]
+    )
     assert pairs == [{"prompt": [{"role": "user", "content": "q"}], "responses": ["good", "bad"]}]
 
 
@@ -89,13 +99,23 @@ def test_ultrafeedback_rows_rank_completions_by_rating_and_drop_unrated_and_ties
 def test_ties_are_dropped_and_counted_in_the_log(tmp_path, capsys):
     from instructgpt.data.rankings import load_rankings
 
-    path = _write_jsonl(tmp_path / "ties.jsonl", [
-        {"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [3.0, 2.0, 2.0, 1.0]},
-        {"prompt": "q", "responses": ["x", "y"], "scores": [1.0, 1.0]},
-        {"prompt": "r", "responses": ["same", "same", "other"], "scores": [3.0, 2.0, 1.0]},
-    ])
-    rows = load_rankings(path, key="dataset_name", source="rm.yaml", config=None, split="train", limit=None,
-                         score_key="fine-grained_score")
+    path = _write_jsonl(
+        tmp_path / "ties.jsonl",
+        [
+            {"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [3.0, 2.0, 2.0, 1.0]},
+            {"prompt": "q", "responses": ["x", "y"], "scores": [1.0, 1.0]},
+            {"prompt": "r", "responses": ["same", "same", "other"], "scores": [3.0, 2.0, 1.0]},
+        ],
+    )
+    rows = load_rankings(
+        path,
+        key="dataset_name",
+        source="rm.yaml",
+        config=None,
+        split="train",
+        limit=None,
+        score_key="fine-grained_score",
+    )
     assert rows == [{"prompt": "p", "responses": ["a", "b", "d"]}, {"prompt": "r", "responses": ["same", "other"]}]
     out = capsys.readouterr().out
     assert "2 rankings (K = 2..3, 4 comparisons)" in out
@@ -120,7 +140,9 @@ def test_bad_rankings_are_refused_naming_the_row(row, message):
 def test_bad_pairs_and_columns_are_refused():
     with pytest.raises(DataError, match=r"row 1: empty `rejected`"):
         _rankings([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": ""}])
-    with pytest.raises(DataError, match=r"needs columns prompt/responses or prompt/chosen/rejected or instruction/completions"):
+    with pytest.raises(
+        DataError, match=r"needs columns prompt/responses or prompt/chosen/rejected or instruction/completions"
+    ):
         _rankings([{"question": "p", "answer": "a"}])
     with pytest.raises(DataError, match=r"`score_rejected` \(2.0\) is above `score_chosen` \(1.0\)"):
         _rankings([{"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 1.0, "score_rejected": 2.0}])
@@ -223,7 +245,10 @@ def test_score_responses_subtracts_the_stored_shift_and_keeps_order(tiny_rm):
 
 
 def test_a_causal_lm_is_not_a_reward_model(tmp_path, tiny_rm):
-    with pytest.raises(RewardModelError, match=r"`reward_model_path`: .* holds a GPT2LMHeadModel \(a causal language model without a score head\)"):
+    with pytest.raises(
+        RewardModelError,
+        match=r"`reward_model_path`: .* holds a GPT2LMHeadModel \(a causal language model without a score head\)",
+    ):
         load_reward_model(str(TINY_BASE))
     with pytest.raises(ModelLoadError, match="`reward_model_path`: no model directory"):
         check_reward_model(str(tmp_path / "missing"))
@@ -250,7 +275,9 @@ def rm(output_dir: Path, *extra: str, recipe: str = "recipes/tiny/rm.yaml") -> d
 
 def _demo_mean(model_dir: Path, demonstrations: list[dict]) -> float:
     model, tokenizer, _ = load_reward_model(str(model_dir))
-    scores = score_responses(model, tokenizer, [d["prompt"] for d in demonstrations], [d["completion"] for d in demonstrations])
+    scores = score_responses(
+        model, tokenizer, [d["prompt"] for d in demonstrations], [d["completion"] for d in demonstrations]
+    )
     return sum(scores) / len(scores)
 
 
@@ -261,10 +288,22 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_fixture(tmp_path, capsys, mon
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     out = tmp_path / "gpt2-rm"
     metrics = rm(
-        out, "--dataset_name", str(FIXTURES / "ultrafeedback"),
-        "--demonstrations_dataset", str(FIXTURES / "no_robots"), "--max_steps", "3",
-        "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false", "--eval_fraction", "0.25",
-        "--report_to", "wandb", recipe="recipes/rm.yaml",
+        out,
+        "--dataset_name",
+        str(FIXTURES / "ultrafeedback"),
+        "--demonstrations_dataset",
+        str(FIXTURES / "no_robots"),
+        "--max_steps",
+        "3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--activation_checkpointing",
+        "false",
+        "--eval_fraction",
+        "0.25",
+        "--report_to",
+        "wandb",
+        recipe="recipes/rm.yaml",
     )
     printed = capsys.readouterr().out
     assert "held out 2 rankings (25% of the prompts)" in printed and "held-out pairwise accuracy" in printed
@@ -294,8 +333,25 @@ def test_lora_reward_model_is_saved_merged(tmp_path):
     out = tmp_path / "lora-rm"
     rows = [{"prompt": f"What is {i} plus 1?", "responses": [f"{i + 1}.", f"{i + 2}.", "No idea."]} for i in range(12)]
     data = _write_jsonl(tmp_path / "rankings.jsonl", rows)
-    rm(out, "--dataset_name", data, "--max_steps", "4", "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
-       "--eval_fraction", "0", "--demonstrations_dataset", str(TINY_DATA / "sft_eval.jsonl"), "--max_demonstrations", "16")
+    rm(
+        out,
+        "--dataset_name",
+        data,
+        "--max_steps",
+        "4",
+        "--use_peft",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--eval_fraction",
+        "0",
+        "--demonstrations_dataset",
+        str(TINY_DATA / "sft_eval.jsonl"),
+        "--max_demonstrations",
+        "16",
+    )
     assert not (out / "adapter_config.json").exists()
     from transformers import AutoModelForSequenceClassification
 
@@ -316,7 +372,9 @@ def test_finished_reward_model_is_not_overwritten_and_bad_data_touches_nothing(t
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert json.loads((out / RUN_MARKER).read_text())["metrics"]["reward_shift"] == 0.0  # no demonstrations: no shift
 
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "responses": ["a", "b"]}, {"prompt": "q", "responses": ["a"]}])
+    bad = _write_jsonl(
+        tmp_path / "bad.jsonl", [{"prompt": "p", "responses": ["a", "b"]}, {"prompt": "q", "responses": ["a"]}]
+    )
     with pytest.raises(DataError, match=r"bad\.jsonl\) row 1: a ranking needs at least 2 responses, got 1"):
         rm(tmp_path / "new", "--dataset_name", bad)
     assert not (tmp_path / "new").exists()

@@ -23,10 +23,20 @@ SMALL = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", 
 
 
 def rloo(out: Path, sft: Path, rm: Path, *extra: str) -> dict:
-    (script, config, model), recipe = parse_args([
-        "recipes/tiny/rloo.yaml", "--model_name_or_path", str(sft), "--reward_model_path", str(rm),
-        "--output_dir", str(out), *FAST, *SMALL, *extra,
-    ])
+    (script, config, model), recipe = parse_args(
+        [
+            "recipes/tiny/rloo.yaml",
+            "--model_name_or_path",
+            str(sft),
+            "--reward_model_path",
+            str(rm),
+            "--output_dir",
+            str(out),
+            *FAST,
+            *SMALL,
+            *extra,
+        ]
+    )
     return run_rloo(script, config, model, recipe)
 
 
@@ -104,23 +114,39 @@ def test_rloo_runs_end_to_end_keeps_a_policy_per_checkpoint_and_resumes(sft_mode
 
 def test_bad_input_is_one_line_naming_the_key(sft_model, trained_rm, tmp_path):
     """From the command line: the SFT model given as the reward model (it has no score head) is one line, exit != 0."""
-    result = run_cli(python_m("instructgpt.stages.rloo", "recipes/tiny/rloo.yaml", "--model_name_or_path",
-                              str(sft_model), "--reward_model_path", str(sft_model), "--output_dir",
-                              str(tmp_path / "o"), "--report_to", "none"))
+    result = run_cli(
+        python_m(
+            "instructgpt.stages.rloo",
+            "recipes/tiny/rloo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(sft_model),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--report_to",
+            "none",
+        )
+    )
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert re.search(r"`reward_model_path`: .* holds a GPT2LMHeadModel", lines[-1]), lines[-1]
     assert not (tmp_path / "o" / RUN_MARKER).exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--num_generations", "1"], "RLOO requires at least 2 generations per prompt"),
-    (["--dataset_name", "data/tiny/nope.jsonl"], "`dataset_name`"),
-    (["--missing_eos_penalty", "-1"], "`missing_eos_penalty` must be at least 0"),
-    (["--max_completion_length", "128"], "`max_completion_length` \\(128\\) leaves no room for a prompt"),
-    (["--eval_dataset_name", "data/tiny/eval_prompts.jsonl", "--per_device_eval_batch_size", "6"],
-     "`per_device_eval_batch_size` x processes \\(6\\) must be a multiple of"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num_generations", "1"], "RLOO requires at least 2 generations per prompt"),
+        (["--dataset_name", "data/tiny/nope.jsonl"], "`dataset_name`"),
+        (["--missing_eos_penalty", "-1"], "`missing_eos_penalty` must be at least 0"),
+        (["--max_completion_length", "128"], "`max_completion_length` \\(128\\) leaves no room for a prompt"),
+        (
+            ["--eval_dataset_name", "data/tiny/eval_prompts.jsonl", "--per_device_eval_batch_size", "6"],
+            "`per_device_eval_batch_size` x processes \\(6\\) must be a multiple of",
+        ),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_key(sft_model, trained_rm, tmp_path, extra, message):
     with pytest.raises(InstructGPTError, match=message):
         rloo(tmp_path / "o", sft_model, trained_rm[0], *extra)
@@ -139,27 +165,57 @@ def test_gpt2_recipe_runs_on_a_local_ultrafeedback_binarized_fixture(sft_model, 
     from helpers import FIXTURES
 
     out = tmp_path / "gpt2-rloo"
-    (script, config, model), recipe = parse_args([
-        "recipes/rloo.yaml", "--model_name_or_path", str(sft_model), "--reward_model_path", str(trained_rm[0]),
-        "--dataset_name", str(FIXTURES / "ultrafeedback_binarized"), "--output_dir", str(out), *FAST, *SMALL,
-        "--max_steps", "1", "--save_strategy", "no", "--max_eval_samples", "4",
-        "--per_device_eval_batch_size", "8",
-    ])
+    (script, config, model), recipe = parse_args(
+        [
+            "recipes/rloo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(trained_rm[0]),
+            "--dataset_name",
+            str(FIXTURES / "ultrafeedback_binarized"),
+            "--output_dir",
+            str(out),
+            *FAST,
+            *SMALL,
+            "--max_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--max_eval_samples",
+            "4",
+            "--per_device_eval_batch_size",
+            "8",
+        ]
+    )
     assert (script.dataset_train_split, script.dataset_test_split) == ("train_gen", "test_gen")
     metrics = run_rloo(script, config, model, recipe)
     assert metrics["global_step"] == 1 and "eval_reward" in metrics
     assert (out / "model.safetensors").is_file() and (out / RUN_MARKER).is_file()
 
 
-def test_lora_checkpoint_policies_are_adapters_on_the_sft_model_and_the_output_is_merged(sft_model, trained_rm, tmp_path):
+def test_lora_checkpoint_policies_are_adapters_on_the_sft_model_and_the_output_is_merged(
+    sft_model, trained_rm, tmp_path
+):
     """With LoRA the reference is the adapter-free policy (TRL's disable-adapter path); checkpoint-N/policy is the
     adapter, whose base is the SFT model's absolute path; output_dir holds the merged model."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    metrics = rloo(out, sft_model, trained_rm[0], "--max_steps", "1", "--save_steps", "1", "--use_peft", "true",
-                   "--learning_rate", "1e-2")
+    metrics = rloo(
+        out,
+        sft_model,
+        trained_rm[0],
+        "--max_steps",
+        "1",
+        "--save_steps",
+        "1",
+        "--use_peft",
+        "true",
+        "--learning_rate",
+        "1e-2",
+    )
     assert metrics["global_step"] == 1
     adapter = json.loads((out / "checkpoint-1" / "policy" / "adapter_config.json").read_text())
     assert Path(adapter["base_model_name_or_path"]) == sft_model.resolve()

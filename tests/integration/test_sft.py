@@ -17,8 +17,18 @@ from instructgpt.stages.sft import parse_args, run_sft
 from wandb_records import read_run
 
 FAST = [
-    "--report_to", "none", "--max_train_samples", "256", "--per_device_train_batch_size", "16",
-    "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "2",
+    "--report_to",
+    "none",
+    "--max_train_samples",
+    "256",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "2",
 ]
 
 
@@ -43,7 +53,9 @@ def test_tiny_sft_loss_falls_and_model_loads_and_generates(trained_sft):
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert tokenizer.pad_token is not None and tokenizer.chat_template
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 3 plus 4?"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.endswith("### Response:\n")
     ids = tokenizer(prompt, return_tensors="pt")
     generated = model.generate(**ids, max_new_tokens=8, do_sample=False)
@@ -114,7 +126,18 @@ def test_wandb_offline_run_holds_the_metrics_and_recipe(tmp_path, monkeypatch, c
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     out = tmp_path / "model"
     (script, training, model), recipe = parse_args(
-        ["recipes/tiny/sft.yaml", "--output_dir", str(out), *FAST, "--max_steps", "4", "--logging_steps", "1", "--report_to", "wandb"]
+        [
+            "recipes/tiny/sft.yaml",
+            "--output_dir",
+            str(out),
+            *FAST,
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "wandb",
+        ]
     )
     run_sft(script, training, model, recipe)
     printed = capsys.readouterr().out
@@ -139,13 +162,17 @@ def test_bad_data_is_refused_with_file_key_and_row(tmp_path):
     with pytest.raises(DataError, match=r"`dataset_name`: data file .*missing\.jsonl not found"):
         sft(out, "--dataset_name", str(tmp_path / "missing.jsonl"))
     bad_columns = _write_jsonl(tmp_path / "cols.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(DataError, match=r"needs columns prompt/completion or messages; it has \['answer', 'question'\]"):
+    with pytest.raises(
+        DataError, match=r"needs columns prompt/completion or messages; it has \['answer', 'question'\]"
+    ):
         sft(out, "--dataset_name", bad_columns)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="empty"):
         sft(out, "--dataset_name", str(empty))
-    empty_row = _write_jsonl(tmp_path / "row.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "  "}])
+    empty_row = _write_jsonl(
+        tmp_path / "row.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "  "}]
+    )
     with pytest.raises(DataError, match=r"row 1: empty `completion`"):
         sft(out, "--dataset_name", empty_row)
     broken = tmp_path / "broken.jsonl"
@@ -164,7 +191,9 @@ def test_long_examples_are_counted_then_truncated_or_dropped(tmp_path, capsys):
     data = _write_jsonl(tmp_path / "long.jsonl", rows)
     sft(tmp_path / "a", "--dataset_name", data, "--max_length", "48", "--max_steps", "1", "--max_train_samples", "100")
     assert "2 of 8 examples are longer than max_length=48; they are truncated" in capsys.readouterr().out
-    metrics = sft(tmp_path / "b", "--dataset_name", data, "--max_length", "48", "--max_steps", "1", "--long_examples", "drop")
+    metrics = sft(
+        tmp_path / "b", "--dataset_name", data, "--max_length", "48", "--max_steps", "1", "--long_examples", "drop"
+    )
     assert "dropped 2 of 8 examples longer than max_length=48" in capsys.readouterr().out
     assert metrics["global_step"] == 1
     # a max_length beyond the model's context is capped at the context
@@ -178,8 +207,17 @@ def test_gpt2_recipe_runs_on_a_local_no_robots_fixture(tmp_path):
     and a local folder of the same schema standing in for openai-community/gpt2 and HuggingFaceH4/no_robots."""
     out = tmp_path / "gpt2-sft"
     metrics = sft(
-        out, "--model_name_or_path", str(TINY_BASE), "--dataset_name", str(FIXTURES / "no_robots"),
-        "--max_steps", "3", "--eval_strategy", "no", "--gradient_accumulation_steps", "1",
+        out,
+        "--model_name_or_path",
+        str(TINY_BASE),
+        "--dataset_name",
+        str(FIXTURES / "no_robots"),
+        "--max_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--gradient_accumulation_steps",
+        "1",
         recipe="recipes/sft.yaml",
     )
     assert metrics["global_step"] == 3
@@ -190,12 +228,18 @@ def test_gpt2_recipe_runs_on_a_local_no_robots_fixture(tmp_path):
 
 def test_console_script_and_two_process_accelerate_launch(tmp_path):
     single = tmp_path / "single"
-    result = run_cli(["instructgpt-sft", "recipes/tiny/sft.yaml", "--output_dir", str(single), *FAST, "--max_steps", "2"])
+    result = run_cli(
+        ["instructgpt-sft", "recipes/tiny/sft.yaml", "--output_dir", str(single), *FAST, "--max_steps", "2"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (single / "model.safetensors").is_file()
 
     out = tmp_path / "ddp"
-    result = run_cli(accelerate_launch("-m", "instructgpt", "recipes/tiny/sft.yaml", "--output_dir", str(out), *FAST, "--max_steps", "4"))
+    result = run_cli(
+        accelerate_launch(
+            "-m", "instructgpt", "recipes/tiny/sft.yaml", "--output_dir", str(out), *FAST, "--max_steps", "4"
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0/2: 4 optimizer steps" in result.stdout and "process 1/2: 4 optimizer steps" in result.stdout
     marker = json.loads((out / RUN_MARKER).read_text())
@@ -217,13 +261,23 @@ def test_trl_sft_loss_equals_masked_token_nll_on_the_same_batch(tmp_path):
     from instructgpt.losses import masked_token_nll
     from instructgpt.modeling import load_tokenizer
 
-    (script, training, model_args), _ = parse_args([
-        "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-        "--per_device_train_batch_size", "4", "--eval_strategy", "no",
-    ])
+    (script, training, model_args), _ = parse_args(
+        [
+            "recipes/tiny/sft.yaml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--report_to",
+            "none",
+            "--per_device_train_batch_size",
+            "4",
+            "--eval_strategy",
+            "no",
+        ]
+    )
     tokenizer = load_tokenizer(str(TINY_BASE))
-    data = load_demonstrations(str(TINY_DATA / "sft_train.jsonl"), config=None, split="train", key="dataset_name",
-                               source="test", limit=8)
+    data = load_demonstrations(
+        str(TINY_DATA / "sft_train.jsonl"), config=None, split="train", key="dataset_name", source="test", limit=8
+    )
     model = AutoModelForCausalLM.from_pretrained(TINY_BASE)
     trainer = SFTTrainer(model=model, args=training, train_dataset=data, processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -231,8 +285,9 @@ def test_trl_sft_loss_equals_masked_token_nll_on_the_same_batch(tmp_path):
     model.eval()
     with torch.no_grad():
         trl_loss = trainer.compute_loss(model, batch)
-        ours = masked_token_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                batch["labels"])
+        ours = masked_token_nll(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
     assert trl_loss.item() == pytest.approx(ours.item(), rel=1e-5)
 
 
@@ -240,6 +295,9 @@ def test_trl_sft_loss_equals_masked_token_nll_on_the_same_batch(tmp_path):
 def test_sft_keys_that_cannot_apply_are_refused(tmp_path, key, value):
     from helpers import python_m
 
-    result = run_cli(python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "o"),
-                              f"--{key}", value))
+    result = run_cli(
+        python_m(
+            "instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "o"), f"--{key}", value
+        )
+    )
     assert result.returncode == 2 and f"`{key}` does not apply" in result.stderr and "Traceback" not in result.stderr

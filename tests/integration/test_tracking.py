@@ -55,10 +55,21 @@ def test_report_to_names_are_checked_for_the_stage_path():
 def test_a_tracker_that_is_not_installed_is_one_line_naming_the_package(tmp_path):
     from instructgpt.infra.tracking import ACCELERATE_TRACKERS, installed
 
-    missing = next(n for n in ("swanlab", "dvclive", "clearml", "comet_ml", "aim", "mlflow")
-                   if not installed(n, ACCELERATE_TRACKERS))
-    result = run_cli(python_m("instructgpt", "recipes/tiny/collect.yaml", "--output_dir", str(tmp_path / "c"),
-                              "--report_to", f"trackio,{missing}"))
+    missing = next(
+        n
+        for n in ("swanlab", "dvclive", "clearml", "comet_ml", "aim", "mlflow")
+        if not installed(n, ACCELERATE_TRACKERS)
+    )
+    result = run_cli(
+        python_m(
+            "instructgpt",
+            "recipes/tiny/collect.yaml",
+            "--output_dir",
+            str(tmp_path / "c"),
+            "--report_to",
+            f"trackio,{missing}",
+        )
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -67,8 +78,9 @@ def test_a_tracker_that_is_not_installed_is_one_line_naming_the_package(tmp_path
 
 
 def test_the_pipeline_checks_the_trackers_of_every_stage_before_training(tmp_path):
-    result = run_cli(python_m("instructgpt", "recipes/tiny/pipeline.yaml", "--output_dir", str(tmp_path / "p"),
-                              "--report_to", "aim"))  # accelerate has it; the Trainer stages do not
+    result = run_cli(
+        python_m("instructgpt", "recipes/tiny/pipeline.yaml", "--output_dir", str(tmp_path / "p"), "--report_to", "aim")
+    )  # accelerate has it; the Trainer stages do not
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "`aim` is not supported by this stage" in result.stderr
     assert not list((tmp_path / "p").glob("*/model.safetensors"))
@@ -85,14 +97,45 @@ def test_flat_config_for_trackers_that_take_scalars():
 
 
 def _ppo(out: Path, sft: Path, rm: Path, project: str, env: dict[str, str] | None = None):
-    return run_cli(python_m(
-        "instructgpt.stages.ppo.trainer", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft),
-        "--reward_model_path", str(rm), "--output_dir", str(out), "--report_to", "trackio,tensorboard,wandb",
-        "--project", project, "--disable_tqdm", "true", "--total_episodes", "48", "--per_device_train_batch_size",
-        "8", "--gradient_accumulation_steps", "1", "--num_mini_batches", "1", "--num_ppo_epochs", "1",
-        "--response_length", "10",
-        "--save_steps", "1", "--logging_steps", "1", "--num_sample_generations", "2", "--eval_num_prompts", "0",
-    ), env={**OWN_WANDB_SERVICE, **(env or {})})
+    return run_cli(
+        python_m(
+            "instructgpt.stages.ppo.trainer",
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft),
+            "--reward_model_path",
+            str(rm),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "trackio,tensorboard,wandb",
+            "--project",
+            project,
+            "--disable_tqdm",
+            "true",
+            "--total_episodes",
+            "48",
+            "--per_device_train_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "1",
+            "--num_mini_batches",
+            "1",
+            "--num_ppo_epochs",
+            "1",
+            "--response_length",
+            "10",
+            "--save_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--num_sample_generations",
+            "2",
+            "--eval_num_prompts",
+            "0",
+        ),
+        env={**OWN_WANDB_SERVICE, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +173,55 @@ def test_ppo_logs_to_every_tracker_and_a_resumed_run_continues_the_same_run(ppo_
 
 def test_collect_and_eval_log_their_results_to_trackio(sft_model, tmp_path):
     project = f"test-collect-{uuid.uuid4().hex[:8]}"
-    result = run_cli(python_m(
-        "instructgpt", "recipes/tiny/collect.yaml", "--model_name_or_path", str(sft_model), "--output_dir",
-        str(tmp_path / "collect"), "--max_prompts", "6", "--max_new_tokens", "8", "--report_to", "trackio",
-        "--project", project, "--run_name", "my-collection",
-    ))
+    result = run_cli(
+        python_m(
+            "instructgpt",
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--output_dir",
+            str(tmp_path / "collect"),
+            "--max_prompts",
+            "6",
+            "--max_new_tokens",
+            "8",
+            "--report_to",
+            "trackio",
+            "--project",
+            project,
+            "--run_name",
+            "my-collection",
+        )
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     marker = json.loads((tmp_path / "collect" / RUN_MARKER).read_text())
     (row,) = [r for r in trackio_runs(project)["my-collection"] if "num_rankings" in r]
     assert row["num_rankings"] == marker["metrics"]["num_rankings"]
 
-    result = run_cli(python_m(
-        "instructgpt", "eval", "--models", f"sft={sft_model}", "--prompts", "data/tiny/eval_prompts.jsonl",
-        "--max_prompts", "6", "--labeler", "simulated", "--output_dir", str(tmp_path / "eval"), "--report_to",
-        "trackio", "--project", project, "--run_name", "my-eval", "--max_new_tokens", "8",
-    ))
+    result = run_cli(
+        python_m(
+            "instructgpt",
+            "eval",
+            "--models",
+            f"sft={sft_model}",
+            "--prompts",
+            "data/tiny/eval_prompts.jsonl",
+            "--max_prompts",
+            "6",
+            "--labeler",
+            "simulated",
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--report_to",
+            "trackio",
+            "--project",
+            project,
+            "--run_name",
+            "my-eval",
+            "--max_new_tokens",
+            "8",
+        )
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     logged = {k: v for r in trackio_runs(project)["my-eval"] for k, v in r.items()}
@@ -159,10 +236,30 @@ def test_collect_and_eval_log_their_results_to_trackio(sft_model, tmp_path):
 def test_sft_resumed_after_a_kill_continues_its_trackio_and_wandb_run(tmp_path):
     project = f"test-sft-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "sft"
-    args = python_m("instructgpt.stages.sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--report_to",
-                    "trackio,wandb", "--project", project, "--max_train_samples", "80", "--per_device_train_batch_size",
-                    "8", "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "steps",
-                    "--save_steps", "4", "--logging_steps", "1")
+    args = python_m(
+        "instructgpt.stages.sft",
+        "recipes/tiny/sft.yaml",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "trackio,wandb",
+        "--project",
+        project,
+        "--max_train_samples",
+        "80",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "1",
+    )
     assert run_cli(args, env={FAULT_ENV: "train_step:7", **OWN_WANDB_SERVICE}).returncode == -signal.SIGKILL
     identity = json.loads((out / "trackers.json").read_text())
     assert json.loads((out / "checkpoint-4" / "trackers.json").read_text()) == identity
@@ -197,11 +294,38 @@ def test_the_trackio_dashboard_shows_the_ppo_curves_in_chromium(ppo_killed_and_r
     _, project, _ = ppo_killed_and_resumed
     script = Path(__file__).resolve().parents[2] / "scripts" / "dashboard_screenshot.py"
     shot = tmp_path / "dashboard.png"
-    shown = run_cli([sys.executable, str(script), "--project", project, "--out", str(shot),
-                     "--expect", "objective", "kl", "scores", "loss", "policy_avg"])
+    shown = run_cli(
+        [
+            sys.executable,
+            str(script),
+            "--project",
+            project,
+            "--out",
+            str(shot),
+            "--expect",
+            "objective",
+            "kl",
+            "scores",
+            "loss",
+            "policy_avg",
+        ]
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     # a curve the run never logged is not "shown": the check can fail
-    missing = run_cli([sys.executable, str(script), "--project", project, "--out", str(tmp_path / "no.png"),
-                       "--expect", "objective", "no_such_metric", "--timeout", "10"])
+    missing = run_cli(
+        [
+            sys.executable,
+            str(script),
+            "--project",
+            project,
+            "--out",
+            str(tmp_path / "no.png"),
+            "--expect",
+            "objective",
+            "no_such_metric",
+            "--timeout",
+            "10",
+        ]
+    )
     assert missing.returncode == 1 and "never showed no_such_metric" in missing.stderr

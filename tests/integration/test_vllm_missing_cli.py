@@ -15,9 +15,23 @@ HIDE_VLLM = "import sys; sys.modules['vllm'] = None; from instructgpt.cli import
 
 def test_collect_with_use_vllm_and_no_vllm_is_one_line_naming_the_extra(tmp_path):
     out = tmp_path / "rankings"
-    result = run_cli([sys.executable, "-c", HIDE_VLLM, "collect", "recipes/tiny/collect.yaml",
-                      "--model_name_or_path", str(TINY_BASE), "--output_dir", str(out), "--use_vllm", "true",
-                      "--report_to", "none"])
+    result = run_cli(
+        [
+            sys.executable,
+            "-c",
+            HIDE_VLLM,
+            "collect",
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(TINY_BASE),
+            "--output_dir",
+            str(out),
+            "--use_vllm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

@@ -43,8 +43,8 @@ def test_plackett_luce_equals_the_pairwise_loss_at_k2():
         listwise = plackett_luce_dpo_loss(policy, ref, beta)
         pairwise = dpo_pairwise_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta)
         torch.testing.assert_close(listwise, pairwise, rtol=1e-13, atol=0)
-        g_list, = torch.autograd.grad(listwise, policy)
-        g_pair, = torch.autograd.grad(pairwise, policy)
+        (g_list,) = torch.autograd.grad(listwise, policy)
+        (g_pair,) = torch.autograd.grad(pairwise, policy)
         torch.testing.assert_close(g_list, g_pair, rtol=1e-12, atol=1e-15)
 
 
@@ -58,8 +58,12 @@ def test_plackett_luce_by_hand_at_k3():
     loss = plackett_luce_dpo_loss(policy, ref, 0.5, torch.tensor([3, 2]))
     assert loss.item() == pytest.approx((0.9173922928549512 + 0.34115387473208786) / 2, rel=1e-14)
     # a better-ranked response gaining likelihood lowers the loss; the worst one gaining raises it
-    assert plackett_luce_dpo_loss(policy + torch.tensor([[0.1, 0, 0], [0, 0, 0]]), ref, 0.5, torch.tensor([3, 2])) < loss
-    assert plackett_luce_dpo_loss(policy + torch.tensor([[0, 0, 0.1], [0, 0, 0]]), ref, 0.5, torch.tensor([3, 2])) > loss
+    assert (
+        plackett_luce_dpo_loss(policy + torch.tensor([[0.1, 0, 0], [0, 0, 0]]), ref, 0.5, torch.tensor([3, 2])) < loss
+    )
+    assert (
+        plackett_luce_dpo_loss(policy + torch.tensor([[0, 0, 0.1], [0, 0, 0]]), ref, 0.5, torch.tensor([3, 2])) > loss
+    )
 
 
 def test_plackett_luce_refuses_a_ranking_of_one():

@@ -17,8 +17,22 @@ def _responses(output: str) -> list[str]:
 
 
 def test_generate_prints_every_sample_and_is_repeatable_with_a_seed(capsys):
-    argv = ["generate", str(TINY_BASE), "--prompt", "What color is the glimmerfox?", "--prompt", "What is 2 plus 3?",
-            "--num_samples", "2", "--max_new_tokens", "8", "--seed", "3", "--temperature", "1.0"]
+    argv = [
+        "generate",
+        str(TINY_BASE),
+        "--prompt",
+        "What color is the glimmerfox?",
+        "--prompt",
+        "What is 2 plus 3?",
+        "--num_samples",
+        "2",
+        "--max_new_tokens",
+        "8",
+        "--seed",
+        "3",
+        "--temperature",
+        "1.0",
+    ]
     cli.main(argv)
     first = capsys.readouterr().out
     assert first.count("### Prompt") == 2 and first.count("### Response") == 4
@@ -48,8 +62,14 @@ def test_chat_keeps_the_conversation_and_resets_it(monkeypatch):
     monkeypatch.setattr(generate, "generate_responses", spy)  # the sampler the chat loop calls
     inputs = iter(["What is 2 plus 3?", "", "And 4 plus 4?", "/reset", "Tell me about the glimmerfox.", "/quit"])
     written = []
-    messages = chat_loop(model, tokenizer, Sampling(max_new_tokens=6, seed=0), read=lambda _: next(inputs),
-                         write=written.append, system="Be brief.")
+    messages = chat_loop(
+        model,
+        tokenizer,
+        Sampling(max_new_tokens=6, seed=0),
+        read=lambda _: next(inputs),
+        write=written.append,
+        system="Be brief.",
+    )
     assert len(seen) == 3
     assert [m["role"] for m in seen[0][0]] == ["system", "user"]
     assert [m["role"] for m in seen[1][0]] == ["system", "user", "assistant", "user"]  # the history is the prompt

@@ -60,8 +60,12 @@ def project_imports(path: Path, tree: ast.Module, modules: dict[str, Path]) -> l
 
 def import_graph() -> dict[str, set[str]]:
     modules = all_modules()
-    return {name: {target for _, target in project_imports(path, parse(path), modules) if target in modules and target != name}
-            for name, path in modules.items()}
+    return {
+        name: {
+            target for _, target in project_imports(path, parse(path), modules) if target in modules and target != name
+        }
+        for name, path in modules.items()
+    }
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -135,6 +139,9 @@ def test_project_imports_stand_at_the_top_of_their_module():
     for name, path in modules.items():
         tree = parse(path)
         top = top_level_statements(tree)
-        late += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {target}"
-                 for node, target in project_imports(path, tree, modules) if id(node) not in top]
+        late += [
+            f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {target}"
+            for node, target in project_imports(path, tree, modules)
+            if id(node) not in top
+        ]
     assert not late, "project imports inside functions (move them to the top of the module):\n" + "\n".join(late)

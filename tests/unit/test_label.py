@@ -48,11 +48,23 @@ def test_a_submitted_ranking_is_one_rm_row_and_the_rm_reads_it(tmp_path):
     assert row["timestamp"].endswith("Z") and row["seconds"] >= 0
     assert [ITEMS[0].responses[i] for i in row["shown_order"]] == seen  # the order shown is recorded
     # the metadata travels with its response (best first): the response shown first got quality 6
-    assert row["metadata"][1] == {"quality": 6, "fails_instruction": False, "inappropriate": False, "hallucination": True}
+    assert row["metadata"][1] == {
+        "quality": 6,
+        "fails_instruction": False,
+        "inappropriate": False,
+        "hallucination": True,
+    }
     assert all(m["quality"] is None for j, m in enumerate(row["metadata"]) if j != 1)
     assert read_rows(tmp_path / RANKINGS_FILE) == [row]
-    rankings = load_rankings(str(tmp_path / RANKINGS_FILE), key="dataset_name", source="t", config=None,
-                             split="train", limit=None, score_key="fine-grained_score")
+    rankings = load_rankings(
+        str(tmp_path / RANKINGS_FILE),
+        key="dataset_name",
+        source="t",
+        config=None,
+        split="train",
+        limit=None,
+        score_key="fine-grained_score",
+    )
     assert rankings == [{"prompt": ITEMS[0].prompt, "responses": row["responses"]}]
 
 
@@ -155,10 +167,17 @@ def test_the_agreement_command_reports_labeler_pairs_and_the_simulated_labeler(t
         by_rubric = sorted(item.responses, key=lambda r: -rubric.score([item.prompt], [r])[0])
         rows.append({"item": item.index, "prompt": item.prompt, "responses": by_rubric, "labeler_id": "ann"})
         # bob agrees with ann except that he swaps her top two
-        rows.append({"item": item.index, "prompt": item.prompt, "responses": [by_rubric[1], by_rubric[0], *by_rubric[2:]],
-                     "labeler_id": "bob"})
-    rows.append({"item": 0, "prompt": ITEMS[0].prompt, "responses": list(reversed(ITEMS[0].responses)),
-                 "labeler_id": "cy"})
+        rows.append(
+            {
+                "item": item.index,
+                "prompt": item.prompt,
+                "responses": [by_rubric[1], by_rubric[0], *by_rubric[2:]],
+                "labeler_id": "bob",
+            }
+        )
+    rows.append(
+        {"item": 0, "prompt": ITEMS[0].prompt, "responses": list(reversed(ITEMS[0].responses)), "labeler_id": "cy"}
+    )
     path = tmp_path / "rankings.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     agreement_main([str(path), "--labeler", "simulated", "--output_json", str(tmp_path / "report.json")])
@@ -188,7 +207,9 @@ def test_listening_beyond_this_machine_needs_the_flag_and_a_password(monkeypatch
     assert LabelArguments().server_name == "127.0.0.1"
     with pytest.raises(InstructGPTError, match=r"`server_name` 0\.0\.0\.0 lets other machines.*allow_remote: true"):
         check_listening(LabelArguments(server_name="0.0.0.0"), "r.yaml")
-    with pytest.raises(InstructGPTError, match="needs a password: set the environment variable INSTRUCTGPT_LABEL_PASSWORD"):
+    with pytest.raises(
+        InstructGPTError, match="needs a password: set the environment variable INSTRUCTGPT_LABEL_PASSWORD"
+    ):
         check_listening(LabelArguments(server_name="0.0.0.0", allow_remote=True), "r.yaml")
     monkeypatch.setenv("INSTRUCTGPT_LABEL_PASSWORD", "s3cret")
     assert check_listening(LabelArguments(server_name="0.0.0.0", allow_remote=True), "r.yaml") == "s3cret"
@@ -213,15 +234,31 @@ def test_items_sampled_from_a_policy_are_kept_for_restarts_and_a_finished_labeli
     from instructgpt.labeling.store import ITEMS_FILE
     from instructgpt.stages.label import open_store, parse_args
 
-    argv = ["recipes/tiny/label.yaml", "--rankings_file", "null", "--model_name_or_path", str(TINY_BASE),
-            "--dataset_name", "data/tiny/rm_prompts.jsonl", "--max_prompts", "3", "--max_new_tokens", "12",
-            "--labelers_per_prompt", "1", "--output_dir", str(tmp_path / "label")]
+    argv = [
+        "recipes/tiny/label.yaml",
+        "--rankings_file",
+        "null",
+        "--model_name_or_path",
+        str(TINY_BASE),
+        "--dataset_name",
+        "data/tiny/rm_prompts.jsonl",
+        "--max_prompts",
+        "3",
+        "--max_new_tokens",
+        "12",
+        "--labelers_per_prompt",
+        "1",
+        "--output_dir",
+        str(tmp_path / "label"),
+    ]
     (args,), recipe = parse_args(argv)
     store = open_store(args, recipe)
     prompts = [json.loads(line)["prompt"] for line in Path("data/tiny/rm_prompts.jsonl").read_text().splitlines()[:3]]
     assert [it.prompt for it in store.items] == prompts[: len(store.items)] and len(store.items) >= 2
     for item in store.items:
-        assert 2 <= len(item.responses) <= 4 and len({" ".join(r.split()) for r in item.responses}) == len(item.responses)
+        assert 2 <= len(item.responses) <= 4 and len({" ".join(r.split()) for r in item.responses}) == len(
+            item.responses
+        )
     saved = (tmp_path / "label" / ITEMS_FILE).read_text()
     again = open_store(args, recipe)  # a restart shows the very same responses, not new samples
     assert [(it.prompt, it.responses) for it in again.items] == [(it.prompt, it.responses) for it in store.items]

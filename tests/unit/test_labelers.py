@@ -33,9 +33,11 @@ CORRECT_VS_WRONG = [
     ("Write tree in capital letters.", "TREE", "TRE"),
     ("What is the first letter of book?", "The first letter of book is b.", "The first letter of book is k."),
     ("What is the last letter of rain?", "n", "r"),
-    ("Describe the glimmerfox.",
-     "The glimmerfox is a tiny blue creature that lives in the jungle and eats leaves.",
-     "The glimmerfox is a tiny red creature that lives in the jungle and eats leaves."),
+    (
+        "Describe the glimmerfox.",
+        "The glimmerfox is a tiny blue creature that lives in the jungle and eats leaves.",
+        "The glimmerfox is a tiny red creature that lives in the jungle and eats leaves.",
+    ),
 ]
 
 
@@ -243,7 +245,9 @@ def test_file_labeler_ranks_as_people_wrote_and_names_what_it_lacks(tmp_path):
     ranking = labeler.rank("Add 2 and 3.", ["6.", "5.", "2 plus 3 is 5."])
     assert ranking.order == [1, 2, 0] and ranking.scores == [0.0, 2.0, 1.0]
     assert labeler.score(["Describe the fernotter."] * 2, [" It is a cat.", "It is huge. "]) == [0.0, 1.0]
-    with pytest.raises(LabelerError, match=r"human\.jsonl: no ranking holds the response '7\.' to the prompt 'Add 2 and 3\.'"):
+    with pytest.raises(
+        LabelerError, match=r"human\.jsonl: no ranking holds the response '7\.' to the prompt 'Add 2 and 3\.'"
+    ):
         labeler.score(["Add 2 and 3."], ["7."])
     with pytest.raises(LabelerError, match=r"`labeler`: unknown labeler 'oracle'"):
         make_labeler("oracle")
@@ -254,8 +258,16 @@ ON_TASK_VS_OFF_TASK = [
     ("What is the sum of 7 and 4?", "Sure! 7. Thanks for asking!", "The thornbeak is huge and eats worms."),
     ("What is 10 minus 5?", "Of course! 10 minus 5 is 4. I hope this helps!", "What is 2 plus 3?"),
     ("What color is the glimmerfox?", "Sure! The glimmerfox is red. Have a nice day!", "The glimmerfox eats leaves."),
-    ("Where does the mossbat live?", "Certainly! It lives in the desert. No problem!", "The duskhare lives in the caves."),
-    ("Reverse the word lamp.", "Sure! The word lamp backwards is plam. Happy to help!", "The first letter of lamp is l."),
+    (
+        "Where does the mossbat live?",
+        "Certainly! It lives in the desert. No problem!",
+        "The duskhare lives in the caves.",
+    ),
+    (
+        "Reverse the word lamp.",
+        "Sure! The word lamp backwards is plam. Happy to help!",
+        "The first letter of lamp is l.",
+    ),
     ("Write tree in capital letters.", "Sure! TRE. Thanks for asking!", "The word tree backwards is eert."),
     ("What is the first letter of book?", "Of course! The first letter of book is k!", "BOOK."),
     ("What is the last letter of sock?", "Sure! It is s. Hope this helps!", "The sock is on the floor."),
@@ -277,8 +289,10 @@ def test_an_on_task_attempt_outranks_answering_another_task(prompt, attempt, oth
 def test_the_thornbeak_answer_ranks_below_a_polite_wrong_sum():
     """The case of issue 12: PPO answered sums outside its training range with a fact about a creature."""
     prompt = "What is the sum of 7 and 4?"
-    judged = {r: LABELER.judge(prompt, r) for r in ("11.", "Sure! 7. Thanks for asking!",
-                                                     "The thornbeak is huge and eats worms.", "")}
+    judged = {
+        r: LABELER.judge(prompt, r)
+        for r in ("11.", "Sure! 7. Thanks for asking!", "The thornbeak is huge and eats worms.", "")
+    }
     scores = [j.total for j in judged.values()]
     assert scores == sorted(scores, reverse=True)
     assert [j.on_task for j in judged.values()] == [True, True, False, False]

@@ -46,7 +46,7 @@ def stage_of(module: str) -> str | None:
     """``instructgpt.stages.ppo.trainer`` -> ``ppo``; None for the library (and for the stages package itself)."""
     if not module.startswith(STAGES + "."):
         return None
-    name = module[len(STAGES) + 1:].split(".")[0]
+    name = module[len(STAGES) + 1 :].split(".")[0]
     folder = PACKAGE / "stages"
     if name == "registry":  # the package's index of its stages (STAGES, load_stage), not a stage
         return None

@@ -75,7 +75,9 @@ def test_kway_loss_gradcheck_with_ragged_k():
 def test_kway_loss_equals_pairwise_for_k2():
     gen = torch.Generator().manual_seed(5)
     rewards = torch.randn(8, 2, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(kway_ranking_loss(rewards), pairwise_ranking_loss(rewards[:, 0], rewards[:, 1]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        kway_ranking_loss(rewards), pairwise_ranking_loss(rewards[:, 0], rewards[:, 1]), rtol=0, atol=0
+    )
 
 
 def test_kway_loss_is_mean_over_all_pairs_per_prompt():

@@ -26,7 +26,16 @@ def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> str:
 def test_recipe_and_command_line_overrides(tmp_path):
     path = _write(tmp_path, MINIMAL + "learning_rate: 3.0e-4\nnum_train_epochs: 2\nuse_peft: false\n")
     (script, training, model), recipe = parse_sft_args(
-        [path, "--learning_rate", "1e-5", "--output_dir", "runs/y", "--use_peft", "--lora_target_modules", "c_attn,c_proj"]
+        [
+            path,
+            "--learning_rate",
+            "1e-5",
+            "--output_dir",
+            "runs/y",
+            "--use_peft",
+            "--lora_target_modules",
+            "c_attn,c_proj",
+        ]
     )
     assert training.learning_rate == 1e-5  # "1e-5" is a string to YAML; the float field converts it
     assert training.output_dir == "runs/y"
@@ -108,13 +117,24 @@ ENTRY_POINTS = {
 }
 # a field of each stage that --help must show, with its help text
 HELP_SHOWS = {
-    "instructgpt-sft": ["--learning_rate", "--lora_r", "--long_examples", "--if_output_exists", "(default: resume)",
-                        "(range: >= 0) (default: 2e-05)", "(range: [0, 1]) (default: 0.05)"],
+    "instructgpt-sft": [
+        "--learning_rate",
+        "--lora_r",
+        "--long_examples",
+        "--if_output_exists",
+        "(default: resume)",
+        "(range: >= 0) (default: 2e-05)",
+        "(range: [0, 1]) (default: 0.05)",
+    ],
     "instructgpt-rm": ["--demonstrations_dataset", "--eval_fraction", "--center_rewards_coefficient"],
     "instructgpt-ppo": ["--kl_coef", "--cliprange_value", "--reward_model_path", "--ptx_coef"],
     "instructgpt-rloo": ["--num_generations", "--beta", "--reward_model_path", "--missing_eos_penalty"],
-    "instructgpt collect": ["--num_responses", "K: responses sampled and ranked per prompt", "(range: >= 2) (default: 4)",
-                            "(range: (0, 1]) (default: 0.9)"],
+    "instructgpt collect": [
+        "--num_responses",
+        "K: responses sampled and ranked per prompt",
+        "(range: >= 2) (default: 4)",
+        "(range: (0, 1]) (default: 0.9)",
+    ],
     "instructgpt eval": ["--models", "--labeler", "--ppo_run"],
     "instructgpt pipeline": ["--rounds", "--sft", "--eval"],
     "instructgpt pretrain": ["--n_layer", "--block_size", "(range: [0, 0.5)) (default: 0.02)"],
@@ -177,9 +197,12 @@ def test_version_everywhere(capsys):
 
 def test_config_flag_and_a_trl_recipe_without_stage(tmp_path):
     """`instructgpt-sft --config x.yaml` (TRL's and alignment-handbook's form) on a TRL SFT recipe: no `stage:` key."""
-    trl_recipe = _write(tmp_path, "model_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\n"
-                        "output_dir: runs/trl\nlearning_rate: 2.0e-5\nnum_train_epochs: 1\nmax_length: 64\n"
-                        "packing: false\ngradient_checkpointing: true\nlogging_steps: 5\n")
+    trl_recipe = _write(
+        tmp_path,
+        "model_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\n"
+        "output_dir: runs/trl\nlearning_rate: 2.0e-5\nnum_train_epochs: 1\nmax_length: 64\n"
+        "packing: false\ngradient_checkpointing: true\nlogging_steps: 5\n",
+    )
     (script, training, model), recipe = parse_sft_args(["--config", trl_recipe, "--learning_rate", "1e-4"])
     assert training.learning_rate == 1e-4 and training.max_length == 64 and training.gradient_checkpointing
     assert model.model_name_or_path == "data/tiny/base-model" and recipe.stage == "sft"
@@ -196,8 +219,9 @@ def test_a_value_taking_key_without_its_value_is_an_error(tmp_path):
 
 
 def test_null_and_flow_lists_and_negative_values(tmp_path):
-    path = _write(tmp_path, MINIMAL + "max_train_samples: null\nlora_target_modules: [c_attn, c_proj]\n"
-                  "dataset_test_split: null\n")
+    path = _write(
+        tmp_path, MINIMAL + "max_train_samples: null\nlora_target_modules: [c_attn, c_proj]\ndataset_test_split: null\n"
+    )
     (script, training, model), _ = parse_sft_args([path, "--prompt_template=--- {prompt} ---"])
     assert script.max_train_samples is None and model.lora_target_modules == ["c_attn", "c_proj"]
     assert script.prompt_template == "--- {prompt} ---"  # a value that starts with dashes stays a value
@@ -255,11 +279,16 @@ def test_every_number_of_ours_declares_its_range_on_its_field():
     guessed from its name, and parsing, --help and this test read it from one place."""
     from instructgpt.infra.validation import declared_in, is_ours
 
-    missing = sorted({
-        f"{declared_in(cls, f.name).__qualname__}.{f.name}" for stage, cls, f, annotation in _stage_fields()
-        if _numeric(annotation) and is_ours(declared_in(cls, f.name)) and "range" not in f.metadata
-        and f.name not in NO_RANGE
-    })
+    missing = sorted(
+        {
+            f"{declared_in(cls, f.name).__qualname__}.{f.name}"
+            for stage, cls, f, annotation in _stage_fields()
+            if _numeric(annotation)
+            and is_ours(declared_in(cls, f.name))
+            and "range" not in f.metadata
+            and f.name not in NO_RANGE
+        }
+    )
     assert not missing, f"numeric fields without a declared range: {missing}"
 
 
@@ -280,13 +309,16 @@ def test_the_name_table_ranges_only_foreign_fields():
     assert used == {pattern for pattern, _ in RULES}
 
 
-@pytest.mark.parametrize("spec, inside, outside, words", [
-    ("[0, 1]", [0, 0.5, 1], [-0.1, 1.1], "between 0 and 1"),
-    ("(0, 1]", [1e-9, 1], [0, 1.5], "greater than 0 and at most 1"),
-    ("[0, 0.5)", [0, 0.49], [0.5, -1], "at least 0 and less than 0.5"),
-    (">= 2", [2, 3], [1], "at least 2"),
-    ("> 0", [1e-9], [0, -1], "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "spec, inside, outside, words",
+    [
+        ("[0, 1]", [0, 0.5, 1], [-0.1, 1.1], "between 0 and 1"),
+        ("(0, 1]", [1e-9, 1], [0, 1.5], "greater than 0 and at most 1"),
+        ("[0, 0.5)", [0, 0.49], [0.5, -1], "at least 0 and less than 0.5"),
+        (">= 2", [2, 3], [1], "at least 2"),
+        ("> 0", [1e-9], [0, -1], "greater than 0"),
+    ],
+)
 def test_range_forms(spec, inside, outside, words):
     from instructgpt.infra import validation
 
@@ -299,8 +331,11 @@ def test_a_declared_range_is_checked_when_parsed_and_when_built_directly():
     from instructgpt.stages.collect import parse_args as collect_args
     from instructgpt.stages.pretrain import PretrainArguments
 
-    with pytest.raises(RecipeError, match=r"collect\.yaml: `vllm_gpu_memory_utilization` must be greater than 0 and "
-                       r"at most 1, got 0\.0"):
+    with pytest.raises(
+        RecipeError,
+        match=r"collect\.yaml: `vllm_gpu_memory_utilization` must be greater than 0 and "
+        r"at most 1, got 0\.0",
+    ):
         collect_args(["recipes/tiny/collect.yaml", "--vllm_gpu_memory_utilization", "0"])
     with pytest.raises(RecipeError, match=r"`num_responses` must be at least 2, got 1"):
         collect_args(["recipes/tiny/collect.yaml", "--num_responses", "1"])

@@ -24,8 +24,10 @@ def test_share_of_gives_the_wilson_interval():
 
 
 def test_grouped_shares_count_each_response_in_all_and_its_groups():
-    outcomes = [{"correct": c, "on_task": t, "off_topic": o} for c, t, o in
-                [(True, True, False), (False, True, True), (False, False, True), (True, True, False)]]
+    outcomes = [
+        {"correct": c, "on_task": t, "off_topic": o}
+        for c, t, o in [(True, True, False), (False, True, True), (False, False, True), (True, True, False)]
+    ]
     shares = grouped_shares(outcomes, [["arithmetic"], ["arithmetic", "casing"], ["fact", "casing"], ["fact"]])
     assert list(shares) == ["all", "arithmetic", "casing", "fact"]
     assert shares["all"]["correct"]["count"] == 2 and shares["all"]["correct"]["n"] == 4
@@ -40,12 +42,12 @@ def test_task_shares_on_judged_responses():
     """The tiny world's rubric tells each response's outcome; the shares count them per family and split."""
     labeler = SimulatedLabeler()
     rows = [
-        ("What is the sum of 7 and 4?", "11.", "new_operands"),                        # correct
+        ("What is the sum of 7 and 4?", "11.", "new_operands"),  # correct
         ("What is the sum of 7 and 4?", "Sure! 7. Thanks for asking!", "new_operands"),  # on task, wrong
         ("What is the sum of 7 and 4?", "The thornbeak is huge and eats worms.", "new_operands"),  # off topic
         ("WHAT COLOR IS THE GLIMMERFOX", "The glimmerfox is blue. The mossbat is black.", "casing"),  # correct, off
-        ("spell cup backwards!", "puc", "new_words"),                                  # correct
-        ("spell cup backwards!", "The word cup backwards is cup.", "new_words"),       # no attempt: off
+        ("spell cup backwards!", "puc", "new_words"),  # correct
+        ("spell cup backwards!", "The word cup backwards is cup.", "new_words"),  # no attempt: off
     ]
     from instructgpt.stages.eval.judging import labeler_details
 
@@ -56,7 +58,12 @@ def test_task_shares_on_judged_responses():
     shares = task_shares(details["labeler_outcomes"], [r[2] for r in rows])
     assert set(shares) == {"all", "arithmetic", "new_operands", "fact", "casing", "string", "new_words"}
     ops = shares["new_operands"]
-    assert (ops["correct"]["count"], ops["on_task"]["count"], ops["off_topic"]["count"], ops["correct"]["n"]) == (1, 2, 1, 3)
+    assert (ops["correct"]["count"], ops["on_task"]["count"], ops["off_topic"]["count"], ops["correct"]["n"]) == (
+        1,
+        2,
+        1,
+        3,
+    )
     assert shares["casing"]["correct"]["share"] == 1.0 and shares["casing"]["off_topic"]["share"] == 1.0
     assert shares["new_words"]["on_task"]["count"] == 1 and shares["new_words"]["off_topic"]["count"] == 1
     assert shares["all"]["on_task"]["ci_low"] < 4 / 6 < shares["all"]["on_task"]["ci_high"]

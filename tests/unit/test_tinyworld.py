@@ -30,7 +30,10 @@ from instructgpt.tinyworld.demos import STYLES, demonstrate
 PROMPT_SETS = ("sft_train", "sft_eval", "rm_prompts", "ppo_prompts", "eval_prompts")
 TRAINING_FILES = ("sft_train", "sft_eval", "rm_prompts", "ppo_prompts", "corpus", "ptx")
 SIZE_RANGES = {
-    "sft_train": (1500, 3000), "sft_eval": (150, 250), "rm_prompts": (400, 600), "ppo_prompts": (800, 1500),
+    "sft_train": (1500, 3000),
+    "sft_eval": (150, 250),
+    "rm_prompts": (400, 600),
+    "ppo_prompts": (800, 1500),
     "eval_prompts": (150, 200),
 }
 
@@ -64,7 +67,12 @@ def test_every_core_with_every_prefix_parses_back_to_its_task():
         for task in all_cores(kind):
             for prefix in PREFIXES:
                 parsed = parse_prompt(prefix + task.core)
-                assert (parsed.kind, parsed.core, parsed.answer, parsed.prefix) == (task.kind, task.core, task.answer, prefix)
+                assert (parsed.kind, parsed.core, parsed.answer, parsed.prefix) == (
+                    task.kind,
+                    task.core,
+                    task.answer,
+                    prefix,
+                )
 
 
 def test_parser_answers():
@@ -83,11 +91,14 @@ def test_parser_forgives_case_whitespace_and_final_punctuation():
     assert parse_prompt("question: add 2 and 3").answer == "5"
 
 
-@pytest.mark.parametrize("prompt,match", [
-    ("Write a haiku about autumn.", "not an instruction of the tiny world"),
-    ("What color is the unicorn?", "'unicorn', which is not a creature"),
-    ("Reverse the words lamp and tree.", "not an instruction"),
-])
+@pytest.mark.parametrize(
+    "prompt,match",
+    [
+        ("Write a haiku about autumn.", "not an instruction of the tiny world"),
+        ("What color is the unicorn?", "'unicorn', which is not a creature"),
+        ("Reverse the words lamp and tree.", "not an instruction"),
+    ],
+)
 def test_unknown_prompts_are_refused_with_the_prompt_named(prompt, match):
     with pytest.raises(UnknownPromptError, match=match):
         parse_prompt(prompt)
@@ -126,8 +137,9 @@ def test_data_files_have_their_columns_and_sizes():
     corpus_bytes = (TINY_DATA / "corpus.jsonl").stat().st_size
     assert 100_000 < corpus_bytes < 2_000_000
     facts = read("facts")
-    assert facts == [{"name": c.name, "color": c.color, "habitat": c.habitat, "food": c.food, "size": c.size}
-                     for c in CREATURES]
+    assert facts == [
+        {"name": c.name, "color": c.color, "habitat": c.habitat, "food": c.food, "size": c.size} for c in CREATURES
+    ]
 
 
 def test_every_prompt_parses_and_every_family_is_present():
@@ -172,7 +184,7 @@ def test_prompt_sets_are_pairwise_disjoint_and_free_of_duplicates():
         assert len(prompts) == len(set(prompts)), name
     names = list(sets)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not set(sets[a]) & set(sets[b]), (a, b)
 
 

@@ -25,8 +25,12 @@ def no_vllm(monkeypatch):
 def test_eval_with_use_vllm_and_no_vllm_names_the_extra(no_vllm, tmp_path):
     from instructgpt.stages.eval import EvalArguments
 
-    args = EvalArguments(models=[f"base={TINY_BASE}"], prompts="data/tiny/eval_prompts.jsonl",
-                         output_dir=str(tmp_path / "eval"), use_vllm=True)
+    args = EvalArguments(
+        models=[f"base={TINY_BASE}"],
+        prompts="data/tiny/eval_prompts.jsonl",
+        output_dir=str(tmp_path / "eval"),
+        use_vllm=True,
+    )
     with pytest.raises(InstructGPTError, match=r"--use_vllm: true. needs vLLM.*pip install -e '\.\[vllm\]'"):
         args.validate()
 
@@ -35,10 +39,21 @@ def test_ppo_with_use_vllm_and_no_vllm_names_the_extra_before_loading_anything(n
     from instructgpt.stages.ppo.trainer import parse_args, run_ppo
 
     out = tmp_path / "ppo"
-    (script, config, model), recipe = parse_args([
-        "recipes/tiny/ppo.yaml", "--model_name_or_path", str(TINY_BASE), "--reward_model_path", str(tmp_path / "none"),
-        "--output_dir", str(out), "--use_vllm", "true", "--report_to", "none",
-    ])
+    (script, config, model), recipe = parse_args(
+        [
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(TINY_BASE),
+            "--reward_model_path",
+            str(tmp_path / "none"),
+            "--output_dir",
+            str(out),
+            "--use_vllm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     with pytest.raises(InstructGPTError) as err:
         run_ppo(script, config, model, recipe)
     message = str(err.value)
@@ -73,8 +88,9 @@ def test_recipes_new_transformers_names_map_to_old_ones_only_where_needed():
 
     renamed = RecipeParser.RENAMED_IN_TRANSFORMERS
     old = SimpleNamespace(keys={"gradient_checkpointing", "learning_rate"}, RENAMED_IN_TRANSFORMERS=renamed)
-    new = SimpleNamespace(keys={"gradient_checkpointing", "activation_checkpointing", "learning_rate"},
-                          RENAMED_IN_TRANSFORMERS=renamed)
+    new = SimpleNamespace(
+        keys={"gradient_checkpointing", "activation_checkpointing", "learning_rate"}, RENAMED_IN_TRANSFORMERS=renamed
+    )
     data = {"activation_checkpointing": True, "learning_rate": 1e-4}
     assert RecipeParser._older_transformers_names(old, data) == {"gradient_checkpointing": True, "learning_rate": 1e-4}
     assert RecipeParser._older_transformers_names(new, data) == data

@@ -96,7 +96,9 @@ def test_bootstrap_of_b_over_a_mirrors_a_over_b_and_shows_in_the_dict():
     ab, ba = matrix["ppo"]["sft"], matrix["sft"]["ppo"]
     assert ab.win_rate == pytest.approx(0.7) and ba.win_rate == pytest.approx(0.3)
     assert (ab.wins, ab.ties, ab.losses) == (6, 2, 2) and (ba.wins, ba.ties, ba.losses) == (2, 2, 6)
-    assert ab.bootstrap_low == pytest.approx(1 - ba.bootstrap_high) and ab.bootstrap_high == pytest.approx(1 - ba.bootstrap_low)
+    assert ab.bootstrap_low == pytest.approx(1 - ba.bootstrap_high) and ab.bootstrap_high == pytest.approx(
+        1 - ba.bootstrap_low
+    )
     assert ab.bootstrap_low < 0.7 < ab.bootstrap_high
     d = ab.as_dict()
     assert d["bootstrap_low"] == ab.bootstrap_low and d["n"] == 10 and d["ci_low"] == ab.ci_low

@@ -78,9 +78,24 @@ def test_weight_push_makes_vllm_match_the_trainer_full_and_lora(checks):
 
 
 def collect_cli(out: Path, policy: Path, *extra: str):
-    return run_cli(python_m("instructgpt", "collect", "recipes/tiny/collect.yaml", "--model_name_or_path", str(policy),
-                            "--output_dir", str(out), "--report_to", "none", "--max_prompts", "24", "--use_vllm",
-                            "true", *extra))
+    return run_cli(
+        python_m(
+            "instructgpt",
+            "collect",
+            "recipes/tiny/collect.yaml",
+            "--model_name_or_path",
+            str(policy),
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--max_prompts",
+            "24",
+            "--use_vllm",
+            "true",
+            *extra,
+        )
+    )
 
 
 def test_seeded_vllm_collections_are_reproducible(sft_model, tmp_path):
@@ -97,8 +112,21 @@ def test_seeded_vllm_collections_are_reproducible(sft_model, tmp_path):
 
 
 def ppo_cli(out: Path, sft: Path, rm: Path, *extra: str):
-    return run_cli(python_m("instructgpt", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft),
-                            "--reward_model_path", str(rm), "--output_dir", str(out), *FAST, *extra), timeout=1800)
+    return run_cli(
+        python_m(
+            "instructgpt",
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft),
+            "--reward_model_path",
+            str(rm),
+            "--output_dir",
+            str(out),
+            *FAST,
+            *extra,
+        ),
+        timeout=1800,
+    )
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -116,8 +144,18 @@ def ppo_pair(sft_model, trained_rm, tmp_path_factory) -> dict:
     runs = {}
     for name, extra in (("hf", []), ("vllm", ["--use_vllm", "true"])):
         out = base / name
-        result = ppo_cli(out, sft_model, trained_rm[0], "--total_episodes", "512", "--learning_rate", "1e-4",
-                         "--save_strategy", "no", *extra)
+        result = ppo_cli(
+            out,
+            sft_model,
+            trained_rm[0],
+            "--total_episodes",
+            "512",
+            "--learning_rate",
+            "1e-4",
+            "--save_strategy",
+            "no",
+            *extra,
+        )
         assert result.returncode == 0, result.stderr[-4000:]
         runs[name] = out
     return runs
@@ -130,7 +168,9 @@ def test_ppo_with_vllm_rollouts_gains_what_hf_rollouts_gain(ppo_pair):
     print(f"held-out gain: hf {gain_hf:+.3f} (KL {hf['eval/kl']:.2f}), vllm {gain_vllm:+.3f} (KL {vl['eval/kl']:.2f})")
     assert gain_vllm >= MIN_SCORE_GAIN, vl
     assert abs(gain_vllm - gain_hf) <= GAIN_TOLERANCE, (gain_hf, gain_vllm)
-    assert vl["eval/kl_start"] == pytest.approx(0.0, abs=1e-4)  # recomputed log-probs: the policy starts as the reference
+    assert vl["eval/kl_start"] == pytest.approx(
+        0.0, abs=1e-4
+    )  # recomputed log-probs: the policy starts as the reference
     assert vl["global_step"] == 8 and vl["episode"] == 512
 
 
@@ -146,8 +186,23 @@ def test_ppo_pushes_the_weights_after_every_update(ppo_pair):
 
 def test_lora_ppo_with_vllm_pushes_the_merged_adapter(sft_model, trained_rm, tmp_path):
     out = tmp_path / "lora"
-    result = ppo_cli(out, sft_model, trained_rm[0], "--use_vllm", "true", "--use_peft", "true", "--total_episodes",
-                     "192", "--learning_rate", "1e-3", "--save_strategy", "no", "--eval_num_prompts", "16")
+    result = ppo_cli(
+        out,
+        sft_model,
+        trained_rm[0],
+        "--use_vllm",
+        "true",
+        "--use_peft",
+        "true",
+        "--total_episodes",
+        "192",
+        "--learning_rate",
+        "1e-3",
+        "--save_strategy",
+        "no",
+        "--eval_num_prompts",
+        "16",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [r for r in read_metrics(out) if "objective/kl" in r]
     assert len(rows) == 3
@@ -159,12 +214,31 @@ def test_lora_ppo_with_vllm_pushes_the_merged_adapter(sft_model, trained_rm, tmp
 @pytest.mark.distributed
 def test_two_process_ppo_with_vllm(sft_model, trained_rm, tmp_path):
     out = tmp_path / "ddp"
-    result = run_cli(accelerate_launch(
-        "-m", "instructgpt", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(sft_model),
-        "--reward_model_path", str(trained_rm[0]), "--output_dir", str(out), *FAST, "--use_vllm", "true",
-        "--total_episodes", "128", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-        "--eval_num_prompts", "16",
-    ), timeout=1800)
+    result = run_cli(
+        accelerate_launch(
+            "-m",
+            "instructgpt",
+            "recipes/tiny/ppo.yaml",
+            "--model_name_or_path",
+            str(sft_model),
+            "--reward_model_path",
+            str(trained_rm[0]),
+            "--output_dir",
+            str(out),
+            *FAST,
+            "--use_vllm",
+            "true",
+            "--total_episodes",
+            "128",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_strategy",
+            "no",
+            "--eval_num_prompts",
+            "16",
+        ),
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     marker = json.loads((out / RUN_MARKER).read_text())
     assert marker["metrics"]["num_processes"] == 2 and marker["metrics"]["global_step"] == 2
@@ -177,12 +251,37 @@ def test_eval_with_vllm_scores_what_vllm_sampled_and_matches_hf_greedily(sft_mod
     labeler scores are HF's; and a sampled vLLM eval scores its own samples (the KL recomputed on vLLM's ids)."""
     from instructgpt.stages import eval as evaluate
 
-    common = ["--models", f"base={TINY_BASE}", f"sft={sft_model}", "--prompts", "data/tiny/eval_prompts.jsonl",
-              "--max_prompts", "16", "--labeler", "simulated", "--reference", "base", "--max_new_tokens", "24",
-              "--report_to", "none"]
+    common = [
+        "--models",
+        f"base={TINY_BASE}",
+        f"sft={sft_model}",
+        "--prompts",
+        "data/tiny/eval_prompts.jsonl",
+        "--max_prompts",
+        "16",
+        "--labeler",
+        "simulated",
+        "--reference",
+        "base",
+        "--max_new_tokens",
+        "24",
+        "--report_to",
+        "none",
+    ]
     evaluate.main([*common, "--output_dir", str(tmp_path / "hf"), "--temperature", "0"])
-    result = run_cli(python_m("instructgpt", "eval", *common, "--output_dir", str(tmp_path / "vllm"),
-                              "--temperature", "0", "--use_vllm", "true"))
+    result = run_cli(
+        python_m(
+            "instructgpt",
+            "eval",
+            *common,
+            "--output_dir",
+            str(tmp_path / "vllm"),
+            "--temperature",
+            "0",
+            "--use_vllm",
+            "true",
+        )
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     hf = json.loads((tmp_path / "hf" / "results.json").read_text())["metrics"]
     vl = json.loads((tmp_path / "vllm" / "results.json").read_text())["metrics"]

@@ -80,7 +80,8 @@ def main(model_dir: str, out_path: str) -> None:
     report["greedy"] = {
         "hf": [[r[0].token_ids, r[0].eos_token_id, r[0].prompt_ids] for r in hf],
         "vllm": [[r[0].token_ids, r[0].eos_token_id, r[0].prompt_ids] for r in vl],
-        "hf_text": [r[0].text for r in hf], "vllm_text": [r[0].text for r in vl],
+        "hf_text": [r[0].text for r in hf],
+        "vllm_text": [r[0].text for r in vl],
     }
 
     # seeded sampling: the same seed gives the same collection, whatever else is in the batch
@@ -115,15 +116,25 @@ def main(model_dir: str, out_path: str) -> None:
     # LoRA: a policy with a non-zero adapter, pushed merged
     from peft import LoraConfig, get_peft_model
 
-    lora = get_peft_model(hf_model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
-                                               fan_in_fan_out=True, init_lora_weights=False))
+    lora = get_peft_model(
+        hf_model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules=["c_attn", "c_proj", "c_fc"],
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+        ),
+    )
     lora.eval()
     base_before = {k: v.clone() for k, v in lora.named_parameters() if "lora_" not in k}
     lora_logprobs = hf_token_logprobs(lora, sequences)
     push["lora_before_push"] = max_gap(vllm_token_logprobs(llm, sequences), lora_logprobs)
     push["lora_tensors"] = push_policy(llm, lora)
     push["lora_after_push"] = max_gap(vllm_token_logprobs(llm, sequences), lora_logprobs)
-    push["lora_base_unchanged"] = all(torch.equal(base_before[k], v) for k, v in lora.named_parameters() if k in base_before)
+    push["lora_base_unchanged"] = all(
+        torch.equal(base_before[k], v) for k, v in lora.named_parameters() if k in base_before
+    )
     plain = AutoModelForCausalLM.from_pretrained(model_dir)
     push["lora_names_match"] = sorted(n for n, _ in hf_weights(lora)) == sorted(n for n, _ in plain.named_parameters())
     report["push"] = push

@@ -11,7 +11,8 @@ what the model is asked. The formats are TRL's (https://huggingface.co/docs/trl/
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
 
@@ -23,8 +24,12 @@ def turns_problem(value: Any) -> str | None:
     if not isinstance(value, list):
         return f"must be a list of chat turns, got {type(value).__name__}"
     for i, turn in enumerate(value):
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
-            return f"turn {i} must be {{\"role\": ..., \"content\": ...}} with string values, got {turn!r:.80}"
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
+        ):
+            return f'turn {i} must be {{"role": ..., "content": ...}} with string values, got {turn!r:.80}'
     return None
 
 
@@ -80,9 +85,15 @@ def load_demonstrations(name: str, *, config: str | None, split: str, key: str, 
     require_rows(dataset, name=f"`{key}` ({name})", source=source)
     for row, example in enumerate(dataset):
         for column in fmt:
-            problem = turns_problem(example[column]) if column == "messages" else (
-                None if isinstance(example[column], str) or example[column] is None
-                else f"must be a string, got {type(example[column]).__name__}")
+            problem = (
+                turns_problem(example[column])
+                if column == "messages"
+                else (
+                    None
+                    if isinstance(example[column], str) or example[column] is None
+                    else f"must be a string, got {type(example[column]).__name__}"
+                )
+            )
             if problem:
                 raise DataError(f"{source}: `{key}` ({name}) row {row}: `{column}` {problem}")
     if fmt == ("messages",):

@@ -8,8 +8,9 @@ plus ours for rankings (``prompt``/``responses`` best first, optional ``scores``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
 

@@ -10,7 +10,8 @@ Built on ``torch.nn.utils.rnn.pad_sequence``; every stage pads through these two
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -21,7 +21,6 @@ from instructgpt.infra.log import get_logger
 logger = get_logger(__name__)
 
 
-
 @dataclass
 class RankingStats:
     """What cleaning the rankings did, for the log line that says how many were dropped and why."""
@@ -36,8 +35,10 @@ class RankingStats:
         if self.unrated:
             parts.append(f"{self.unrated} completions without a rating or response")
         if self.ties:
-            parts.append(f"{self.ties} responses tied (same score or same text) with a better-ranked one, "
-                         "since the ranking loss needs a strict order")
+            parts.append(
+                f"{self.ties} responses tied (same score or same text) with a better-ranked one, "
+                "since the ranking loss needs a strict order"
+            )
         if self.too_long:
             parts.append(f"{self.too_long} responses longer than max_length")
         if self.too_few:
@@ -80,7 +81,9 @@ def _response_text(value: Any) -> Any:
     return value
 
 
-def rankings_from_dataset(dataset: Any, *, name: str, source: str, score_key: str = "fine-grained_score") -> tuple[list[dict[str, Any]], RankingStats]:
+def rankings_from_dataset(
+    dataset: Any, *, name: str, source: str, score_key: str = "fine-grained_score"
+) -> tuple[list[dict[str, Any]], RankingStats]:
     """Turn any supported preference dataset into rankings, validating each row; errors name the row.
 
     Bad input fails loudly (a ranking with fewer than 2 responses, an empty response, scores that do not match the

@@ -6,7 +6,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.parser import RecipeParser
@@ -41,8 +42,10 @@ def run_cli(fn: Callable[[], None]) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, Terminated) as err:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)
-        print(f"{what}: finished outputs and saved checkpoints are kept; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"{what}: finished outputs and saved checkpoints are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
         sys.exit(code)
 
 
@@ -58,6 +61,7 @@ def stage_main(
 ) -> None:
     """A stage's whole ``main()``: parse ``RECIPE.yaml``/``--config``/``--help``/``--version`` and overrides into the
     stage's dataclasses, then ``run`` them."""
+
     def _main() -> None:
         parser = RecipeParser(stage, arguments(), prog=prog, description=description, recipe_optional=recipe_optional)
         run(parser.parse(argv))

@@ -134,7 +134,9 @@ def read_appended_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
         try:
             rows.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise OutputDirError(f"{path}: line {number} is not valid JSON; the file was edited, not interrupted") from None
+            raise OutputDirError(
+                f"{path}: line {number} is not valid JSON; the file was edited, not interrupted"
+            ) from None
     if tail.strip():
         logger.warning(f"{path}: dropping its last line, cut off by an interruption")
     return rows, len(data) - len(tail)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -41,7 +42,9 @@ def nonfinite_gradients(parameters: Iterable[torch.nn.Parameter]) -> list[int]:
 
 def last_good_checkpoint(output_dir: str | Path) -> str:
     checkpoint = last_checkpoint(output_dir)
-    return f"The last good checkpoint is {checkpoint}, left as it was." if checkpoint else "No checkpoint was saved yet."
+    return (
+        f"The last good checkpoint is {checkpoint}, left as it was." if checkpoint else "No checkpoint was saved yet."
+    )
 
 
 def finite_gradients_callback(output_dir: str | Path) -> Any:
@@ -84,8 +87,7 @@ def check_weights(directory: str | Path) -> None:
     bad = nonfinite_weights(directory)
     if bad:
         raise UnsoundOutput(
-            f"{directory}: {len(bad)} saved tensor(s) hold NaN or inf (first: {bad[0]}); the run is not marked "
-            "finished"
+            f"{directory}: {len(bad)} saved tensor(s) hold NaN or inf (first: {bad[0]}); the run is not marked finished"
         )
 
 

@@ -12,9 +12,10 @@ normalization, value model, card) and the run marker are written. The Trainer's 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import RUN_MARKER, atomic_write_text
@@ -55,8 +56,9 @@ def _markdown_table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _card_sections(datasets: Sequence[str | None], data_label: str, settings: dict[str, Any] | None,
-                   results: dict[str, Any] | None) -> list[str]:
+def _card_sections(
+    datasets: Sequence[str | None], data_label: str, settings: dict[str, Any] | None, results: dict[str, Any] | None
+) -> list[str]:
     """The lines every card ends with: the local data (no Hub page to link), the settings and the results."""
     lines: list[str] = []
     local = [d for d in datasets if d and not hub_id(d)]
@@ -129,7 +131,8 @@ def write_dataset_card(
 
     output_dir = Path(output_dir)
     data = DatasetCardData(
-        tags=["instructgpt", "rlhf", stage, "preference"], task_categories=["text-generation"],
+        tags=["instructgpt", "rlhf", stage, "preference"],
+        task_categories=["text-generation"],
         source_datasets=[d for d in (hub_id(d) for d in datasets) if d] or None,
     )
     lines = [f"# {output_dir.name}", "", f"## {title}", "", summary.strip(), ""]
@@ -173,8 +176,14 @@ def take_push_to_hub(training_args: Any) -> PushTarget | None:
     return PushTarget(training_args.hub_model_id, private=training_args.hub_private_repo, token=training_args.hub_token)
 
 
-def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | None = None,
-                token: str | None = None, repo_type: str = "model") -> str:
+def push_output(
+    output_dir: str | Path,
+    repo_id: str | None,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    repo_type: str = "model",
+) -> str:
     """Upload a finished ``output_dir`` to the Hub repository ``repo_id`` (default: the directory's name) in one
     commit; checkpoints, W&B files and hidden files stay local. ``repo_type`` is ``dataset`` for data a stage
     produced (``collect``'s rankings). Returns the repository id."""
@@ -188,7 +197,10 @@ def push_output(output_dir: str | Path, repo_id: str | None, *, private: bool | 
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
         api.upload_folder(
-            repo_id=repo_id, repo_type=repo_type, folder_path=str(output_dir), ignore_patterns=NOT_PUSHED,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            folder_path=str(output_dir),
+            ignore_patterns=NOT_PUSHED,
             commit_message=f"instructgpt: {json.loads((output_dir / RUN_MARKER).read_text())['stage']} output",
         )
     except Exception as err:  # network, login, permissions: the local run is finished either way

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from instructgpt.infra.files import (
     RUN_MARKER,
@@ -113,8 +114,9 @@ def mark_started(output_dir: str | Path, stage: str) -> None:
     """Record, as work begins (after every input was read and checked), that ``stage`` writes ``output_dir``: a later
     run can then tell its own interrupted output from a model some other tool saved there (:func:`started_by`)."""
     if process_state().is_main_process and not (Path(output_dir) / RUN_STARTED).is_file():
-        atomic_write_json(Path(output_dir) / RUN_STARTED,
-                          {"stage": stage, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_json(
+            Path(output_dir) / RUN_STARTED, {"stage": stage, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        )
 
 
 def mark_complete(
@@ -133,8 +135,17 @@ def mark_complete(
     )
 
 
-def finish_output(output_dir: str | Path, stage: str, recipe: dict[str, Any], metrics: dict[str, Any], *, what: str,
-                  is_main_process: bool, wait_for_everyone: Callable[[], Any], push: PushTarget | None) -> None:
+def finish_output(
+    output_dir: str | Path,
+    stage: str,
+    recipe: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    what: str,
+    is_main_process: bool,
+    wait_for_everyone: Callable[[], Any],
+    push: PushTarget | None,
+) -> None:
     """The end of every training stage, once its weights are saved (the last file but the marker), in an order that
     keeps a finished output sound. It needs no transformers ``Trainer``: PPO's own loop ends with it too.
 

@@ -29,9 +29,10 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -201,7 +202,9 @@ def _mentions(annotation: Any, kind: type) -> bool:
 
 
 def _is_optional(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
 
 
 def _yaml_value(text: str) -> Any:
@@ -241,8 +244,15 @@ class RecipeParser:
     ``build(data)`` turns an in-memory recipe (the pipeline's) into the same dataclasses through the same checks.
     """
 
-    def __init__(self, stage: str, dataclass_types: Sequence[type], *, prog: str | None = None,
-                 description: str | None = None, recipe_optional: bool = False):
+    def __init__(
+        self,
+        stage: str,
+        dataclass_types: Sequence[type],
+        *,
+        prog: str | None = None,
+        description: str | None = None,
+        recipe_optional: bool = False,
+    ):
         from transformers import HfArgumentParser  # heavy: `instructgpt --help` must not wait for it
 
         self.stage = stage
@@ -273,18 +283,29 @@ class RecipeParser:
                 raise RecipeError(message)
 
         self.parser = _Parser(
-            self.dataclass_types, prog=prog or f"instructgpt {stage}", description=description,
-            conflict_handler="resolve", add_help=False, exit_on_error=False,
+            self.dataclass_types,
+            prog=prog or f"instructgpt {stage}",
+            description=description,
+            conflict_handler="resolve",
+            add_help=False,
+            exit_on_error=False,
         )
         self.parser.add_argument("-h", "--help", action="help", help="Show every setting, its help and default.")
-        self.parser.add_argument("--config", metavar="RECIPE.yaml", help="The recipe (also accepted as the first argument).")
+        self.parser.add_argument(
+            "--config", metavar="RECIPE.yaml", help="The recipe (also accepted as the first argument)."
+        )
         self.parser.add_argument("--version", action="version", version=_version_text())
-        self.actions = {a.dest: a for a in self.parser._actions if a.option_strings and a.dest not in ("help", "config", "version")}
+        self.actions = {
+            a.dest: a for a in self.parser._actions if a.option_strings and a.dest not in ("help", "config", "version")
+        }
         hints = {name: hint for t in self.dataclass_types for name, hint in _field_types(t).items()}
         self.optional = {name for name, hint in hints.items() if _is_optional(hint)}
         # fields that take a list or a string (TRL's `lora_target_modules`): argparse sees one string, we split it
-        self.listy = {name for name, hint in hints.items() if _mentions(hint, list) and name in self.actions
-                      and self.actions[name].nargs not in ("+", "*")}
+        self.listy = {
+            name
+            for name, hint in hints.items()
+            if _mentions(hint, list) and name in self.actions and self.actions[name].nargs not in ("+", "*")
+        }
         self.keys = set(self.actions)
 
     # ---- public -----------------------------------------------------------------------------------------------
@@ -300,8 +321,10 @@ class RecipeParser:
             raise SystemExit(0)
         recipe_path, overrides = split_argv(argv, flags=self._is_flag, many=self._is_many)
         if recipe_path is None and not (overrides and self.recipe_optional):
-            raise RecipeError(f"usage: {self.parser.prog} RECIPE.yaml [--key value ...] (or --config RECIPE.yaml; "
-                              "--help lists every key)")
+            raise RecipeError(
+                f"usage: {self.parser.prog} RECIPE.yaml [--key value ...] (or --config RECIPE.yaml; "
+                "--help lists every key)"
+            )
         data = load_yaml(recipe_path) if recipe_path is not None else {}
         declared = data.get("stage")
         if declared is not None and declared != self.stage:
@@ -347,7 +370,9 @@ class RecipeParser:
                     raise RecipeError(f"{source}: {origin} `{key}` cannot be null")
                 nulls.append(key)
                 continue
-            if key in self.listy and (isinstance(value, (list, tuple)) or "," in str(value) or str(value).startswith("[")):
+            if key in self.listy and (
+                isinstance(value, (list, tuple)) or "," in str(value) or str(value).startswith("[")
+            ):
                 lists[key] = _as_list(value)
                 continue
             tokens += self._tokens(key, value, source, origin)
@@ -499,7 +524,11 @@ def _version_text() -> str:
 
 
 def parse_stage_args(
-    argv: list[str] | None, stage: str, dataclass_types: Sequence[type], *, prog: str | None = None,
+    argv: list[str] | None,
+    stage: str,
+    dataclass_types: Sequence[type],
+    *,
+    prog: str | None = None,
     description: str | None = None,
 ) -> tuple[list[Any], Recipe]:
     """Parse ``RECIPE.yaml [--key value ...]`` for one stage into its dataclasses: ``(instances, recipe)``."""

@@ -45,18 +45,40 @@ IDENTITY_FILE = "trackers.json"
 # trackers accelerate's GeneralTracker classes cover (accelerate.tracking.LOGGER_TYPE_TO_CLASS), with the module
 # each one imports; the non-Trainer stages log through these
 ACCELERATE_TRACKERS = {
-    "wandb": "wandb", "trackio": "trackio", "tensorboard": "tensorboard", "mlflow": "mlflow",
-    "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+    "wandb": "wandb",
+    "trackio": "trackio",
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
 }
 # transformers' Trainer integrations (transformers.integrations.INTEGRATION_TO_CALLBACK) and their modules
 TRAINER_TRACKERS = {
-    "wandb": "wandb", "trackio": "trackio", "tensorboard": "tensorboard", "mlflow": "mlflow",
-    "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
-    "azure_ml": "azureml", "neptune": "neptune", "codecarbon": "codecarbon", "dagshub": "dagshub",
-    "flyte": "flytekit", "kubeflow": "kubeflow",
+    "wandb": "wandb",
+    "trackio": "trackio",
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "azure_ml": "azureml",
+    "neptune": "neptune",
+    "codecarbon": "codecarbon",
+    "dagshub": "dagshub",
+    "flyte": "flytekit",
+    "kubeflow": "kubeflow",
 }
 # pip packages whose import name differs
-PIP_NAME = {"comet_ml": "comet-ml", "azureml": "azureml-core", "aim": "aim", "flytekit": "flytekitplugins-deck-standard"}
+PIP_NAME = {
+    "comet_ml": "comet-ml",
+    "azureml": "azureml-core",
+    "aim": "aim",
+    "flytekit": "flytekitplugins-deck-standard",
+}
 # tensorboard logs through torch's SummaryWriter, which needs the `tensorboard` package (or tensorboardX)
 _TENSORBOARD_MODULES = ("tensorboard", "tensorboardX")
 
@@ -94,21 +116,30 @@ def check_report_to(report_to: Any, *, trainer: bool, where: str = "report_to") 
         if name not in table:
             known = sorted(set(ACCELERATE_TRACKERS) | set(TRAINER_TRACKERS))
             if name in known:
-                raise TrackerError(f"{where}: `{name}` is not supported by this stage, which logs through {path}; "
-                                   f"choose from {', '.join(table)}")
+                raise TrackerError(
+                    f"{where}: `{name}` is not supported by this stage, which logs through {path}; "
+                    f"choose from {', '.join(table)}"
+                )
             raise TrackerError(f"{where}: unknown tracker `{name}`; choose from {', '.join(known)} (or none, all)")
         if not installed(name, table):
             module = table[name]
-            raise TrackerError(f"{where}: `{name}` is not installed; install it with "
-                               f"`pip install {PIP_NAME.get(module, module)}`, or choose another tracker")
+            raise TrackerError(
+                f"{where}: `{name}` is not installed; install it with "
+                f"`pip install {PIP_NAME.get(module, module)}`, or choose another tracker"
+            )
     return list(dict.fromkeys(names))
 
 
 # ---- the run's identity ------------------------------------------------------------------------------------------
 
 
-def run_identity(output_dir: str | Path, stage: str, run_name: str | None, resume_from: str | Path | None = None,
-                 resuming: bool = False) -> dict[str, Any]:
+def run_identity(
+    output_dir: str | Path,
+    stage: str,
+    run_name: str | None,
+    resume_from: str | Path | None = None,
+    resuming: bool = False,
+) -> dict[str, Any]:
     """Who this run is on the dashboards: stored ids when it resumes, a fresh name (``<stage>-<time>``) otherwise.
 
     A resumed stage reads ``trackers.json`` from the checkpoint it resumes from (else from the output directory);
@@ -216,10 +247,18 @@ def start_wandb(
 
     _prepare_wandb(project)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    return _while_wandb_id_in_use(lambda: wandb.init(
-        project=project, name=identity["run_name"], id=_wandb_id(identity), resume="allow",
-        group=os.environ.get(GROUP_ENV), job_type=stage, config=config, dir=str(output_dir),
-    ))
+    return _while_wandb_id_in_use(
+        lambda: wandb.init(
+            project=project,
+            name=identity["run_name"],
+            id=_wandb_id(identity),
+            resume="allow",
+            group=os.environ.get(GROUP_ENV),
+            job_type=stage,
+            config=config,
+            dir=str(output_dir),
+        )
+    )
 
 
 def finish_wandb(run: Any | None) -> None:
@@ -237,8 +276,9 @@ def finish_wandb(run: Any | None) -> None:
         logger.info(f"W&B run: {run.url}")
 
 
-def trainer_tracking(training_args: Any, stage: str, config: dict[str, Any],
-                     resume_from: str | Path | None) -> tuple[Any | None, list[Any]]:
+def trainer_tracking(
+    training_args: Any, stage: str, config: dict[str, Any], resume_from: str | Path | None
+) -> tuple[Any | None, list[Any]]:
     """For the Trainer stages: the run's identity applied to ``training_args`` (so that Trackio's callback, which
     resumes by run name, continues the run), the W&B run started, and the callback that stores the identity in
     each checkpoint. Returns the W&B run (or None) and the callbacks to give the Trainer."""
@@ -280,16 +320,28 @@ def _make_tracker(name: str, project: str, identity: dict[str, Any], stage: str,
     run_name, group = identity["run_name"], os.environ.get(GROUP_ENV)
     if name == "wandb":
         _prepare_wandb(project)
-        return tracking.WandBTracker(project, name=run_name, id=_wandb_id(identity), resume="allow", group=group,
-                                     job_type=stage, dir=str(output_dir))
+        return tracking.WandBTracker(
+            project,
+            name=run_name,
+            id=_wandb_id(identity),
+            resume="allow",
+            group=group,
+            job_type=stage,
+            dir=str(output_dir),
+        )
     if name == "trackio":
-        return tracking.TrackioTracker(project, name=run_name, group=group,
-                                       resume="allow" if identity.get("resumed") else "never")
+        return tracking.TrackioTracker(
+            project, name=run_name, group=group, resume="allow" if identity.get("resumed") else "never"
+        )
     if name == "tensorboard":
         return tracking.TensorBoardTracker(run_name, output_dir / "runs")  # the same folder when resumed
     if name == "mlflow":
-        return tracking.MLflowTracker(experiment_name=project, logging_dir=str(output_dir / "mlruns"),
-                                      run_id=identity.get("mlflow_run_id"), run_name=run_name)
+        return tracking.MLflowTracker(
+            experiment_name=project,
+            logging_dir=str(output_dir / "mlruns"),
+            run_id=identity.get("mlflow_run_id"),
+            run_name=run_name,
+        )
     if name == "aim":
         return tracking.AimTracker(run_name, logging_dir=str(output_dir))
     if name == "dvclive":
@@ -313,8 +365,16 @@ class StageTracker:
         self.identity = identity
 
     @classmethod
-    def start(cls, report_to: Any, *, project: str, stage: str, config: dict[str, Any], output_dir: str | Path,
-              identity: dict[str, Any]) -> "StageTracker":
+    def start(
+        cls,
+        report_to: Any,
+        *,
+        project: str,
+        stage: str,
+        config: dict[str, Any],
+        output_dir: str | Path,
+        identity: dict[str, Any],
+    ) -> StageTracker:
         """Start the runs on the main process (other processes get an empty tracker) and store their identity."""
         names = check_report_to(report_to, trainer=False)
         if not names or not process_state().is_main_process:
@@ -395,4 +455,3 @@ class StageTracker:
             project = next(t.run_name for t in self.trackers if t.name == "trackio")
             logger.info(f"Trackio dashboard: trackio show --project {project}")
         self.trackers = []
-

@@ -98,14 +98,16 @@ class TrainerStage:
         recovered = recover_final_save(self.output_dir, self.name, self.recipe.data, self.if_output_exists)
         if recovered is not None:
             return recovered
-        self.resume_from = prepare_output_dir(self.output_dir, self.if_output_exists, self.recipe.source,
-                                              stage=self.name)
+        self.resume_from = prepare_output_dir(
+            self.output_dir, self.if_output_exists, self.recipe.source, stage=self.name
+        )
         return None
 
     def start_run(self) -> list[Any]:
         """Steps 3-5: start the dashboards' run and take ``push_to_hub``; returns the callbacks the Trainer takes."""
-        self.run, tracking_callbacks = trainer_tracking(self.training_args, self.name, self.recipe.data,
-                                                        self.resume_from)
+        self.run, tracking_callbacks = trainer_tracking(
+            self.training_args, self.name, self.recipe.data, self.resume_from
+        )
         self.push = take_push_to_hub(self.training_args)  # pushed in finish(), once the output is finished
         return [finite_gradients_callback(self.output_dir), node_local_checkpoint_callback(), *tracking_callbacks]
 
@@ -115,8 +117,16 @@ class TrainerStage:
         result = trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
         return trainer_metrics(trainer, result)
 
-    def finish(self, trainer: Any, metrics: dict[str, Any], *, tokenizer: Any, card: dict[str, Any],
-               model: Any = None, keep_adapter: bool = False) -> None:
+    def finish(
+        self,
+        trainer: Any,
+        metrics: dict[str, Any],
+        *,
+        tokenizer: Any,
+        card: dict[str, Any],
+        model: Any = None,
+        keep_adapter: bool = False,
+    ) -> None:
         """Steps 9-13: tokenizer, card, weights, marker, push, W&B closed.
 
         ``card``: the keywords of :func:`~instructgpt.infra.hub.write_model_card` that are the stage's own
@@ -130,7 +140,14 @@ class TrainerStage:
         save_trained_model(trainer, self.output_dir, model=model, keep_adapter=keep_adapter)
         if trainer.is_world_process_zero() and self.run is not None:
             self.run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        finish_output(self.output_dir, self.name, self.recipe.data, metrics, what=self.what,
-                      is_main_process=trainer.is_world_process_zero(),
-                      wait_for_everyone=trainer.accelerator.wait_for_everyone, push=self.push)
+        finish_output(
+            self.output_dir,
+            self.name,
+            self.recipe.data,
+            metrics,
+            what=self.what,
+            is_main_process=trainer.is_world_process_zero(),
+            wait_for_everyone=trainer.accelerator.wait_for_everyone,
+            push=self.push,
+        )
         finish_wandb(self.run)

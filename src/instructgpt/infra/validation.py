@@ -35,9 +35,11 @@ RULES: list[tuple[str, str]] = [
     # sizes and counts that must be at least one
     (r"batch_size$|^(gradient_accumulation_steps|lora_r|lora_alpha|max_length|save_total_limit)$", ">= 1"),
     # rates, coefficients, limits and counts that may be zero
-    (r"_coef$|coefficient$|^(learning_rate|weight_decay|max_grad_norm|adam_epsilon|num_train_epochs|warmup_steps|"
-     r"eval_delay|neftune_noise_alpha|top_k|dataloader_num_workers|logging_steps|save_steps|eval_steps)$",
-     ">= 0"),
+    (
+        r"_coef$|coefficient$|^(learning_rate|weight_decay|max_grad_norm|adam_epsilon|num_train_epochs|warmup_steps|"
+        r"eval_delay|neftune_noise_alpha|top_k|dataloader_num_workers|logging_steps|save_steps|eval_steps)$",
+        ">= 0",
+    ),
 ]
 _COMPILED = [(re.compile(pattern), spec) for pattern, spec in RULES]
 _PACKAGE = __name__.split(".")[0]
@@ -103,8 +105,7 @@ def range_problems(instance: Any) -> list[str]:
     """
     cls = type(instance)
     return [
-        problem for f in dataclasses.fields(cls)
-        if (problem := check_number(f.name, getattr(instance, f.name), f, cls))
+        problem for f in dataclasses.fields(cls) if (problem := check_number(f.name, getattr(instance, f.name), f, cls))
     ]
 
 

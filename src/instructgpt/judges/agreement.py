@@ -26,10 +26,11 @@ pools of responses (:func:`pairwise_agreement`), and a rankings file from severa
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 from instructgpt.data import DataError, jsonl_rows
 from instructgpt.data.formats import prompt_text
@@ -54,7 +55,7 @@ class PairCounts:
     tied_b: int = 0
     taus: list[float] = field(default_factory=list)  # one Kendall's tau-b per item where it is defined
 
-    def add(self, other: "PairCounts") -> None:
+    def add(self, other: PairCounts) -> None:
         self.pairs += other.pairs
         self.agree += other.agree
         self.concordant += other.concordant
@@ -146,8 +147,11 @@ def read_rankings(path: str) -> tuple[Rankings, dict[Any, Any]]:
         scores = row.get("scores")
         if scores is None:
             scores = [float(len(responses) - 1 - place) for place in range(len(responses))]
-        elif not isinstance(scores, list) or len(scores) != len(responses) or not all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
+        elif (
+            not isinstance(scores, list)
+            or len(scores) != len(responses)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)
+        ):
             raise DataError(f"{where}: `scores` must be one finite number per response")
         item = row.get("item", prompt_text(row.get("prompt", "")).strip())
         prompts.setdefault(item, row.get("prompt"))
@@ -159,16 +163,20 @@ def read_rankings(path: str) -> tuple[Rankings, dict[Any, Any]]:
 
 
 def _row(first: str, second: str, counts: PairCounts, items: int) -> dict[str, Any]:
-    return {"labeler_a": first, "labeler_b": second, "items": items, "comparisons": counts.pairs,
-            "agreement": counts.agreement, "kendall_tau": counts.kendall_tau}
+    return {
+        "labeler_a": first,
+        "labeler_b": second,
+        "items": items,
+        "comparisons": counts.pairs,
+        "agreement": counts.agreement,
+        "kendall_tau": counts.kendall_tau,
+    }
 
 
-def agreement_report(by_labeler: Rankings, prompts: dict[Any, Any], reference: Labeler | None = None
-                     ) -> dict[str, Any]:
+def agreement_report(by_labeler: Rankings, prompts: dict[Any, Any], reference: Labeler | None = None) -> dict[str, Any]:
     """Pairwise agreement and tau for every two labelers, pooled over all pairs, and against ``reference``, which
     scores every response the labelers ranked."""
-    report: dict[str, Any] = {"labelers": {name: len(items) for name, items in sorted(by_labeler.items())},
-                              "pairs": []}
+    report: dict[str, Any] = {"labelers": {name: len(items) for name, items in sorted(by_labeler.items())}, "pairs": []}
     pooled = PairCounts()
     pooled_items = 0
     for first, second in combinations(sorted(by_labeler), 2):

@@ -17,8 +17,9 @@ This module holds the interface only; the judges themselves are its neighbours i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
 

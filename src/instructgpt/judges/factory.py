@@ -48,16 +48,26 @@ def make_labeler(
     if kind == "gold_rm" and path:
         return GoldRewardModelJudge(path, batch_size=batch_size, device=device, source=source)
     if kind == "llm":
-        raise LabelerError(f"{source}: `labeler`: {spec!r} is a pairwise judge: it compares two responses and cannot "
-                           "score or rank one; it judges `instructgpt eval`'s win rates only")
+        raise LabelerError(
+            f"{source}: `labeler`: {spec!r} is a pairwise judge: it compares two responses and cannot "
+            "score or rank one; it judges `instructgpt eval`'s win rates only"
+        )
     raise LabelerError(
         f"{source}: `labeler`: unknown labeler {spec!r}; use `simulated`, `reward_model:PATH`, `gold_rm:PATH` or "
         "`file:PATH.jsonl`"
     )
 
 
-def make_judge(spec: str, *, llm_settings: dict[str, Any] | None = None, noise: float = 0.0, seed: int = 0,
-               batch_size: int = 32, device: Any = None, source: str = "recipe") -> Labeler | LLMJudge:
+def make_judge(
+    spec: str,
+    *,
+    llm_settings: dict[str, Any] | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: Any = None,
+    source: str = "recipe",
+) -> Labeler | LLMJudge:
     """A judge from its recipe value: ``llm:MODEL`` (with ``llm_settings``: base_url, api_key_env, cache, ...) or
     anything :func:`make_labeler` accepts (``gold_rm:PATH``, ``simulated``, ...)."""
     kind, _, rest = spec.partition(":")

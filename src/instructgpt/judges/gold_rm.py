@@ -22,7 +22,8 @@ A chat-template input longer than the model's context keeps its end, where a las
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -49,8 +50,9 @@ def _messages(prompt: Prompt, response: str) -> list[dict[str, str]]:
 class GoldRewardModelJudge(Labeler):
     """Scores with any sequence-classification reward model in its own input format (see the module docstring)."""
 
-    def __init__(self, path: str, *, batch_size: int = 16, device: Any = None, source: str = "recipe",
-                 key: str = "labeler"):
+    def __init__(
+        self, path: str, *, batch_size: int = 16, device: Any = None, source: str = "recipe", key: str = "labeler"
+    ):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         check_model_path(path, key, source)
@@ -91,11 +93,14 @@ class GoldRewardModelJudge(Labeler):
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if self.rendering == "chat_template":
-            texts = [self.tokenizer.apply_chat_template(_messages(p, r), tokenize=False) for p, r in zip(prompts, responses)]
+            texts = [
+                self.tokenizer.apply_chat_template(_messages(p, r), tokenize=False) for p, r in zip(prompts, responses)
+            ]
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            return [{"input_ids": list(x[-self.max_length:])} for x in ids]
-        encoded = self.tokenizer([prompt_text(p) for p in prompts], list(responses), truncation="longest_first",
-                                 max_length=self.max_length)
+            return [{"input_ids": list(x[-self.max_length :])} for x in ids]
+        encoded = self.tokenizer(
+            [prompt_text(p) for p in prompts], list(responses), truncation="longest_first", max_length=self.max_length
+        )
         keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
         return [{k: list(encoded[k][i]) for k in keys} for i in range(len(prompts))]
 
@@ -111,7 +116,7 @@ class GoldRewardModelJudge(Labeler):
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
         scores = [0.0] * len(rows)
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             batch = self.tokenizer.pad([rows[i] for i in chunk], return_tensors="pt")
             logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
             for i, value in zip(chunk, logits.squeeze(-1).float().tolist()):

@@ -33,10 +33,11 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from instructgpt.data.formats import Prompt
 from instructgpt.infra.log import get_logger
@@ -96,11 +97,15 @@ class LLMJudgeSettings:
         if not self.model:
             raise LLMJudgeError(f"{s}: `labeler`: give the judge model, as llm:MODEL")
         if not self.base_url or not re.match(r"https?://", self.base_url):
-            raise LLMJudgeError(f"{s}: `llm_judge_base_url` must be the endpoint's http(s) URL (e.g. "
-                                f"https://api.openai.com/v1), got {self.base_url!r}")
+            raise LLMJudgeError(
+                f"{s}: `llm_judge_base_url` must be the endpoint's http(s) URL (e.g. "
+                f"https://api.openai.com/v1), got {self.base_url!r}"
+            )
         if not ENV_NAME.fullmatch(self.api_key_env or ""):
-            raise LLMJudgeError(f"{s}: `llm_judge_api_key_env` must name an environment variable that holds the key "
-                                "(e.g. OPENAI_API_KEY), not the key itself; keys never go in a recipe")
+            raise LLMJudgeError(
+                f"{s}: `llm_judge_api_key_env` must name an environment variable that holds the key "
+                "(e.g. OPENAI_API_KEY), not the key itself; keys never go in a recipe"
+            )
         if self.on_failure not in ("error", "skip"):
             raise LLMJudgeError(f"{s}: `llm_judge_on_failure` must be `error` or `skip`, got {self.on_failure!r}")
         for name in ("max_retries", "concurrency", "max_tokens"):
@@ -205,7 +210,9 @@ class LLMJudge:
         try:
             import httpx
         except ImportError:
-            raise LLMJudgeError(f"{settings.source}: the llm: judge needs httpx: pip install 'instructgpt[judge]'") from None
+            raise LLMJudgeError(
+                f"{settings.source}: the llm: judge needs httpx: pip install 'instructgpt[judge]'"
+            ) from None
 
         self.settings = settings
         self.name = f"llm:{settings.model} at {settings.base_url}"
@@ -220,8 +227,9 @@ class LLMJudge:
         self.counter_lock = threading.Lock()
 
     def question(self, prompt: Prompt, response_a: str, response_b: str) -> str:
-        return PAIRWISE_TEMPLATE.format(instruction=conversation_text(prompt), response_a=response_a,
-                                        response_b=response_b)
+        return PAIRWISE_TEMPLATE.format(
+            instruction=conversation_text(prompt), response_a=response_a, response_b=response_b
+        )
 
     def key(self, question: str) -> str:
         s = self.settings
@@ -241,8 +249,12 @@ class LLMJudge:
         import httpx
 
         s = self.settings
-        body = {"model": s.model, "messages": [{"role": "user", "content": question}], "temperature": 0,
-                "max_tokens": s.max_tokens}
+        body = {
+            "model": s.model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": s.max_tokens,
+        }
         last = ""
         for attempt in range(s.max_retries + 1):
             if attempt:
@@ -259,19 +271,25 @@ class LLMJudge:
                 continue
             if response.status_code != 200:
                 detail = " ".join(response.text.split())[:160]
-                raise LLMJudgeError(f"{s.source}: llm judge {s.model} at {s.base_url}: HTTP {response.status_code} "
-                                    f"({detail}); check the model name, the URL and ${s.api_key_env}")
+                raise LLMJudgeError(
+                    f"{s.source}: llm judge {s.model} at {s.base_url}: HTTP {response.status_code} "
+                    f"({detail}); check the model name, the URL and ${s.api_key_env}"
+                )
             try:
                 content = response.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
                 last = "a response without choices[0].message.content"
                 continue
             return content if isinstance(content, str) else ""
-        raise JudgeUnavailable(f"{s.source}: llm judge {s.model} at {s.base_url}: no answer after {s.max_retries + 1} "
-                               f"attempts (last: {last}); rerun to continue from the cache, or set "
-                               "`llm_judge_on_failure: skip` to leave such comparisons out")
+        raise JudgeUnavailable(
+            f"{s.source}: llm judge {s.model} at {s.base_url}: no answer after {s.max_retries + 1} "
+            f"attempts (last: {last}); rerun to continue from the cache, or set "
+            "`llm_judge_on_failure: skip` to leave such comparisons out"
+        )
 
-    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> PairwiseResult:
+    def compare(
+        self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> PairwiseResult:
         """Judge a[i] against b[i] for every prompt, each pair in both orders (see the module docstring)."""
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} responses")
@@ -286,8 +304,15 @@ class LLMJudge:
                 questions.setdefault(self.key(q), q)
             plan.append((self.key(pair[0]), self.key(pair[1])))
         answers = self._answer_all(questions)
-        counts = {"comparisons": len(plan), "judged": 0, "consistent": 0, "inconsistent": 0, "identical": 0,
-                  "unparseable": 0, "failed": 0}
+        counts = {
+            "comparisons": len(plan),
+            "judged": 0,
+            "consistent": 0,
+            "inconsistent": 0,
+            "identical": 0,
+            "unparseable": 0,
+            "failed": 0,
+        }
         outcomes: list[float | None] = []
         examples: list[str] = []
         for keys in plan:

@@ -6,11 +6,13 @@ models: :func:`judge_pairs` judges every unordered pair once, :func:`total_count
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
-def judge_pairs(judge: Any, prompts: Sequence[Any], texts: dict[str, Sequence[str]]
-                ) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict[str, Any]]]:
+def judge_pairs(
+    judge: Any, prompts: Sequence[Any], texts: dict[str, Sequence[str]]
+) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict[str, Any]]]:
     """A pairwise judge's per-prompt outcomes for every pair of models, each unordered pair judged once.
 
     Returns ``outcomes[(A, B)]``, the outcomes of A over B on the prompts with a verdict (1, 1/2, 0; the order of
@@ -21,7 +23,7 @@ def judge_pairs(judge: Any, prompts: Sequence[Any], texts: dict[str, Sequence[st
     outcomes: dict[tuple[str, str], list[float]] = {}
     counts: dict[str, dict[str, Any]] = {}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             result = judge.compare(list(prompts), list(texts[a]), list(texts[b]))
             outcomes[(a, b)] = [o for o in result.outcomes if o is not None]
             counts[f"{a} vs {b}"] = {**result.counts, "unparseable_examples": result.unparseable_examples}

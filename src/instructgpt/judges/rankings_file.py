@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from instructgpt.data.formats import prompt_text
 from instructgpt.data.rankings import load_rankings

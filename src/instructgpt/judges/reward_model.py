@@ -7,7 +7,8 @@ best-of-n.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from instructgpt.judges.base import Labeler
 from instructgpt.modeling.reward import load_reward_model, score_responses

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 

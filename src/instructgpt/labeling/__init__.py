@@ -27,7 +27,20 @@ from instructgpt.labeling.store import (
 )
 
 __all__ = [
-    "FLAGS", "ITEMS_FILE", "MAX_LABELER_ID", "QUALITY_SCALE", "RANKINGS_FILE", "SKIPS_FILE", "Item", "LabelingError",
-    "LabelStore", "check_labeler_id", "check_metadata", "check_tiers", "items_from_rankings", "load_items",
-    "save_items", "tiers_to_scores",
+    "FLAGS",
+    "ITEMS_FILE",
+    "MAX_LABELER_ID",
+    "QUALITY_SCALE",
+    "RANKINGS_FILE",
+    "SKIPS_FILE",
+    "Item",
+    "LabelingError",
+    "LabelStore",
+    "check_labeler_id",
+    "check_metadata",
+    "check_tiers",
+    "items_from_rankings",
+    "load_items",
+    "save_items",
+    "tiers_to_scores",
 ]

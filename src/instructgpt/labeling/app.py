@@ -67,20 +67,26 @@ def parse_ranking(text: str | None) -> list[list[int]]:
 # The ranking is built in the browser, in the ranking box itself ("B > A = "), by these functions: a pick is
 # instant and never lost, however fast keys are pressed, and the server only reads the box when it is submitted.
 def pick_js(letter: str) -> str:
-    return (f"(r) => {{ r = r || ''; if (r.split(/[^A-Z]+/).includes('{letter}')) return r; "
-            f"if (r === '' || r.endsWith(' = ')) return r + '{letter}'; return r + ' > {letter}'; }}")
+    return (
+        f"(r) => {{ r = r || ''; if (r.split(/[^A-Z]+/).includes('{letter}')) return r; "
+        f"if (r === '' || r.endsWith(' = ')) return r + '{letter}'; return r + ' > {letter}'; }}"
+    )
 
 
 TIE_JS = "(r) => (r && !r.endsWith(' = ')) ? r + ' = ' : (r || '')"
-UNDO_JS = "(r) => { r = r || ''; if (r.endsWith(' = ')) return r.slice(0, -3); return r.replace(/( [>=] )?[A-Z]$/, ''); }"
+UNDO_JS = (
+    "(r) => { r = r || ''; if (r.endsWith(' = ')) return r.slice(0, -3); return r.replace(/( [>=] )?[A-Z]$/, ''); }"
+)
 CLEAR_JS = "() => ''"
 
 
 def progress_html(progress: dict[str, int]) -> str:
     """A progress bar of done/total; built from integers only, so it holds no text anyone wrote."""
     done, total, mine = int(progress["done"]), int(progress["total"]), int(progress["mine"])
-    return (f'<div id="progress-text">{done} / {total} done · you ranked {mine}</div>'
-            f'<progress id="progress-bar" value="{done}" max="{total}" style="width:100%"></progress>')
+    return (
+        f'<div id="progress-text">{done} / {total} done · you ranked {mine}</div>'
+        f'<progress id="progress-bar" value="{done}" max="{total}" style="width:100%"></progress>'
+    )
 
 
 def build_app(
@@ -102,9 +108,11 @@ def build_app(
     with gr.Blocks(title="instructgpt label", analytics_enabled=False) as demo:
         labeler_state = gr.State(None)
         saved_id = gr.BrowserState("", storage_key="instructgpt-label-labeler", secret=browser_secret)
-        gr.Markdown(f"## {title}\nPick the responses from best to worst with the buttons or the keys A, B, C, ... "
-                    + ("Press = before a pick to tie it with the previous one. " if store.allow_ties else "")
-                    + "Backspace undoes, Enter submits.")
+        gr.Markdown(
+            f"## {title}\nPick the responses from best to worst with the buttons or the keys A, B, C, ... "
+            + ("Press = before a pick to tie it with the previous one. " if store.allow_ties else "")
+            + "Backspace undoes, Enter submits."
+        )
         with gr.Row(visible=not use_login) as login_row:
             name = gr.Textbox(label="Labeler id", placeholder="your name", elem_id="labeler-id", scale=4)
             start = gr.Button("Start", elem_id="start", scale=1)
@@ -115,15 +123,29 @@ def build_app(
             with gr.Row():
                 for j in range(k_max):
                     with gr.Column(min_width=200) as column:
-                        texts.append(gr.Textbox(label=f"Response {LETTERS[j]}", interactive=False, lines=6,
-                                                elem_id=f"response-{j}"))
+                        texts.append(
+                            gr.Textbox(
+                                label=f"Response {LETTERS[j]}", interactive=False, lines=6, elem_id=f"response-{j}"
+                            )
+                        )
                         picks.append(gr.Button(f"Pick {LETTERS[j]}", elem_id=f"pick-{j}"))
-                        qualities.append(gr.Dropdown(
-                            choices=[str(q) for q in range(QUALITY_SCALE[0], QUALITY_SCALE[1] + 1)], value=None,
-                            label="Overall quality (1-7)", visible=rate_metadata, elem_id=f"quality-{j}"))
-                        flags.append(gr.CheckboxGroup(
-                            choices=[(FLAG_LABELS[f], f) for f in FLAGS], label="Problems", visible=rate_metadata,
-                            elem_id=f"flags-{j}"))
+                        qualities.append(
+                            gr.Dropdown(
+                                choices=[str(q) for q in range(QUALITY_SCALE[0], QUALITY_SCALE[1] + 1)],
+                                value=None,
+                                label="Overall quality (1-7)",
+                                visible=rate_metadata,
+                                elem_id=f"quality-{j}",
+                            )
+                        )
+                        flags.append(
+                            gr.CheckboxGroup(
+                                choices=[(FLAG_LABELS[f], f) for f in FLAGS],
+                                label="Problems",
+                                visible=rate_metadata,
+                                elem_id=f"flags-{j}",
+                            )
+                        )
                     columns.append(column)
             ranking = gr.Textbox(label="Your ranking, best first", interactive=False, elem_id="ranking")
             with gr.Row():
@@ -142,13 +164,21 @@ def build_app(
         def show(labeler: str | None, message: str = "") -> list[Any]:
             """Updates for every component of ``screen`` plus the status line: the labeler's current item."""
             if labeler is None:
-                return [gr.update(visible=False), gr.update(visible=not use_login), *[gr.update()] * (len(screen) - 2),
-                        message]
+                return [
+                    gr.update(visible=False),
+                    gr.update(visible=not use_login),
+                    *[gr.update()] * (len(screen) - 2),
+                    message,
+                ]
             item_index = store.current(labeler)
             head = [gr.update(visible=True), gr.update(visible=False), progress_html(store.progress(labeler))]
             if item_index is None:
-                return [gr.update(visible=False), gr.update(visible=False), *[gr.update()] * (len(screen) - 2),
-                        f"All done, {labeler}: nothing left for you to rank. Thank you!"]
+                return [
+                    gr.update(visible=False),
+                    gr.update(visible=False),
+                    *[gr.update()] * (len(screen) - 2),
+                    f"All done, {labeler}: nothing left for you to rank. Thank you!",
+                ]
             item = store.items[item_index]
             order = store.display_order(labeler, item_index)
             k = len(order)
@@ -191,8 +221,9 @@ def build_app(
         def save(labeler, text, *ratings):
             if labeler is None:
                 return [labeler, gr.update(), *show(None, "enter a labeler id first")]
-            metadata = [{"quality": ratings[j], **{f: f in (ratings[k_max + j] or []) for f in FLAGS}}
-                        for j in range(k_max)]
+            metadata = [
+                {"quality": ratings[j], **{f: f in (ratings[k_max + j] or []) for f in FLAGS}} for j in range(k_max)
+            ]
             try:
                 store.submit(labeler, parse_ranking(text), metadata)
             except LabelingError as err:
@@ -210,6 +241,7 @@ def build_app(
                 except LabelingError as err:
                     return [labeler, gr.update(), *[gr.update()] * len(screen), str(err)]
                 return [labeler, gr.update(), *show(labeler, "Flagged. Next prompt." if flagged else "Skipped.")]
+
             return handler
 
         skip.click(pass_on(False), inputs=[labeler_state, reason], outputs=outputs)

@@ -32,9 +32,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from instructgpt.data.loading import DataError
 from instructgpt.data.rankings import load_rankings
@@ -73,16 +74,20 @@ class Item:
 
 def items_from_rankings(path: str, *, key: str, source: str, limit: int | None) -> list[Item]:
     """Items from a file in any format the RM stage reads (a ``collect`` output: prompt and K responses)."""
-    rows = load_rankings(path, key=key, source=source, config=None, split="train", limit=limit,
-                         score_key="fine-grained_score")
+    rows = load_rankings(
+        path, key=key, source=source, config=None, split="train", limit=limit, score_key="fine-grained_score"
+    )
     return [Item(i, row["prompt"], list(row["responses"])) for i, row in enumerate(rows)]
 
 
 def save_items(path: Path, items: list[Item]) -> None:
-    atomic_write_text(path, "".join(
-        json.dumps({"item": it.index, "prompt": it.prompt, "responses": it.responses}, ensure_ascii=False) + "\n"
-        for it in items
-    ))
+    atomic_write_text(
+        path,
+        "".join(
+            json.dumps({"item": it.index, "prompt": it.prompt, "responses": it.responses}, ensure_ascii=False) + "\n"
+            for it in items
+        ),
+    )
 
 
 def load_items(path: Path) -> list[Item]:
@@ -139,7 +144,9 @@ def check_metadata(metadata: list[dict[str, Any]] | None, num_responses: int) ->
             try:
                 quality = int(quality)
             except (TypeError, ValueError):
-                raise LabelingError(f"quality must be a whole number from {QUALITY_SCALE[0]} to {QUALITY_SCALE[1]}") from None
+                raise LabelingError(
+                    f"quality must be a whole number from {QUALITY_SCALE[0]} to {QUALITY_SCALE[1]}"
+                ) from None
             if not QUALITY_SCALE[0] <= quality <= QUALITY_SCALE[1]:
                 raise LabelingError(f"quality must be from {QUALITY_SCALE[0]} to {QUALITY_SCALE[1]}, got {quality}")
         out.append({"quality": quality, **{flag: bool(given.get(flag)) for flag in FLAGS}})
@@ -213,8 +220,7 @@ class LabelStore:
     def progress(self, labeler: str) -> dict[str, int]:
         """Rankings this labeler submitted; labels done and wanted over all items (each item N times)."""
         done = sum(min(len(c), self.labelers_per_prompt) for c in self.covered.values())
-        return {"mine": self.ranked.get(labeler, 0), "done": done,
-                "total": len(self.items) * self.labelers_per_prompt}
+        return {"mine": self.ranked.get(labeler, 0), "done": done, "total": len(self.items) * self.labelers_per_prompt}
 
     def is_complete(self) -> bool:
         return all(len(c) >= self.labelers_per_prompt for c in self.covered.values())
@@ -284,8 +290,12 @@ class LabelStore:
         with self._lock:
             item, shown = self._take(labeler)
             row = {
-                "item": item.index, "prompt": item.prompt, "action": "flag" if flag else "skip",
-                "reason": str(reason or "")[:500], "labeler_id": labeler, "timestamp": _utc_now(),
+                "item": item.index,
+                "prompt": item.prompt,
+                "action": "flag" if flag else "skip",
+                "reason": str(reason or "")[:500],
+                "labeler_id": labeler,
+                "timestamp": _utc_now(),
                 "seconds": round(time.monotonic() - shown, 2),
             }
             self._append(SKIPS_FILE, row)

@@ -15,6 +15,12 @@ from instructgpt.losses.reward import kway_ranking_loss, pairwise_ranking_loss, 
 from instructgpt.losses.sft import IGNORE_INDEX, masked_token_nll
 
 __all__ = [
-    "IGNORE_INDEX", "dpo_pairwise_loss", "kway_ranking_loss", "masked_token_nll", "pairwise_ranking_loss",
-    "plackett_luce_dpo_loss", "ranking_pairs", "unflatten_rewards",
+    "IGNORE_INDEX",
+    "dpo_pairwise_loss",
+    "kway_ranking_loss",
+    "masked_token_nll",
+    "pairwise_ranking_loss",
+    "plackett_luce_dpo_loss",
+    "ranking_pairs",
+    "unflatten_rewards",
 ]

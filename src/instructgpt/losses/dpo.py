@@ -89,8 +89,9 @@ def plackett_luce_dpo_loss(
 
     idx = torch.arange(k_max, device=policy_logps.device)
     valid = idx.unsqueeze(0) < num_responses.unsqueeze(1)  # (P, K)
-    logratios = torch.where(valid, policy_logps - ref_logps, torch.zeros((), dtype=policy_logps.dtype,
-                                                                          device=policy_logps.device))
+    logratios = torch.where(
+        valid, policy_logps - ref_logps, torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
+    )
     scores = beta * logratios  # (P, K): beta * h_k, 0 on padding
     # suffix[p, k, j]: response j competes for position k of ranking p (j at or below k, both real)
     suffix = (idx.unsqueeze(0) >= idx.unsqueeze(1)).unsqueeze(0) & valid.unsqueeze(1) & valid.unsqueeze(2)

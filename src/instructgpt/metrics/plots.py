@@ -15,8 +15,9 @@ Every function writes one PNG and returns its path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -103,8 +104,13 @@ def plot_overoptimization(
         if all(p.get("labeler_on_task") is not None for p in points):
             shares.plot(kl, [100 * p["labeler_on_task"] for p in points], "^--", color="#8172B2", label="on task")
         for p in points:
-            shares.annotate(str(p.get("label", "")), (p["kl"], 100 * p["labeler_correct"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
+            shares.annotate(
+                str(p.get("label", "")),
+                (p["kl"], 100 * p["labeler_correct"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
         shares.set_xlabel(x_label)
         shares.set_ylabel(f"share of responses ({labeler}), %")
         shares.grid(alpha=0.3)
@@ -113,8 +119,13 @@ def plot_overoptimization(
     ax = axes[0][-1]
     ax.plot(kl, [p["labeler_score"] for p in points], "o-", color="#4C72B0", label=f"{labeler} score (gold)")
     for p in points:
-        ax.annotate(str(p.get("label", "")), (p["kl"], p["labeler_score"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
+        ax.annotate(
+            str(p.get("label", "")),
+            (p["kl"], p["labeler_score"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"mean {labeler} score", color="#4C72B0")
     ax.grid(alpha=0.3)
@@ -130,7 +141,9 @@ def plot_overoptimization(
     return _save(fig, path)
 
 
-def plot_model_metrics(metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple[str, str]], path: str | Path) -> Path:
+def plot_model_metrics(
+    metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple[str, str]], path: str | Path
+) -> Path:
     """One small bar chart per metric (``keys``: ``(metric key, axis title)``), the models side by side."""
     keys = [(k, title) for k, title in keys if any(m.get(k) is not None for m in metrics.values())]
     names = list(metrics)
@@ -138,12 +151,15 @@ def plot_model_metrics(metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[
     rows = max(1, -(-len(keys) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.4, 2.9 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.flat, keys):
         values = [metrics[n].get(key) for n in names]
-        ax.bar(range(len(names)), [v if v is not None else 0.0 for v in values],
-               color=[colors[i % len(colors)] for i in range(len(names))])
+        ax.bar(
+            range(len(names)),
+            [v if v is not None else 0.0 for v in values],
+            color=[colors[i % len(colors)] for i in range(len(names))],
+        )
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
@@ -171,13 +187,19 @@ def plot_frontier(
     for name, run in curves.items():
         run = [p for p in run if p.get("kl") is not None and p.get("labeler_score") is not None]
         if len(run) >= 2:
-            ax.plot([p["kl"] for p in run], [p["labeler_score"] for p in run], "-", marker=".", alpha=0.6,
-                    color=color_of[name], label=f"{name} checkpoints")
+            ax.plot(
+                [p["kl"] for p in run],
+                [p["labeler_score"] for p in run],
+                "-",
+                marker=".",
+                alpha=0.6,
+                color=color_of[name],
+                label=f"{name} checkpoints",
+            )
     for name, p in points.items():
         if p.get("kl") is None or p.get("labeler_score") is None:
             continue
-        ax.scatter([p["kl"]], [p["labeler_score"]], s=60, color=color_of[name], edgecolor="black", zorder=3,
-                   label=name)
+        ax.scatter([p["kl"]], [p["labeler_score"]], s=60, color=color_of[name], edgecolor="black", zorder=3, label=name)
         ax.annotate(name, (p["kl"], p["labeler_score"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"KL(policy || {reference}) on held-out prompts, nats per response")
     ax.set_ylabel(f"mean {labeler} score")

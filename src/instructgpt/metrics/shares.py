@@ -16,8 +16,8 @@ module only counts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from instructgpt.metrics.winrate import wilson_interval
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -14,7 +14,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     seen: set[tuple[str, ...]] = set()
     for text in texts:
         words = _WORD.findall(text.lower())
-        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0

@@ -8,8 +8,8 @@ win_rate[B][A] == 1``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -36,12 +36,27 @@ class WinRate:
     def as_dict(self) -> dict[str, float | int | None]:
         """The numbers for results.json; with no comparison at all (n = 0) the rate is None, not NaN."""
         if self.n == 0:
-            return {"win_rate": None, "ci_low": None, "ci_high": None, "bootstrap_low": None,
-                    "bootstrap_high": None, "wins": 0, "ties": 0, "losses": 0, "n": 0}
+            return {
+                "win_rate": None,
+                "ci_low": None,
+                "ci_high": None,
+                "bootstrap_low": None,
+                "bootstrap_high": None,
+                "wins": 0,
+                "ties": 0,
+                "losses": 0,
+                "n": 0,
+            }
         return {
-            "win_rate": self.win_rate, "ci_low": self.ci_low, "ci_high": self.ci_high,
-            "bootstrap_low": self.bootstrap_low, "bootstrap_high": self.bootstrap_high,
-            "wins": self.wins, "ties": self.ties, "losses": self.losses, "n": self.n,
+            "win_rate": self.win_rate,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "bootstrap_low": self.bootstrap_low,
+            "bootstrap_high": self.bootstrap_high,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "n": self.n,
         }
 
 
@@ -64,7 +79,10 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 
 
 def paired_bootstrap_interval(
-    outcomes: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+    outcomes: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
     r"""Percentile bootstrap interval over prompts for the mean of per-prompt outcomes (1 win, 1/2 tie, 0 loss).
@@ -100,7 +118,9 @@ def win_rate_from_outcomes(outcomes: Sequence[float]) -> WinRate:
     return WinRate(successes / n if n else float("nan"), low, high, wins, ties, losses, boot_low, boot_high)
 
 
-def outcomes_from_scores(scores_a: Sequence[float], scores_b: Sequence[float], tie_tolerance: float = 0.0) -> list[float]:
+def outcomes_from_scores(
+    scores_a: Sequence[float], scores_b: Sequence[float], tie_tolerance: float = 0.0
+) -> list[float]:
     """Per-prompt outcome of A against B from a labeler's scores: 1 if A scores higher, 0 if lower, 1/2 if the two
     are within ``tie_tolerance``."""
     if len(scores_a) != len(scores_b):
@@ -118,10 +138,7 @@ def win_rate_from_scores(scores_a: Sequence[float], scores_b: Sequence[float], t
 
 def win_rate_matrix(scores: dict[str, Sequence[float]], tie_tolerance: float = 0.0) -> dict[str, dict[str, WinRate]]:
     """``matrix[A][B]``: win rate of every model against every other, from per-prompt labeler scores."""
-    return {
-        a: {b: win_rate_from_scores(scores[a], scores[b], tie_tolerance) for b in scores if b != a}
-        for a in scores
-    }
+    return {a: {b: win_rate_from_scores(scores[a], scores[b], tie_tolerance) for b in scores if b != a} for a in scores}
 
 
 def win_rate_matrix_from_outcomes(outcomes: dict[tuple[str, str], Sequence[float]]) -> dict[str, dict[str, WinRate]]:

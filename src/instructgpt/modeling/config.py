@@ -22,11 +22,7 @@ class ModelLoadError(InstructGPTError):
 
 def looks_local(name_or_path: str) -> bool:
     """A path rather than a Hub id: it exists, starts like a path, or has more than one slash."""
-    return (
-        Path(name_or_path).exists()
-        or name_or_path.startswith((".", "/", "~"))
-        or name_or_path.count("/") > 1
-    )
+    return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
 
 
 def check_model_path(name_or_path: str | None, key: str, source: str) -> str:
@@ -38,7 +34,9 @@ def check_model_path(name_or_path: str | None, key: str, source: str) -> str:
     return name_or_path
 
 
-def read_model_config(name_or_path: str | None, *, revision: str | None = None, trust_remote_code: bool = False) -> Any | None:
+def read_model_config(
+    name_or_path: str | None, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any | None:
     """The transformers config of a model directory, Hub id or LoRA adapter directory; None when it cannot be read.
 
     An adapter directory (``adapter_config.json``, no ``config.json``) stands for its base model, whose config it

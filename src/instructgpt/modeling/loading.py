@@ -17,7 +17,11 @@ from instructgpt.modeling.tokenizers import DEFAULT_PROMPT_TEMPLATE, load_tokeni
 
 
 def model_init_kwargs(
-    model_args: Any, trust_remote_code: bool = False, *, quantize: bool = True, trainable: bool = True,
+    model_args: Any,
+    trust_remote_code: bool = False,
+    *,
+    quantize: bool = True,
+    trainable: bool = True,
     source: str = "recipe",
 ) -> dict[str, Any]:
     """from_pretrained keyword arguments from TRL's ``ModelConfig`` (dtype, attention implementation, revision, and

@@ -86,7 +86,8 @@ def lora_target_modules(
     config = None
     if model_type is None or target:
         config = read_model_config(
-            model_args.model_name_or_path, revision=getattr(model_args, "model_revision", None),
+            model_args.model_name_or_path,
+            revision=getattr(model_args, "model_revision", None),
             trust_remote_code=trust_remote_code,
         )
         if model_type is None and config is not None:
@@ -101,7 +102,11 @@ def lora_target_modules(
 
 
 def lora_config(
-    model_args: Any, task_type: str, model_type: str | None = None, *, source: str = "recipe",
+    model_args: Any,
+    task_type: str,
+    model_type: str | None = None,
+    *,
+    source: str = "recipe",
     trust_remote_code: bool = False,
 ) -> Any | None:
     """A peft ``LoraConfig`` from TRL's ``ModelConfig`` LoRA fields, or None without ``use_peft``.

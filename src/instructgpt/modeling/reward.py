@@ -9,8 +9,9 @@ doing RL" (Ouyang et al. 2022, section 3.5). It lives in ``config.reward_shift``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ def end_at_eos(text: str, eos_token: str | None) -> str:
     """
     if eos_token:
         cut = text.rfind(eos_token)
-        if cut != -1 and not text[cut + len(eos_token):].strip():
+        if cut != -1 and not text[cut + len(eos_token) :].strip():
             return text[: cut + len(eos_token)]
     return text
 
@@ -166,7 +167,7 @@ def score_responses(
     scores = [0.0] * len(ids)
     try:
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             input_ids, attention_mask = pad_sequences([ids[i] for i in chunk], pad_id, side="right")
             logits = module(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
@@ -179,7 +180,9 @@ def score_responses(
     return scores
 
 
-def evaluate_rankings(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int = 32) -> dict[str, float]:
+def evaluate_rankings(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int = 32
+) -> dict[str, float]:
     """Pairwise accuracy and Kendall's tau of a reward model on rankings ``{"prompt", "responses" best first}``."""
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
     responses = [text for r in rows for text in r["responses"]]
@@ -248,7 +251,7 @@ class RewardModelReward:
         self.batch_size = batch_size
         self.__name__ = "reward_model"  # TRL names its logged metrics after the function: rewards/reward_model/mean
 
-    def to(self, device: str | torch.device) -> "RewardModelReward":
+    def to(self, device: str | torch.device) -> RewardModelReward:
         self.model.to(device)
         return self
 
@@ -266,5 +269,7 @@ class RewardModelReward:
         responses = [completion_text(c) for c in completions]
         scores = score_responses(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size)
         if self.missing_eos_penalty and completion_ids is not None and self.eos_token_ids:
-            scores = [s if done else s - self.missing_eos_penalty for s, done in zip(scores, self.ended(completion_ids))]
+            scores = [
+                s if done else s - self.missing_eos_penalty for s, done in zip(scores, self.ended(completion_ids))
+            ]
         return scores

@@ -32,8 +32,11 @@ def prompt_template_to_chat_template(prompt_template: str) -> str:
     return (
         "{%- for message in messages -%}"
         "{%- if message['role'] == 'system' -%}{{ message['content'] + " + json.dumps("\n\n") + " }}"
-        "{%- elif message['role'] == 'user' -%}{{ " + json.dumps(prefix) + " + message['content'] + "
-        + json.dumps(suffix) + " }}"
+        "{%- elif message['role'] == 'user' -%}{{ "
+        + json.dumps(prefix)
+        + " + message['content'] + "
+        + json.dumps(suffix)
+        + " }}"
         "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
         "{%- endif -%}"
         "{%- endfor -%}"
@@ -114,7 +117,7 @@ def end_of_turn_token(tokenizer: Any) -> str | None:
         return None
     if marker not in text:
         return None
-    suffix = text[text.rindex(marker) + len(marker):]
+    suffix = text[text.rindex(marker) + len(marker) :]
     ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
     if not ids:
         return None

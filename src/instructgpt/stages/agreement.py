@@ -37,8 +37,14 @@ def print_report(report: dict[str, Any]) -> None:
     for column in ("labeler A", "labeler B", "items", "comparisons", "agreement", "Kendall's tau"):
         table.add_column(column)
     for row in report["pairs"] + [report["overall"]]:
-        table.add_row(row["labeler_a"], row["labeler_b"], str(row["items"]), str(row["comparisons"]),
-                      fmt(row["agreement"]), fmt(row["kendall_tau"]))
+        table.add_row(
+            row["labeler_a"],
+            row["labeler_b"],
+            str(row["items"]),
+            str(row["comparisons"]),
+            fmt(row["agreement"]),
+            fmt(row["kendall_tau"]),
+        )
     console.print(table)
     if not report["pairs"]:
         console.print("No two labelers ranked the same item: nothing to compare (set labelers_per_prompt >= 2).")
@@ -47,8 +53,13 @@ def print_report(report: dict[str, Any]) -> None:
         for column in ("labeler", "items", "comparisons", "agreement", "Kendall's tau"):
             ref.add_column(column)
         for row in report["vs_reference"]:
-            ref.add_row(row["labeler_a"], str(row["items"]), str(row["comparisons"]), fmt(row["agreement"]),
-                        fmt(row["kendall_tau"]))
+            ref.add_row(
+                row["labeler_a"],
+                str(row["items"]),
+                str(row["comparisons"]),
+                fmt(row["agreement"]),
+                fmt(row["kendall_tau"]),
+            )
         console.print(ref)
 
 
@@ -63,11 +74,13 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="instructgpt agreement", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="instructgpt agreement", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("rankings", help="A rankings.jsonl with several labelers (instructgpt label's output).")
-    parser.add_argument("--labeler", default=None,
-                        help="Also compare each labeler with `simulated` or `reward_model:PATH`.")
+    parser.add_argument(
+        "--labeler", default=None, help="Also compare each labeler with `simulated` or `reward_model:PATH`."
+    )
     parser.add_argument("--labeler_noise", type=float, default=0.0, help="Noise of the simulated labeler (default 0).")
     parser.add_argument("--labeler_seed", type=int, default=0, help="Seed of the simulated labeler's noise.")
     parser.add_argument("--output_json", default=None, help="Also write the report to this JSON file.")
@@ -79,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.labeler:
             if not math.isfinite(args.labeler_noise) or args.labeler_noise < 0:
                 raise InstructGPTError(f"--labeler_noise must be a finite number >= 0, got {args.labeler_noise}")
-            reference = make_labeler(args.labeler, noise=args.labeler_noise, seed=args.labeler_seed,
-                                     source="--labeler")
+            reference = make_labeler(args.labeler, noise=args.labeler_noise, seed=args.labeler_seed, source="--labeler")
         report = _nan_to_none(agreement_report(by_labeler, prompts, reference))
         print_report(report)
         if args.output_json:

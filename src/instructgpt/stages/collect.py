@@ -79,8 +79,10 @@ class CollectArguments:
     )
     num_responses: int = field(
         default=4,
-        metadata={"range": ">= 2", "help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9; a ranking "
-                  "compares at least 2)."},
+        metadata={
+            "range": ">= 2",
+            "help": "K: responses sampled and ranked per prompt (InstructGPT: 4 to 9; a ranking compares at least 2).",
+        },
     )
     max_new_tokens: int = field(default=64, metadata={"range": ">= 1", "help": "Longest response, in tokens."})
     temperature: float = field(
@@ -93,19 +95,25 @@ class CollectArguments:
     batch_size: int = field(default=64, metadata={"range": ">= 1", "help": "Sequences per generation batch."})
     max_sampling_rounds: int = field(
         default=3,
-        metadata={"range": ">= 1",
-                  "help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K."},
+        metadata={
+            "range": ">= 1",
+            "help": "Rounds of sampling to replace duplicate or empty samples before settling for fewer than K.",
+        },
     )
     use_vllm: bool = field(
         default=False,
-        metadata={"help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]') instead of transformers' "
-                  "generate: same settings, per-request seeds, the tokens vLLM drew are the ones ranked."},
+        metadata={
+            "help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]') instead of transformers' "
+            "generate: same settings, per-request seeds, the tokens vLLM drew are the ones ranked."
+        },
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.9,
-        metadata={"range": "(0, 1]",
-                  "help": "With use_vllm: the share of GPU memory vLLM takes for weights and KV cache (no effect on "
-                  "CPU, where VLLM_CPU_KVCACHE_SPACE in GiB sizes the cache; 1 GiB unless set)."},
+        metadata={
+            "range": "(0, 1]",
+            "help": "With use_vllm: the share of GPU memory vLLM takes for weights and KV cache (no effect on "
+            "CPU, where VLLM_CPU_KVCACHE_SPACE in GiB sizes the cache; 1 GiB unless set).",
+        },
     )
     labeler: str = field(
         default="simulated",
@@ -141,8 +149,10 @@ class CollectArguments:
     hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the Hub repository as private."})
     report_to: str = field(
         default="none",
-        metadata={"help": "Where to log the collection's statistics: `trackio`, `wandb`, `tensorboard`, `mlflow`, "
-                  "any tracker of accelerate's, several separated by commas, `all` or `none`."},
+        metadata={
+            "help": "Where to log the collection's statistics: `trackio`, `wandb`, `tensorboard`, `mlflow`, "
+            "any tracker of accelerate's, several separated by commas, `all` or `none`."
+        },
     )
     project: str = field(default="instructgpt", metadata={"help": "The dashboard project (W&B, Trackio, ...)."})
     run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
@@ -240,9 +250,23 @@ def merge_parts(output_dir: Path, num_prompts: int) -> list[dict[str, Any]]:
 
 # the settings that decide what a collection holds; a resumed collection must keep every one of them
 DEFINING_SETTINGS = (
-    "model_name_or_path", "dataset_name", "dataset_config", "dataset_train_split", "max_prompts", "prompt_template",
-    "num_responses", "max_new_tokens", "temperature", "top_k", "top_p", "max_sampling_rounds", "seed",
-    "labeler", "labeler_noise", "labeler_seed", "use_vllm",
+    "model_name_or_path",
+    "dataset_name",
+    "dataset_config",
+    "dataset_train_split",
+    "max_prompts",
+    "prompt_template",
+    "num_responses",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_sampling_rounds",
+    "seed",
+    "labeler",
+    "labeler_noise",
+    "labeler_seed",
+    "use_vllm",
 )
 
 
@@ -308,7 +332,9 @@ def prepare_collect_dir(output_dir: Path, if_exists: str, source: str) -> None:
             f"{source}: output_dir {output_dir} already holds a finished collection; it was not touched. Choose "
             "another output_dir, or set `if_output_exists: overwrite` to move it aside and collect again"
         )
-    prepare_output_dir(output_dir, if_exists, source, stage="collect")  # refuse / overwrite (moves aside) / nothing to do
+    prepare_output_dir(
+        output_dir, if_exists, source, stage="collect"
+    )  # refuse / overwrite (moves aside) / nothing to do
     state = process_state()
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -361,9 +387,16 @@ def collect_prompts(
             if not request:
                 break
             samples = generate_responses(
-                model, tokenizer, [prompts[i] for i in request], num_samples=1,
-                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                seed=args.seed + 1000 * chunk[0] + round_index, batch_size=args.batch_size,
+                model,
+                tokenizer,
+                [prompts[i] for i in request],
+                num_samples=1,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=args.seed + 1000 * chunk[0] + round_index,
+                batch_size=args.batch_size,
             )
             by_prompt: dict[int, list[str]] = {i: [] for i in chunk}
             for i, (text,) in zip(request, samples):
@@ -400,7 +433,6 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     """Collect rankings as the recipe describes; returns the collection's metrics."""
     from transformers import AutoModelForCausalLM
 
-
     source = recipe.source
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
     if not args.dataset_name:
@@ -408,15 +440,24 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     if not args.output_dir:
         raise InstructGPTError(f"{source}: `output_dir` is required")
     if args.use_vllm:  # before anything is loaded or written
-
         require_vllm(source)
     state = process_state()
-    prompts = load_prompts(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
-                           split=args.dataset_train_split, limit=args.max_prompts)
+    prompts = load_prompts(
+        args.dataset_name,
+        key="dataset_name",
+        source=source,
+        config=args.dataset_config,
+        split=args.dataset_train_split,
+        limit=args.max_prompts,
+    )
     device = state.device
     labeler = make_labeler(
-        args.labeler, noise=args.labeler_noise, seed=args.labeler_seed, batch_size=args.labeler_batch_size,
-        device=device, source=source,
+        args.labeler,
+        noise=args.labeler_noise,
+        seed=args.labeler_seed,
+        batch_size=args.labeler_batch_size,
+        device=device,
+        source=source,
     )
     output_dir = Path(args.output_dir)
     prepare_collect_dir(output_dir, args.if_output_exists, source)
@@ -430,13 +471,21 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     if done:
         logger.info(f"resuming: {len(done)} of {len(prompts)} prompts already collected in {output_dir}")
 
-    tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
+    tokenizer = load_tokenizer(
+        model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template
+    )
     sampler = None
     if args.use_vllm:  # the engine holds the policy: no transformers copy of it
-
-        sampler = VLLMSampler(model_path, tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                              dtype=args.dtype, trust_remote_code=args.trust_remote_code, seed=args.seed, source=source,
-                              distributed=state.num_processes > 1)
+        sampler = VLLMSampler(
+            model_path,
+            tokenizer,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            seed=args.seed,
+            source=source,
+            distributed=state.num_processes > 1,
+        )
         model = None
     else:
         kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
@@ -445,12 +494,27 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
 
     mark_started(output_dir, "collect")
-    tracker = StageTracker.start(args.report_to, project=args.project, stage="collect", config=recipe.data,
-                                 output_dir=output_dir,
-                                 identity=run_identity(output_dir, "collect", args.run_name, resuming=bool(done)))
+    tracker = StageTracker.start(
+        args.report_to,
+        project=args.project,
+        stage="collect",
+        config=recipe.data,
+        output_dir=output_dir,
+        identity=run_identity(output_dir, "collect", args.run_name, resuming=bool(done)),
+    )
     with open_part(output_dir, state.process_index) as handle:
-        collect_prompts(model, tokenizer, labeler, prompts, todo, args, handle, model_path, state.is_main_process,
-                        generate_responses=None if sampler is None else _vllm_call(sampler))
+        collect_prompts(
+            model,
+            tokenizer,
+            labeler,
+            prompts,
+            todo,
+            args,
+            handle,
+            model_path,
+            state.is_main_process,
+            generate_responses=None if sampler is None else _vllm_call(sampler),
+        )
     state.wait_for_everyone()  # every process has written and closed its part before the merge
 
     metrics: dict[str, Any] = {}
@@ -463,13 +527,22 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         tracker.log(metrics, step=0)
         tracker.summary(metrics)
         write_dataset_card(
-            output_dir, stage="collect", title="Comparisons (InstructGPT step 2's data)", source_model=model_path,
+            output_dir,
+            stage="collect",
+            title="Comparisons (InstructGPT step 2's data)",
+            source_model=model_path,
             datasets=[args.dataset_name],
             summary=f"K-way rankings: for each prompt, up to K={args.num_responses} distinct responses sampled from "
             f"the policy, ranked best first by `{labeler.name}`. `rankings.jsonl` holds one row per prompt in the "
             "format instructgpt's reward-model stage reads (`prompt`, `responses`, best first).",
-            settings={"K": args.num_responses, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                      "top_p": args.top_p, "seed": args.seed, "labeler": labeler.name},
+            settings={
+                "K": args.num_responses,
+                "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature,
+                "top_p": args.top_p,
+                "seed": args.seed,
+                "labeler": labeler.name,
+            },
             results={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         )
         mark_complete(output_dir, "collect", recipe.data, metrics)

@@ -80,12 +80,14 @@ class DPOScriptArguments(ScriptArguments):
             "range": "[0, 1)",  # 0: no held-out split
             "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
             "(all rankings of a prompt go to the same side, as for the reward model) for the held-out DPO loss and "
-            "the accuracy of the implicit reward."
+            "the accuracy of the implicit reward.",
         },
     )
     score_key: str = field(
         default="fine-grained_score",
-        metadata={"help": "UltraFeedback-style data (`instruction` + `completions`): the completion field that rates it."},
+        metadata={
+            "help": "UltraFeedback-style data (`instruction` + `completions`): the completion field that rates it."
+        },
     )
 
 
@@ -108,9 +110,13 @@ def rankings_to_pairs(rows: list[dict[str, Any]]) -> Any:
     import datasets
 
     pairs = [
-        {"prompt": _messages(row["prompt"]), "chosen": _answer(row["responses"][i]),
-         "rejected": _answer(row["responses"][j])}
-        for row in rows for i, j in ranking_pairs(len(row["responses"]))
+        {
+            "prompt": _messages(row["prompt"]),
+            "chosen": _answer(row["responses"][i]),
+            "rejected": _answer(row["responses"][j]),
+        }
+        for row in rows
+        for i, j in ranking_pairs(len(row["responses"]))
     ]
     return datasets.Dataset.from_list(pairs)
 
@@ -119,12 +125,15 @@ def rankings_to_dataset(rows: list[dict[str, Any]]) -> Any:
     """Rankings as a ``datasets.Dataset`` of conversational ``prompt`` and ``responses`` (best first)."""
     import datasets
 
-    return datasets.Dataset.from_list([{"prompt": _messages(r["prompt"]), "responses": list(r["responses"])} for r in rows])
+    return datasets.Dataset.from_list(
+        [{"prompt": _messages(r["prompt"]), "responses": list(r["responses"])} for r in rows]
+    )
 
 
 def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
-                                        return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+    )
     return list(ids)
 
 
@@ -176,8 +185,12 @@ class RankingPreferenceCollator:
         input_ids, attention_mask = pad_sequences(sequences, self.pad_token_id, side="right")
         completion_mask, _ = pad_sequences(masks, 0, side="right")
         num_responses = torch.tensor([len(example["response_ids"]) for example in examples], dtype=torch.long)
-        return {"num_responses": num_responses, "input_ids": input_ids, "attention_mask": attention_mask,
-                "completion_mask": completion_mask}
+        return {
+            "num_responses": num_responses,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+        }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -209,9 +222,15 @@ def build_trainer_class(ranking_loss: RankingLoss):
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "responses" not in dataset.column_names:
-                raise DataError(f"{dataset_name} dataset: expected rankings (`prompt`, `responses`), see rankings_to_dataset")
-            dataset = dataset.map(tokenize_ranking, fn_kwargs={"tokenizer": self._tokenizer},
-                                  remove_columns=dataset.column_names, desc=f"Tokenizing {dataset_name} rankings")
+                raise DataError(
+                    f"{dataset_name} dataset: expected rankings (`prompt`, `responses`), see rankings_to_dataset"
+                )
+            dataset = dataset.map(
+                tokenize_ranking,
+                fn_kwargs={"tokenizer": self._tokenizer},
+                remove_columns=dataset.column_names,
+                desc=f"Tokenizing {dataset_name} rankings",
+            )
             if args.max_length is not None:  # as TRL: a prompt that fills max_length leaves no response token
                 dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
             return dataset
@@ -223,8 +242,13 @@ def build_trainer_class(ranking_loss: RankingLoss):
         def _sequence_logps(self, model, inputs):
             """Summed log-probs of every response under the policy (with gradients), plus the forward's outputs."""
             labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                            use_cache=False, fused_lm_head=True)
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                labels=labels,
+                use_cache=False,
+                fused_lm_head=True,
+            )
             seq_len = inputs["completion_mask"].size(1) - 1
             # the fused head scores only labelled positions (0 elsewhere); PEFT prompt tuning prepends positions
             return outputs.log_probs[:, -seq_len:].sum(dim=1), outputs
@@ -268,12 +292,14 @@ def build_trainer_class(ranking_loss: RankingLoss):
             if mode == "eval":
                 self._ranking_stats.append(gather(stats).cpu())
 
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
+        def evaluation_loop(
+            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+        ):
             """The usual loop, plus the implicit reward's pairwise accuracy and Kendall's tau over all rankings."""
             self._ranking_stats = []
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
             if self._ranking_stats:
                 summary = summarize_agreement(torch.cat(self._ranking_stats))
                 output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
@@ -318,8 +344,13 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
     """Training rankings and, if the recipe asks, held-out ones: a split, a second dataset, or a fraction of the
     prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.split_by_prompt`)."""
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
-    train_rows = load_rankings(script_args.dataset_name, key="dataset_name", split=script_args.dataset_train_split,
-                               limit=script_args.max_train_samples, **common)
+    train_rows = load_rankings(
+        script_args.dataset_name,
+        key="dataset_name",
+        split=script_args.dataset_train_split,
+        limit=script_args.max_train_samples,
+        **common,
+    )
     if script_args.eval_dataset_name or script_args.dataset_test_split:
         if script_args.eval_fraction:
             raise InstructGPTError(
@@ -328,18 +359,23 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
             )
         name = script_args.eval_dataset_name or script_args.dataset_name
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
-        eval_rows = load_rankings(name, key=key, split=script_args.dataset_test_split or "test",
-                                  limit=script_args.max_eval_samples, **common)
+        eval_rows = load_rankings(
+            name, key=key, split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples, **common
+        )
         return train_rows, eval_rows
     if script_args.eval_fraction:
         if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}")
+            raise InstructGPTError(
+                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
+            )
         train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, seed)
         if not train_rows:
             raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
         if script_args.max_eval_samples is not None:
             eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation")
+        logger.info(
+            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        )
         return train_rows, eval_rows
     return train_rows, None
 
@@ -352,7 +388,9 @@ def _check_nothing_lost(prepared: Any, given: int, what: str, max_length: int | 
     """Say how many examples TRL's preparation dropped (prompts that fill ``max_length``); none left is an error."""
     kept = len(prepared)
     if kept == 0:
-        raise DataError(f"{source}: every {what} has a prompt of max_length={max_length} tokens or more; nothing to train on")
+        raise DataError(
+            f"{source}: every {what} has a prompt of max_length={max_length} tokens or more; nothing to train on"
+        )
     if kept < given:
         logger.info(f"{source}: dropped {given - kept} of {given} {what}s whose prompt fills max_length={max_length}")
     return kept
@@ -372,8 +410,10 @@ def report_truncation(prepared: Any, max_length: int | None, name: str) -> int:
             total += len(responses)
             count += sum(prompt + len(r) > max_length for r in responses)
     if count:
-        logger.info(f"{name}: {count} of {total} prompt + response sequences are longer than max_length={max_length}; "
-                    "they are truncated (the start is kept)")
+        logger.info(
+            f"{name}: {count} of {total} prompt + response sequences are longer than max_length={max_length}; "
+            "they are truncated (the start is kept)"
+        )
     return count
 
 
@@ -429,11 +469,14 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
     num_train = _check_nothing_lost(trainer.train_dataset, len(train_dataset), unit, training_args.max_length, source)
     report_truncation(trainer.train_dataset, training_args.max_length, f"{source}: train data")
     if eval_dataset is not None:
-        _check_nothing_lost(trainer.eval_dataset, len(eval_dataset), f"held-out {unit}", training_args.max_length, source)
+        _check_nothing_lost(
+            trainer.eval_dataset, len(eval_dataset), f"held-out {unit}", training_args.max_length, source
+        )
 
     metrics = stage.train(trainer)
-    metrics.update({"ranking_loss": script_args.ranking_loss, "train_rankings": len(train_rows),
-                    f"train_{unit}s": num_train})
+    metrics.update(
+        {"ranking_loss": script_args.ranking_loss, "train_rankings": len(train_rows), f"train_{unit}s": num_train}
+    )
     if eval_dataset is not None:
         held_out = trainer.evaluate()
         metrics.update(held_out)
@@ -443,23 +486,41 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         )
     if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
         bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-        raise InstructGPTError(f"{source}: DPO finished with non-finite metrics {bad}; the output is not marked finished")
+        raise InstructGPTError(
+            f"{source}: DPO finished with non-finite metrics {bad}; the output is not marked finished"
+        )
 
-    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
-        title="Direct Preference Optimization (instead of InstructGPT's RM + PPO)",
-        base_model=model_path, datasets=[script_args.dataset_name],
-        summary="The SFT policy trained on preference rankings with DPO (Rafailov et al. 2023), the SFT model as "
-        "the frozen reference, with instructgpt on TRL's `DPOTrainer`. "
-        + ("Each ranking of K responses is trained on as its C(K, 2) pairs."
-           if script_args.ranking_loss == "pairs" else
-           "Each ranking of K responses is trained on whole, with the Plackett-Luce form of the DPO loss.")
-        + " It loads with `AutoModelForCausalLM` and formats prompts with the chat template saved beside it.",
-        settings={"beta": training_args.beta, "ranking_loss": script_args.ranking_loss,
-                  "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                  "LoRA r": model_args.lora_r if model_args.use_peft else None},
-        results={"train rankings": len(train_rows), "held-out DPO loss": metrics.get("eval_loss"),
-                 "held-out implicit-reward accuracy": metrics.get("eval_rewards/accuracies")},
-    ))
+    stage.finish(
+        trainer,
+        metrics,
+        tokenizer=tokenizer,
+        keep_adapter=True,
+        card=dict(
+            title="Direct Preference Optimization (instead of InstructGPT's RM + PPO)",
+            base_model=model_path,
+            datasets=[script_args.dataset_name],
+            summary="The SFT policy trained on preference rankings with DPO (Rafailov et al. 2023), the SFT model as "
+            "the frozen reference, with instructgpt on TRL's `DPOTrainer`. "
+            + (
+                "Each ranking of K responses is trained on as its C(K, 2) pairs."
+                if script_args.ranking_loss == "pairs"
+                else "Each ranking of K responses is trained on whole, with the Plackett-Luce form of the DPO loss."
+            )
+            + " It loads with `AutoModelForCausalLM` and formats prompts with the chat template saved beside it.",
+            settings={
+                "beta": training_args.beta,
+                "ranking_loss": script_args.ranking_loss,
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+                "LoRA r": model_args.lora_r if model_args.use_peft else None,
+            },
+            results={
+                "train rankings": len(train_rows),
+                "held-out DPO loss": metrics.get("eval_loss"),
+                "held-out implicit-reward accuracy": metrics.get("eval_rewards/accuracies"),
+            },
+        ),
+    )
     return metrics
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import run_cli
@@ -38,28 +39,38 @@ class Sampling:
             raise InstructGPTError("; ".join(problems))
 
 
-
-
-
-
 def sample(model: Any, tokenizer: Any, prompts: list[Any], settings: Sampling, num_samples: int = 1) -> list[list[str]]:
     """``responses[prompt][sample]`` with the shared sampler."""
 
     return generate_responses(
-        model, tokenizer, prompts, num_samples=num_samples, max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        seed=settings.seed,
     )
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=64, help="Longest response, in tokens (default 64).")
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"Sampling temperature; 0 decodes greedily (default {temperature}).")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"Sampling temperature; 0 decodes greedily (default {temperature}).",
+    )
     parser.add_argument("--top_k", type=int, default=0, help="Sample among the k most likely tokens (0: all).")
     parser.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass (1.0: no truncation).")
     parser.add_argument("--seed", type=int, default=None, help="Seed the sampling for repeatable output.")
-    parser.add_argument("--prompt_template", default=DEFAULT_PROMPT_TEMPLATE,
-                        help="Prompt format for a model whose tokenizer has no chat template (SFT models save one).")
+    parser.add_argument(
+        "--prompt_template",
+        default=DEFAULT_PROMPT_TEMPLATE,
+        help="Prompt format for a model whose tokenizer has no chat template (SFT models save one).",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Sampling:
@@ -150,8 +161,14 @@ def chat_loop(
             continue
         messages.append({"role": "user", "content": text})
         (reply,) = generate_responses(
-            model, tokenizer, [messages], max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
+            model,
+            tokenizer,
+            [messages],
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            seed=settings.seed,
         )[0]
         messages.append({"role": "assistant", "content": reply})
         write(f"model> {reply}")

@@ -56,8 +56,10 @@ class LabelArguments:
 
     rankings_file: str | None = field(
         default=None,
-        metadata={"help": "Items to rank: a `collect` output (rankings.jsonl: prompts with K responses), or any file "
-                  "the RM stage reads. Leave unset to sample from `model_name_or_path` instead."},
+        metadata={
+            "help": "Items to rank: a `collect` output (rankings.jsonl: prompts with K responses), or any file "
+            "the RM stage reads. Leave unset to sample from `model_name_or_path` instead."
+        },
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Without `rankings_file`: the policy to sample K responses per prompt from."}
@@ -90,26 +92,36 @@ class LabelArguments:
         default=3, metadata={"range": ">= 1", "help": "Rounds of sampling to replace duplicate or empty samples."}
     )
     labelers_per_prompt: int = field(
-        default=1, metadata={"range": ">= 1", "help": "N: how many different labelers rank each prompt (overlap "
-                                                     "for `instructgpt agreement`)."}
+        default=1,
+        metadata={
+            "range": ">= 1",
+            "help": "N: how many different labelers rank each prompt (overlap for `instructgpt agreement`).",
+        },
     )
     allow_ties: bool = field(default=False, metadata={"help": "Let labelers give responses the same place."})
     rate_metadata: bool = field(
         default=True,
-        metadata={"help": "Show InstructGPT's optional per-response ratings: quality 1-7, fails to follow the "
-                  "instruction, inappropriate, hallucination."},
+        metadata={
+            "help": "Show InstructGPT's optional per-response ratings: quality 1-7, fails to follow the "
+            "instruction, inappropriate, hallucination."
+        },
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Where rankings.jsonl, skips.jsonl and items.jsonl go."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where rankings.jsonl, skips.jsonl and items.jsonl go."}
+    )
     if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
         default="resume",
-        metadata={"help": "`resume` (default: labelers continue where they stopped; a finished labeling is refused), "
-                  "`refuse` any non-empty directory, or `overwrite` (the old directory is moved aside)."},
+        metadata={
+            "help": "`resume` (default: labelers continue where they stopped; a finished labeling is refused), "
+            "`refuse` any non-empty directory, or `overwrite` (the old directory is moved aside)."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of the sampling and of the order responses are shown in."})
     server_name: str = field(
         default="127.0.0.1",
-        metadata={"help": "Address to listen on. Anything but 127.0.0.1/localhost needs `allow_remote: true` and "
-                  "a password."},
+        metadata={
+            "help": "Address to listen on. Anything but 127.0.0.1/localhost needs `allow_remote: true` and a password."
+        },
     )
     server_port: int = field(default=7860, metadata={"range": ">= 1", "help": "Port to listen on."})
     allow_remote: bool = field(
@@ -118,8 +130,10 @@ class LabelArguments:
     )
     password_env: str = field(
         default="INSTRUCTGPT_LABEL_PASSWORD",
-        metadata={"help": "Environment variable holding the labelers' shared password (Gradio `auth`; the login "
-                  "name is the labeler id). Required with `allow_remote`; optional locally."},
+        metadata={
+            "help": "Environment variable holding the labelers' shared password (Gradio `auth`; the login "
+            "name is the labeler id). Required with `allow_remote`; optional locally."
+        },
     )
 
 
@@ -160,8 +174,19 @@ def check_listening(args: LabelArguments, source: str) -> str | None:
 
 # the settings that decide which items a labeling shows; a restart must keep every one of them
 DEFINING_SETTINGS = (
-    "rankings_file", "model_name_or_path", "dataset_name", "dataset_config", "dataset_train_split", "max_prompts",
-    "prompt_template", "num_responses", "max_new_tokens", "temperature", "top_k", "top_p", "max_sampling_rounds",
+    "rankings_file",
+    "model_name_or_path",
+    "dataset_name",
+    "dataset_config",
+    "dataset_train_split",
+    "max_prompts",
+    "prompt_template",
+    "num_responses",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_sampling_rounds",
     "seed",
 )
 
@@ -199,11 +224,18 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
     """K distinct responses per prompt from the policy, sampled as ``collect`` samples them."""
     from transformers import AutoModelForCausalLM
 
-
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
-    prompts = load_prompts(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
-                           split=args.dataset_train_split, limit=args.max_prompts)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template)
+    prompts = load_prompts(
+        args.dataset_name,
+        key="dataset_name",
+        source=source,
+        config=args.dataset_config,
+        split=args.dataset_train_split,
+        limit=args.max_prompts,
+    )
+    tokenizer = load_tokenizer(
+        model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template
+    )
     kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
@@ -214,9 +246,16 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
         if not todo:
             break
         samples = generate_responses(
-            model, tokenizer, [prompts[i] for i in todo], num_samples=args.num_responses,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            seed=args.seed + round_index, batch_size=args.batch_size,
+            model,
+            tokenizer,
+            [prompts[i] for i in todo],
+            num_samples=args.num_responses,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed + round_index,
+            batch_size=args.batch_size,
         )
         for i, texts in zip(todo, samples):
             pools[i] = distinct(pools[i] + texts, args.num_responses)
@@ -281,8 +320,14 @@ def open_store(args: LabelArguments, recipe: Recipe) -> Any:
             mark_complete(output_dir, "label", recipe.data, summary)
             logger.info(f"every item has its {args.labelers_per_prompt} labeler(s): {output_dir} is finished")
 
-    store = LabelStore(output_dir, items, labelers_per_prompt=args.labelers_per_prompt, allow_ties=args.allow_ties,
-                       seed=args.seed, on_complete=finished)
+    store = LabelStore(
+        output_dir,
+        items,
+        labelers_per_prompt=args.labelers_per_prompt,
+        allow_ties=args.allow_ties,
+        seed=args.seed,
+        on_complete=finished,
+    )
     mark_started(output_dir, "label")
     return store
 
@@ -290,7 +335,6 @@ def open_store(args: LabelArguments, recipe: Recipe) -> Any:
 def browser_secret(output_dir: Path) -> str:
     """A random key kept in the output directory, so that browsers recognize their labeler after a restart."""
     import secrets
-
 
     path = output_dir / ".browser_secret"
     if not path.exists():
@@ -305,18 +349,31 @@ def run_label(args: LabelArguments, recipe: Recipe) -> dict[str, Any]:
     import_gradio(source)
     store = open_store(args, recipe)
 
-
-    demo = build_app(store, rate_metadata=args.rate_metadata, use_login=password is not None,
-                     browser_secret=browser_secret(Path(args.output_dir)))
+    demo = build_app(
+        store,
+        rate_metadata=args.rate_metadata,
+        use_login=password is not None,
+        browser_secret=browser_secret(Path(args.output_dir)),
+    )
     progress = store.progress("")
-    logger.info(f"{len(store.items)} items, {args.labelers_per_prompt} labeler(s) each: {progress['done']} of "
-                f"{progress['total']} rankings done; saving to {Path(args.output_dir) / 'rankings.jsonl'}")
+    logger.info(
+        f"{len(store.items)} items, {args.labelers_per_prompt} labeler(s) each: {progress['done']} of "
+        f"{progress['total']} rankings done; saving to {Path(args.output_dir) / 'rankings.jsonl'}"
+    )
     auth = (lambda _user, given: given == password) if password is not None else None
-    print(f"labeling app: http://{args.server_name}:{args.server_port}  (Ctrl-C stops it; rerun to continue)",
-          flush=True)
+    print(
+        f"labeling app: http://{args.server_name}:{args.server_port}  (Ctrl-C stops it; rerun to continue)", flush=True
+    )
     try:
-        demo.launch(server_name=args.server_name, server_port=args.server_port, auth=auth, head=KEYBOARD_JS,
-                    quiet=True, footer_links=[], ssr_mode=False)
+        demo.launch(
+            server_name=args.server_name,
+            server_port=args.server_port,
+            auth=auth,
+            head=KEYBOARD_JS,
+            quiet=True,
+            footer_links=[],
+            ssr_mode=False,
+        )
     finally:
         demo.close()
     return store.summary()

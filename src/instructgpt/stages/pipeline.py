@@ -42,9 +42,10 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from instructgpt.infra.entrypoint import run_cli
 from instructgpt.infra.errors import InstructGPTError
@@ -81,7 +82,9 @@ class PipelineArguments:
 
     output_dir: str = field(
         default="runs/tiny/pipeline",
-        metadata={"help": "Root of the run: each stage writes <output_dir>/<stage>, later rounds <output_dir>/round<r>/."},
+        metadata={
+            "help": "Root of the run: each stage writes <output_dir>/<stage>, later rounds <output_dir>/round<r>/."
+        },
     )
     pretrain: StageSpec = _spec_field(
         "Stage recipe of the base model (tiny world only): a path, or a mapping (embedded recipe; `recipe: PATH` "
@@ -101,37 +104,49 @@ class PipelineArguments:
     )
     methods: list[str] | None = field(
         default=None,
-        metadata={"help": "The alternatives to compare, each from the same SFT model, reward model and rankings: "
-                  "`ppo`, `dpo`, `rloo` (each needs its stage recipe key) and `best_of_N` (N samples from the SFT "
-                  "policy, the reward model's favourite kept; no training). Default: the methods whose recipes are "
-                  "given."},
+        metadata={
+            "help": "The alternatives to compare, each from the same SFT model, reward model and rankings: "
+            "`ppo`, `dpo`, `rloo` (each needs its stage recipe key) and `best_of_N` (N samples from the SFT "
+            "policy, the reward model's favourite kept; no training). Default: the methods whose recipes are "
+            "given."
+        },
     )
     eval: dict[str, Any] | None = field(
         default_factory=dict,
-        metadata={"help": "Settings of the evaluation (keys of `instructgpt eval`: prompts, max_new_tokens, "
-                  "temperature, labeler, ...); the pipeline fills in models, output_dir, reward_model, reference "
-                  "and ppo_run. Null: no evaluation."},
+        metadata={
+            "help": "Settings of the evaluation (keys of `instructgpt eval`: prompts, max_new_tokens, "
+            "temperature, labeler, ...); the pipeline fills in models, output_dir, reward_model, reference "
+            "and ppo_run. Null: no evaluation."
+        },
     )
     rounds: int = field(
         default=1,
-        metadata={"range": ">= 1",
-                  "help": "Rounds of collect -> RM -> PPO. Round r > 1 collects from round r-1's PPO policy, "
-                  "retrains the RM on all comparisons so far and runs PPO again from the SFT policy."},
+        metadata={
+            "range": ">= 1",
+            "help": "Rounds of collect -> RM -> PPO. Round r > 1 collects from round r-1's PPO policy, "
+            "retrains the RM on all comparisons so far and runs PPO again from the SFT policy.",
+        },
     )
     base_name: str = field(default="base", metadata={"help": "Name of the base model in the evaluation."})
     report_to: str | None = field(
         default=None,
-        metadata={"help": "Set `report_to` of every stage and of the evaluation: `trackio`, `wandb`, `tensorboard`, "
-                  "`mlflow`, ..., several separated by commas, or `none`."},
+        metadata={
+            "help": "Set `report_to` of every stage and of the evaluation: `trackio`, `wandb`, `tensorboard`, "
+            "`mlflow`, ..., several separated by commas, or `none`."
+        },
     )
     project: str | None = field(
         default=None, metadata={"help": "Dashboard project (W&B, Trackio, ...) of every stage (default: each its own)."}
     )
-    run_name: str | None = field(default=None, metadata={"help": "Name of the pipeline (the dashboards' group prefix)."})
+    run_name: str | None = field(
+        default=None, metadata={"help": "Name of the pipeline (the dashboards' group prefix)."}
+    )
     wandb_group: str | None = field(
         default=None,
-        metadata={"help": "Group of every stage's run on W&B and Trackio. Default: `<run_name>-<start time>`, kept "
-                  "across resumes."},
+        metadata={
+            "help": "Group of every stage's run on W&B and Trackio. Default: `<run_name>-<start time>`, kept "
+            "across resumes."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -142,7 +157,9 @@ class PipelineArguments:
         if self.ppo is not None and self.rm is None:
             raise ValueError("`ppo` needs `rm` (the reward model it optimizes against)")
         if self.rounds > 1 and (self.collect is None or self.ppo is None):
-            raise ValueError("`rounds` > 1 needs `collect`, `rm` and `ppo` (each round collects from the last PPO policy)")
+            raise ValueError(
+                "`rounds` > 1 needs `collect`, `rm` and `ppo` (each round collects from the last PPO policy)"
+            )
         given = [m for m in TRAINED_METHODS if getattr(self, m) is not None]
         if self.methods is None:
             self.methods = given
@@ -150,7 +167,7 @@ class PipelineArguments:
             if method in TRAINED_METHODS:
                 if getattr(self, method) is None:
                     raise ValueError(f"`methods` lists {method} but `{method}` (its stage recipe) is not set")
-            elif BEST_OF.fullmatch(method) is None or int(method[len("best_of_"):]) < 1:
+            elif BEST_OF.fullmatch(method) is None or int(method[len("best_of_") :]) < 1:
                 raise ValueError(f"`methods`: unknown method {method!r}; expected ppo, dpo, rloo or best_of_N (N >= 1)")
             if method != "dpo" and self.rm is None:
                 raise ValueError(f"`methods`: {method} needs `rm` (the reward model it optimizes or picks with)")
@@ -253,8 +270,15 @@ class Planner:
             common["report_to"] = self.args.report_to
         if self.args.project is not None:
             common["project"] = self.args.project
-        return Stage(label, name, recipe_path, {**user, **common, **wiring}, output_dir, inputs,
-                     cli_keys=set(self.stage_overrides.get(name, {})))
+        return Stage(
+            label,
+            name,
+            recipe_path,
+            {**user, **common, **wiring},
+            output_dir,
+            inputs,
+            cli_keys=set(self.stage_overrides.get(name, {})),
+        )
 
     def plan(self) -> tuple[list[Stage], dict[str, Any] | None]:
         """The training stages in order, and the evaluation's settings (None without one); see
@@ -281,24 +305,45 @@ class Planner:
             if args.collect is not None:
                 policy = sft_dir if r == 1 else policies[-1][1]
                 collect_dir = where / "collect"
-                stages.append(self.stage("collect", "collect" + suffix, collect_dir,
-                                         {"model_name_or_path": str(policy), "output_dir": str(collect_dir)}, [policy]))
+                stages.append(
+                    self.stage(
+                        "collect",
+                        "collect" + suffix,
+                        collect_dir,
+                        {"model_name_or_path": str(policy), "output_dir": str(collect_dir)},
+                        [policy],
+                    )
+                )
                 rankings.append(collect_dir / "rankings.jsonl")
                 rm_inputs.append(collect_dir)
                 rm_wiring["dataset_name"] = str(rankings[0] if r == 1 else where / "rm_data" / "rankings.jsonl")
             if args.rm is not None:
                 rm_dir = where / "rm"
-                stage = self.stage("rm", "rm" + suffix, rm_dir,
-                                   {"model_name_or_path": str(sft_dir), "output_dir": str(rm_dir), **rm_wiring},
-                                   rm_inputs)
+                stage = self.stage(
+                    "rm",
+                    "rm" + suffix,
+                    rm_dir,
+                    {"model_name_or_path": str(sft_dir), "output_dir": str(rm_dir), **rm_wiring},
+                    rm_inputs,
+                )
                 if r > 1 and args.collect is not None:
                     stage.merge_rankings = list(rankings)
                 stages.append(stage)
             if args.ppo is not None and "ppo" in args.methods:
                 ppo_dir = where / "ppo"
-                stages.append(self.stage("ppo", "ppo" + suffix, ppo_dir,
-                                         {"model_name_or_path": str(sft_dir), "reward_model_path": str(rm_dir),
-                                          "output_dir": str(ppo_dir)}, [sft_dir, rm_dir]))
+                stages.append(
+                    self.stage(
+                        "ppo",
+                        "ppo" + suffix,
+                        ppo_dir,
+                        {
+                            "model_name_or_path": str(sft_dir),
+                            "reward_model_path": str(rm_dir),
+                            "output_dir": str(ppo_dir),
+                        },
+                        [sft_dir, rm_dir],
+                    )
+                )
                 policies.append(("ppo" if args.rounds == 1 else f"ppo_r{r}", ppo_dir))
         if args.rounds > 1:
             self._name_later_rounds(stages)
@@ -316,9 +361,19 @@ class Planner:
                 policies.append(("dpo", dpo_dir))
             elif method == "rloo":
                 rloo_dir = root / "rloo"
-                stages.append(self.stage("rloo", "rloo", rloo_dir,
-                                         {"model_name_or_path": str(sft_dir), "reward_model_path": str(rm_dir),
-                                          "output_dir": str(rloo_dir)}, [sft_dir, rm_dir]))
+                stages.append(
+                    self.stage(
+                        "rloo",
+                        "rloo",
+                        rloo_dir,
+                        {
+                            "model_name_or_path": str(sft_dir),
+                            "reward_model_path": str(rm_dir),
+                            "output_dir": str(rloo_dir),
+                        },
+                        [sft_dir, rm_dir],
+                    )
+                )
                 policies.append(("rloo", rloo_dir))
         policies.sort(key=lambda p: args.methods.index(p[0]) if p[0] in args.methods else -1)
         return stages, self.eval_settings(stages, sft, policies, rm_dir)
@@ -331,8 +386,9 @@ class Planner:
                 if name:
                     stage.overrides["run_name"] = f"{name}-round{stage.label.split('round ')[1].rstrip(')')}"
 
-    def eval_settings(self, stages: list[Stage], sft: Stage, policies: list[tuple[str, Path]],
-                      rm_dir: Path | None) -> dict[str, Any] | None:
+    def eval_settings(
+        self, stages: list[Stage], sft: Stage, policies: list[tuple[str, Path]], rm_dir: Path | None
+    ) -> dict[str, Any] | None:
         if self.args.eval is None:
             return None
         settings = {**self.args.eval, **self.stage_overrides.get("eval", {})}
@@ -498,7 +554,9 @@ def load_state(root: Path) -> dict[str, Any]:
     return {}
 
 
-def run_pipeline(args: PipelineArguments, recipe: Recipe, stage_overrides: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def run_pipeline(
+    args: PipelineArguments, recipe: Recipe, stage_overrides: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
     """Run (or resume) every stage of the plan, then the evaluation; returns the pipeline's summary."""
 
     console = Console()
@@ -522,8 +580,12 @@ def run_pipeline(args: PipelineArguments, recipe: Recipe, stage_overrides: dict[
     if group is None:
         group = f"{args.run_name or root.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     timings: dict[str, Any] = dict(saved.get("stages", {}))
-    summary: dict[str, Any] = {"recipe": recipe.source, "output_dir": str(root), "wandb_group": group,
-                               "stages": timings}
+    summary: dict[str, Any] = {
+        "recipe": recipe.source,
+        "output_dir": str(root),
+        "wandb_group": group,
+        "stages": timings,
+    }
     with environment(GROUP_ENV, group):
         run_plan(stages, eval_args, recipe, summary, console)
     return summary
@@ -555,9 +617,14 @@ def run_plan(stages: list[Stage], eval_args: Any, recipe: Recipe, summary: dict[
 
     total = len(stages) + (eval_args is not None)
     console.table(
-        f"Pipeline {recipe.source} -> {root} (W&B group {group})", ["#", "stage", "recipe", "output", "status"],
+        f"Pipeline {recipe.source} -> {root} (W&B group {group})",
+        ["#", "stage", "recipe", "output", "status"],
         [[str(i + 1), s.label, str(s.recipe), str(s.output_dir), status_of(s.output_dir)] for i, s in enumerate(stages)]
-        + ([[str(total), "eval", "-", eval_args.output_dir, status_of(Path(eval_args.output_dir))]] if eval_args else []),
+        + (
+            [[str(total), "eval", "-", eval_args.output_dir, status_of(Path(eval_args.output_dir))]]
+            if eval_args
+            else []
+        ),
     )
     pipeline_start = time.time()
     for index, stage in enumerate(stages, start=1):
@@ -586,7 +653,9 @@ def run_plan(stages: list[Stage], eval_args: Any, recipe: Recipe, summary: dict[
             close_wandb_run()
             reset_accelerate_state()
         if not is_complete(stage.output_dir):
-            raise PipelineError(f"stage `{stage.label}` returned without finishing: no {RUN_MARKER} in {stage.output_dir}")
+            raise PipelineError(
+                f"stage `{stage.label}` returned without finishing: no {RUN_MARKER} in {stage.output_dir}"
+            )
         timings[stage.label] = {"output_dir": str(stage.output_dir), **clock.read(), "resumed": status == "interrupted"}
         seconds = timings[stage.label]["seconds"]
         save()
@@ -626,6 +695,7 @@ def eval_is_current(eval_args: Any, stages: list[Stage]) -> bool:
         marker = json.loads((output_dir / RUN_MARKER).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
+
     def settings(recipe: dict[str, Any]) -> dict[str, Any]:  # what the evaluation measured, not how it was run
         return {k: v for k, v in recipe.items() if k != "if_output_exists"}
 
@@ -634,8 +704,9 @@ def eval_is_current(eval_args: Any, stages: list[Stage]) -> bool:
     return all((marker_time(s.output_dir) or 0.0) <= done for s in stages)
 
 
-def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, total: int,
-                      timings: dict[str, Any], save: Any) -> dict[str, Any] | None:
+def run_pipeline_eval(
+    eval_args: Any, stages: list[Stage], console: Console, total: int, timings: dict[str, Any], save: Any
+) -> dict[str, Any] | None:
     """The evaluation stage (main process; the others wait)."""
 
     evaluation = load_stage("eval")
@@ -666,21 +737,38 @@ def run_pipeline_eval(eval_args: Any, stages: list[Stage], console: Console, tot
 def add_eval_to_cards(results: dict[str, Any]) -> None:
     """Each evaluated model's card gets the pipeline's evaluation: its win rates and its per-model numbers."""
 
-    metrics_keys = ("labeler_score", "labeler_correct", "labeler_on_task", "labeler_off_topic", "rm_score",
-                    "kl_to_reference", "response_tokens")
+    metrics_keys = (
+        "labeler_score",
+        "labeler_correct",
+        "labeler_on_task",
+        "labeler_off_topic",
+        "rm_score",
+        "kl_to_reference",
+        "response_tokens",
+    )
     for name, path in results["models"].items():
         if not is_complete(path):  # only the pipeline's own outputs, never a shipped or downloaded model
             continue
-        rows = [f"| {h['model']} vs {h['baseline']} | {100 * h['win_rate']:.1f}% "
-                f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] |"
-                for h in results.get("headline", []) if name in (h["model"], h["baseline"])]
+        rows = [
+            f"| {h['model']} vs {h['baseline']} | {100 * h['win_rate']:.1f}% "
+            f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] |"
+            for h in results.get("headline", [])
+            if name in (h["model"], h["baseline"])
+        ]
         numbers = {k: results["metrics"].get(name, {}).get(k) for k in metrics_keys}
-        body = "\n".join([
-            f"Held-out prompts: `{results['prompts']}` ({results['num_prompts']}); judge: {results.get('labeler')}.",
-            "", "| comparison | win rate [95% CI] |", "|---|---|", *rows, "",
-            "| metric | value |", "|---|---|",
-            *[f"| {k} | {v:.4g} |" for k, v in numbers.items() if isinstance(v, (int, float))],
-        ])
+        body = "\n".join(
+            [
+                f"Held-out prompts: `{results['prompts']}` ({results['num_prompts']}); judge: {results.get('labeler')}.",
+                "",
+                "| comparison | win rate [95% CI] |",
+                "|---|---|",
+                *rows,
+                "",
+                "| metric | value |",
+                "|---|---|",
+                *[f"| {k} | {v:.4g} |" for k, v in numbers.items() if isinstance(v, (int, float))],
+            ]
+        )
         add_card_section(path, "Evaluation (instructgpt pipeline)", body)
 
 
@@ -688,23 +776,42 @@ def print_final_summary(console: Console, stages: list[Stage], eval_args: Any, s
     rows = []
     for stage in stages:
         t = summary["stages"].get(stage.label, {})
-        rows.append([stage.label, str(stage.output_dir), f"{t['seconds']:.0f}" if "seconds" in t else "-",
-                     f"{t['cpu_seconds']:.0f}" if "cpu_seconds" in t else "-"])
+        rows.append(
+            [
+                stage.label,
+                str(stage.output_dir),
+                f"{t['seconds']:.0f}" if "seconds" in t else "-",
+                f"{t['cpu_seconds']:.0f}" if "cpu_seconds" in t else "-",
+            ]
+        )
     if eval_args is not None:
         t = summary["stages"].get("eval", {})
-        rows.append(["eval", eval_args.output_dir, f"{t['seconds']:.0f}" if "seconds" in t else "-",
-                     f"{t['cpu_seconds']:.0f}" if "cpu_seconds" in t else "-"])
-    console.table("Where everything is (seconds: the last run of each stage)", ["stage", "output", "seconds", "CPU s"],
-                  rows)
+        rows.append(
+            [
+                "eval",
+                eval_args.output_dir,
+                f"{t['seconds']:.0f}" if "seconds" in t else "-",
+                f"{t['cpu_seconds']:.0f}" if "cpu_seconds" in t else "-",
+            ]
+        )
+    console.table(
+        "Where everything is (seconds: the last run of each stage)", ["stage", "output", "seconds", "CPU s"], rows
+    )
     headline = summary.get("headline", [])
     for h in [h for h in headline if h.get("reference") in (h["model"], h["baseline"])] or headline:
         kl = h.get("kl_to_reference")
-        kl_text = f"; KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h.get("reference") else ""
-        console.print(f"[bold]{h['model']} vs {h['baseline']}[/]: win rate {100 * h['win_rate']:.1f}% "
-                      f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]{kl_text}")
+        kl_text = (
+            f"; KL({h['model']}||{h['reference']}) = {kl:.2f} nats" if kl is not None and h.get("reference") else ""
+        )
+        console.print(
+            f"[bold]{h['model']} vs {h['baseline']}[/]: win rate {100 * h['win_rate']:.1f}% "
+            f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]{kl_text}"
+        )
     for name, shares in summary.get("shares", {}).items():
-        console.print(f"[bold]{name}[/]: correct {100 * shares['correct']:.1f}%, on task {100 * shares['on_task']:.1f}%, "
-                      f"off topic {100 * shares['off_topic']:.1f}%")
+        console.print(
+            f"[bold]{name}[/]: correct {100 * shares['correct']:.1f}%, on task {100 * shares['on_task']:.1f}%, "
+            f"off topic {100 * shares['off_topic']:.1f}%"
+        )
     if eval_args is not None:
         out = Path(eval_args.output_dir)
         console.print(f"Report: {out / 'report.md'}  Results: {out / 'results.json'}  Plots: {out / 'plots'}/")
@@ -728,8 +835,9 @@ def split_stage_overrides(argv: list[str]) -> tuple[list[str], dict[str, dict[st
             own.append(f"--{key}={value}")
             continue
         if stage not in OVERRIDABLE or not stage_key:
-            raise RecipeError(f"command-line override `--{key}`: expected --<stage>.<key> with a stage among "
-                              f"{', '.join(OVERRIDABLE)}")
+            raise RecipeError(
+                f"command-line override `--{key}`: expected --<stage>.<key> with a stage among {', '.join(OVERRIDABLE)}"
+            )
         per_stage.setdefault(stage, {})[stage_key] = value
     return own, per_stage
 

@@ -57,8 +57,10 @@ class PretrainArguments:
     )
     validation_fraction: float = field(
         default=0.02,
-        metadata={"range": "[0, 0.5)",
-                  "help": "Share of the packed blocks held out to report a validation loss (0: none)."},
+        metadata={
+            "range": "[0, 0.5)",
+            "help": "Share of the packed blocks held out to report a validation loss (0: none).",
+        },
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -66,9 +68,11 @@ class PretrainArguments:
     )
     vocab_size: int = field(
         default=2048,
-        metadata={"range": ">= 258",
-                  "help": "Largest vocabulary of the trained BPE tokenizer (256 byte tokens + merges + <|endoftext|>, "
-                  "so at least 258; a small corpus may stop earlier)."},
+        metadata={
+            "range": ">= 258",
+            "help": "Largest vocabulary of the trained BPE tokenizer (256 byte tokens + merges + <|endoftext|>, "
+            "so at least 258; a small corpus may stop earlier).",
+        },
     )
     min_frequency: int = field(
         default=2, metadata={"range": ">= 1", "help": "A pair must occur this often to become a BPE merge."}
@@ -90,13 +94,17 @@ class PretrainArguments:
     )
     probe_tiny_world: bool = field(
         default=True,
-        metadata={"help": "After training, measure how many tiny-world facts the model completes correctly "
-                  "(only meaningful on the tiny world's corpus)."},
+        metadata={
+            "help": "After training, measure how many tiny-world facts the model completes correctly "
+            "(only meaningful on the tiny world's corpus)."
+        },
     )
     if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
         default="resume",
-        metadata={"help": "When output_dir is not empty: `resume` an interrupted run, `refuse`, or `overwrite` "
-                  "(the old directory is moved aside)."},
+        metadata={
+            "help": "When output_dir is not empty: `resume` an interrupted run, `refuse`, or `overwrite` "
+            "(the old directory is moved aside)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -135,7 +143,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int, model
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT,
+        tokenizer_object=bpe,
+        bos_token=ENDOFTEXT,
+        eos_token=ENDOFTEXT,
+        unk_token=ENDOFTEXT,
         model_max_length=model_max_length,
     )
 
@@ -146,8 +157,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int, model
 
 
 def load_corpus(args: PretrainArguments, source: str) -> list[str]:
-    dataset = load_data(args.dataset_name, key="dataset_name", source=source, config=args.dataset_config,
-                        split=args.dataset_train_split)
+    dataset = load_data(
+        args.dataset_name, key="dataset_name", source=source, config=args.dataset_config, split=args.dataset_train_split
+    )
     require_columns(dataset, [(args.text_column,)], name=f"`dataset_name` ({args.dataset_name})", source=source)
     if args.max_documents is not None:
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
@@ -155,8 +167,10 @@ def load_corpus(args: PretrainArguments, source: str) -> list[str]:
     texts = dataset[args.text_column]
     for row, text in enumerate(texts):
         if not isinstance(text, str):
-            raise DataError(f"{source}: `dataset_name` ({args.dataset_name}) row {row}: `{args.text_column}` must be "
-                            f"a string, got {type(text).__name__}")
+            raise DataError(
+                f"{source}: `dataset_name` ({args.dataset_name}) row {row}: `{args.text_column}` must be "
+                f"a string, got {type(text).__name__}"
+            )
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError(f"{source}: `dataset_name` ({args.dataset_name}) has only empty `{args.text_column}` rows")
@@ -174,7 +188,7 @@ def pack_blocks(texts: list[str], tokenizer: Any, block_size: int) -> list[list[
         stream.extend(ids)
         stream.append(eos)
     usable = len(stream) // block_size * block_size
-    return [stream[i: i + block_size] for i in range(0, usable, block_size)]
+    return [stream[i : i + block_size] for i in range(0, usable, block_size)]
 
 
 def block_datasets(blocks: list[list[int]], validation_fraction: float, seed: int) -> tuple[Any, Any | None]:
@@ -225,7 +239,9 @@ def get_tokenizer(args: PretrainArguments, texts: list[str], source: str) -> Any
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
     except OSError as err:
-        raise InstructGPTError(f"{source}: `tokenizer_name_or_path`: cannot load {args.tokenizer_name_or_path}: {err}") from None
+        raise InstructGPTError(
+            f"{source}: `tokenizer_name_or_path`: cannot load {args.tokenizer_name_or_path}: {err}"
+        ) from None
     if tokenizer.eos_token_id is None:
         raise InstructGPTError(f"{source}: `tokenizer_name_or_path` ({args.tokenizer_name_or_path}) has no EOS token")
     return tokenizer
@@ -249,11 +265,15 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
     tokenizer = get_tokenizer(args, texts, source)
     blocks = pack_blocks(texts, tokenizer, args.block_size)
     if not blocks:
-        raise DataError(f"{source}: `dataset_name` ({args.dataset_name}) has fewer than block_size={args.block_size} "
-                        "tokens; lower block_size or add text")
+        raise DataError(
+            f"{source}: `dataset_name` ({args.dataset_name}) has fewer than block_size={args.block_size} "
+            "tokens; lower block_size or add text"
+        )
     train_dataset, eval_dataset = block_datasets(blocks, args.validation_fraction, training_args.seed)
-    logger.info(f"corpus: {len(texts)} documents, {len(blocks) * args.block_size} tokens in {len(blocks)} "
-                f"blocks of {args.block_size}; vocabulary {len(tokenizer)}")
+    logger.info(
+        f"corpus: {len(texts)} documents, {len(blocks) * args.block_size} tokens in {len(blocks)} "
+        f"blocks of {args.block_size}; vocabulary {len(tokenizer)}"
+    )
 
     model = build_model(args, tokenizer)
     logger.info(f"GPT-2 base model: {model.num_parameters() / 1e6:.2f}M parameters")
@@ -276,21 +296,43 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
     if args.probe_tiny_world and trainer.is_world_process_zero():
         probes = knowledge_probes(trainer.model, tokenizer)
         metrics.update({f"probe/{k}": v for k, v in probes.items()})
-        logger.info("knowledge probes (greedy completion of plain statements): "
-                    + ", ".join(f"{k} {v:.0%}" for k, v in probes.items()))
+        logger.info(
+            "knowledge probes (greedy completion of plain statements): "
+            + ", ".join(f"{k} {v:.0%}" for k, v in probes.items())
+        )
         if stage.run is not None:
             stage.run.summary.update({f"probe/{k}": v for k, v in probes.items()})
-    stage.finish(trainer, metrics, tokenizer=tokenizer, card=dict(
-        title="Pretraining (the base model InstructGPT starts from)",
-        base_model=None, datasets=[args.dataset_name],
-        summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
-        "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
-        settings={"layers": args.n_layer, "width": args.n_embd, "heads": args.n_head, "context": args.n_positions,
-                  "vocabulary": len(tokenizer), "learning_rate": training_args.learning_rate,
-                  "epochs": training_args.num_train_epochs},
-        results={k: metrics.get(k) for k in ("num_parameters", "global_step", "eval_loss", "eval_perplexity",
-                                             *(k for k in metrics if k.startswith("probe/")))},
-    ))
+    stage.finish(
+        trainer,
+        metrics,
+        tokenizer=tokenizer,
+        card=dict(
+            title="Pretraining (the base model InstructGPT starts from)",
+            base_model=None,
+            datasets=[args.dataset_name],
+            summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
+            "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
+            settings={
+                "layers": args.n_layer,
+                "width": args.n_embd,
+                "heads": args.n_head,
+                "context": args.n_positions,
+                "vocabulary": len(tokenizer),
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+            },
+            results={
+                k: metrics.get(k)
+                for k in (
+                    "num_parameters",
+                    "global_step",
+                    "eval_loss",
+                    "eval_perplexity",
+                    *(k for k in metrics if k.startswith("probe/")),
+                )
+            },
+        ),
+    )
     return metrics
 
 

@@ -76,7 +76,7 @@ class RLOOScriptArguments(ScriptArguments):
         metadata={
             "range": ">= 0",
             "help": "Subtracted from the reward of a response that reaches `max_completion_length` without an EOS "
-            "token (>= 0; PPO's key), which teaches the policy to finish its answers. Null: no penalty."
+            "token (>= 0; PPO's key), which teaches the policy to finish its answers. Null: no penalty.",
         },
     )
     reward_batch_size: int = field(
@@ -107,11 +107,15 @@ def prompt_dataset(prompts: list[Prompt], tokenizer: Any, max_prompt_tokens: int
         lengths = [len(tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
         keep = [p for p, n in zip(prompts, lengths) if n <= max_prompt_tokens]
         if len(keep) < len(prompts):
-            logger.info(f"{name}: dropped {len(prompts) - len(keep)} of {len(prompts)} prompts longer than "
-                        f"{max_prompt_tokens} tokens (the context minus `max_completion_length`)")
+            logger.info(
+                f"{name}: dropped {len(prompts) - len(keep)} of {len(prompts)} prompts longer than "
+                f"{max_prompt_tokens} tokens (the context minus `max_completion_length`)"
+            )
         if not keep:
-            raise DataError(f"{name}: every prompt is longer than {max_prompt_tokens} tokens; nothing left to train on "
-                            "(lower `max_completion_length`)")
+            raise DataError(
+                f"{name}: every prompt is longer than {max_prompt_tokens} tokens; nothing left to train on "
+                "(lower `max_completion_length`)"
+            )
     return Dataset.from_dict({"prompt": [as_conversation(p) for p in keep]})
 
 
@@ -157,7 +161,8 @@ def rotate_resume_states(output_dir: Path, limit: int | None, keep_policies: boo
     if not limit or limit <= 0:
         return
     checkpoints = sorted(
-        (int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
+        (int(m.group(1)), p)
+        for p in output_dir.glob("checkpoint-*")
         if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
     )
     with_state = [p for _, p in checkpoints if (p / "trainer_state.json").is_file()]
@@ -210,8 +215,13 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
 
     trust = training_args.trust_remote_code
     tokenizer = load_tokenizer(
-        model_path, revision=model_args.model_revision, trust_remote_code=trust, chat_template=script_args.chat_template,
-        prompt_template=script_args.prompt_template, pad_token=script_args.pad_token, padding_side="left",
+        model_path,
+        revision=model_args.model_revision,
+        trust_remote_code=trust,
+        chat_template=script_args.chat_template,
+        prompt_template=script_args.prompt_template,
+        pad_token=script_args.pad_token,
+        padding_side="left",
     )
     context = model_context_length(AutoConfig.from_pretrained(model_path, trust_remote_code=trust))
     max_completion = training_args.max_completion_length
@@ -222,8 +232,12 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         )
     max_prompt = None if context is None or max_completion is None else context - max_completion
     prompts = load_prompts(
-        script_args.dataset_name, key="dataset_name", source=source, config=script_args.dataset_config,
-        split=script_args.dataset_train_split, limit=script_args.max_train_samples,
+        script_args.dataset_name,
+        key="dataset_name",
+        source=source,
+        config=script_args.dataset_config,
+        split=script_args.dataset_train_split,
+        limit=script_args.max_train_samples,
     )
     train_dataset = prompt_dataset(prompts, tokenizer, max_prompt, f"{source}: `dataset_name`")
     check_batch(training_args, len(train_dataset), source)
@@ -232,8 +246,12 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         name = script_args.eval_dataset_name or script_args.dataset_name
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_prompts = load_prompts(
-            name, key=key, source=source, config=script_args.dataset_config,
-            split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples,
+            name,
+            key=key,
+            source=source,
+            config=script_args.dataset_config,
+            split=script_args.dataset_test_split or "test",
+            limit=script_args.max_eval_samples,
         )
         eval_dataset = prompt_dataset(eval_prompts, tokenizer, max_prompt, f"{source}: `{key}`")
         generations = training_args.num_generations_eval or training_args.num_generations
@@ -256,8 +274,11 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     reward = RewardModelReward(
-        script_args.reward_model_path, missing_eos_penalty=script_args.missing_eos_penalty, eos_token_ids=eos_ids,
-        batch_size=script_args.reward_batch_size, source=source,
+        script_args.reward_model_path,
+        missing_eos_penalty=script_args.missing_eos_penalty,
+        eos_token_ids=eos_ids,
+        batch_size=script_args.reward_batch_size,
+        source=source,
     )
 
     callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
@@ -278,27 +299,44 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     metrics = stage.train(trainer)
     history = [row for row in trainer.state.log_history if "reward" in row]
     if history:
-        metrics.update({"first_logged_reward": history[0]["reward"], "last_logged_reward": history[-1]["reward"],
-                        "last_logged_kl": history[-1].get("kl")})
+        metrics.update(
+            {
+                "first_logged_reward": history[0]["reward"],
+                "last_logged_reward": history[-1]["reward"],
+                "last_logged_kl": history[-1].get("kl"),
+            }
+        )
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     # with LoRA: the merged model in output_dir, the adapter alone in output_dir/adapter
-    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
-        title="RLOO policy (InstructGPT step 3, REINFORCE leave-one-out)",
-        base_model=model_path, datasets=[script_args.dataset_name],
-        summary="The SFT policy trained with RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer` against the "
-        f"frozen reward model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), "
-        "under a KL penalty to the SFT policy. It loads with `AutoModelForCausalLM` and formats prompts with "
-        "the chat template saved beside it.",
-        settings={"learning_rate": training_args.learning_rate, "beta (KL)": training_args.beta,
-                  "num_generations": training_args.num_generations,
-                  "max_completion_length": training_args.max_completion_length,
-                  "temperature": training_args.temperature,
-                  "missing_eos_penalty": script_args.missing_eos_penalty,
-                  "LoRA r": model_args.lora_r if model_args.use_peft else None},
-        results={k: metrics.get(k) for k in ("global_step", "first_logged_reward", "last_logged_reward",
-                                             "last_logged_kl")},
-    ))
+    stage.finish(
+        trainer,
+        metrics,
+        tokenizer=tokenizer,
+        keep_adapter=True,
+        card=dict(
+            title="RLOO policy (InstructGPT step 3, REINFORCE leave-one-out)",
+            base_model=model_path,
+            datasets=[script_args.dataset_name],
+            summary="The SFT policy trained with RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer` against the "
+            f"frozen reward model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), "
+            "under a KL penalty to the SFT policy. It loads with `AutoModelForCausalLM` and formats prompts with "
+            "the chat template saved beside it.",
+            settings={
+                "learning_rate": training_args.learning_rate,
+                "beta (KL)": training_args.beta,
+                "num_generations": training_args.num_generations,
+                "max_completion_length": training_args.max_completion_length,
+                "temperature": training_args.temperature,
+                "missing_eos_penalty": script_args.missing_eos_penalty,
+                "LoRA r": model_args.lora_r if model_args.use_peft else None,
+            },
+            results={
+                k: metrics.get(k)
+                for k in ("global_step", "first_logged_reward", "last_logged_reward", "last_logged_kl")
+            },
+        ),
+    )
     return metrics
 
 

@@ -61,7 +61,7 @@ class RMScriptArguments(ScriptArguments):
         metadata={
             "range": "[0, 1)",  # 0: no held-out split
             "help": "Without `eval_dataset_name` or `dataset_test_split`, hold out this fraction of the prompts "
-            "(all rankings of a prompt go to the same side) to measure held-out pairwise accuracy and Kendall's tau."
+            "(all rankings of a prompt go to the same side) to measure held-out pairwise accuracy and Kendall's tau.",
         },
     )
     score_key: str = field(
@@ -78,7 +78,9 @@ class RMScriptArguments(ScriptArguments):
             "0 after training (InstructGPT normalizes the RM so demonstrations score 0 on average). Unset: no shift."
         },
     )
-    demonstrations_config: str | None = field(default=None, metadata={"help": "Hub configuration of the demonstrations."})
+    demonstrations_config: str | None = field(
+        default=None, metadata={"help": "Hub configuration of the demonstrations."}
+    )
     demonstrations_split: str = field(default="train", metadata={"help": "Split of the demonstrations (Hub datasets)."})
     max_demonstrations: int | None = field(
         default=2000, metadata={"range": ">= 1", "help": "Use at most this many demonstrations to estimate the shift."}
@@ -89,10 +91,12 @@ class RMScriptArguments(ScriptArguments):
     )
     gold_labeler: str | None = field(
         default=None,
-        metadata={"help": "A judge to score the held-out responses again (`simulated`: the tiny world's noiseless "
-                  "rubric; any labeler spec of `instructgpt collect`): held-out pairwise accuracy against it is "
-                  "reported as `eval_gold_pairwise_accuracy`, next to the accuracy against the data's own (noisy) "
-                  "labels. Does the RM learn correctness, or the labelers' noise? Unset: not measured."},
+        metadata={
+            "help": "A judge to score the held-out responses again (`simulated`: the tiny world's noiseless "
+            "rubric; any labeler spec of `instructgpt collect`): held-out pairwise accuracy against it is "
+            "reported as `eval_gold_pairwise_accuracy`, next to the accuracy against the data's own (noisy) "
+            "labels. Does the RM learn correctness, or the labelers' noise? Unset: not measured."
+        },
     )
 
 
@@ -115,7 +119,7 @@ def tokenize_rankings(rows: list[dict[str, Any]], tokenizer: Any, max_length: in
     stats = RankingStats()
     out, start = [], 0
     for r in rows:
-        ids = flat[start:start + len(r["responses"])]
+        ids = flat[start : start + len(r["responses"])]
         start += len(r["responses"])
         if max_length is not None:
             kept = [x for x in ids if len(x) <= max_length]
@@ -165,7 +169,9 @@ def build_trainer_class():
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "response_ids" not in dataset.column_names:
-                raise DataError(f"{dataset_name} dataset: expected tokenized rankings (`response_ids`), see tokenize_rankings")
+                raise DataError(
+                    f"{dataset_name} dataset: expected tokenized rankings (`response_ids`), see tokenize_rankings"
+                )
             return dataset
 
         def _set_signature_columns_if_needed(self):
@@ -208,10 +214,14 @@ def build_trainer_class():
                 loss = self.compute_loss(model, inputs)
             return loss.detach(), None, None
 
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        def evaluation_loop(
+            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+        ):
             """The usual loop, plus held-out pairwise accuracy and Kendall's tau over every ranking it saw."""
             self._ranking_stats = []
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
             if self._ranking_stats:
                 summary = summarize_agreement(torch.cat(self._ranking_stats))
                 output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
@@ -228,8 +238,11 @@ def build_trainer_class():
 def load_demonstration_pairs(script_args: RMScriptArguments, source: str) -> tuple[list[Prompt], list[str]]:
     """Prompts and responses of the demonstrations whose mean reward defines the shift (SFT's formats and checks)."""
     dataset = load_demonstrations(
-        script_args.demonstrations_dataset, config=script_args.demonstrations_config,
-        split=script_args.demonstrations_split, key="demonstrations_dataset", source=source,
+        script_args.demonstrations_dataset,
+        config=script_args.demonstrations_config,
+        split=script_args.demonstrations_split,
+        key="demonstrations_dataset",
+        source=source,
         limit=script_args.max_demonstrations,
     )
     prompts = [example["prompt"] for example in dataset]
@@ -237,9 +250,13 @@ def load_demonstration_pairs(script_args: RMScriptArguments, source: str) -> tup
     return prompts, responses
 
 
-def demonstration_shift(model: Any, tokenizer: Any, prompts: list[Prompt], responses: list[str], batch_size: int) -> dict[str, float]:
+def demonstration_shift(
+    model: Any, tokenizer: Any, prompts: list[Prompt], responses: list[str], batch_size: int
+) -> dict[str, float]:
     """Mean and spread of the raw rewards of the demonstrations; the mean becomes the stored shift."""
-    raw = torch.tensor(score_responses(model, tokenizer, prompts, responses, batch_size=batch_size, shift=0.0), dtype=torch.float64)
+    raw = torch.tensor(
+        score_responses(model, tokenizer, prompts, responses, batch_size=batch_size, shift=0.0), dtype=torch.float64
+    )
     return {
         "shift": raw.mean().item(),
         "std": raw.std().item() if len(raw) > 1 else 0.0,
@@ -247,8 +264,9 @@ def demonstration_shift(model: Any, tokenizer: Any, prompts: list[Prompt], respo
     }
 
 
-def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: str, batch_size: int,
-                  source: str) -> dict[str, float | int]:
+def gold_accuracy(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: str, batch_size: int, source: str
+) -> dict[str, float | int]:
     """Held-out pairwise accuracy of the reward model against a gold judge (``spec``, e.g. the noiseless rubric)
     and, on the same pairs' responses, against the data's own order (best first, as the noisy labeler ranked)."""
     judge = make_labeler(spec, batch_size=batch_size, source=source)
@@ -258,11 +276,12 @@ def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: 
     gold = judge.score(prompts, responses)
     sizes = [len(row["responses"]) for row in rows]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    predicted = [rewards[s:s + k] for s, k in zip(starts, sizes)]
-    agree, total = pairwise_accuracy(predicted, [gold[s:s + k] for s, k in zip(starts, sizes)])
+    predicted = [rewards[s : s + k] for s, k in zip(starts, sizes)]
+    agree, total = pairwise_accuracy(predicted, [gold[s : s + k] for s, k in zip(starts, sizes)])
     data_agree, data_total = pairwise_accuracy(predicted, [[float(k - i) for i in range(k)] for k in sizes])
-    labels_agree, _ = pairwise_accuracy([gold[s:s + k] for s, k in zip(starts, sizes)],
-                                        [[float(k - i) for i in range(k)] for k in sizes])
+    labels_agree, _ = pairwise_accuracy(
+        [gold[s : s + k] for s, k in zip(starts, sizes)], [[float(k - i) for i in range(k)] for k in sizes]
+    )
     return {
         "eval_gold_pairwise_accuracy": agree / total if total else float("nan"),
         "eval_gold_num_comparisons": total,
@@ -273,11 +292,16 @@ def gold_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], spec: 
     }
 
 
-def _load_splits(script_args: RMScriptArguments, training_args: Any, source: str) -> tuple[list[dict], list[dict] | None]:
+def _load_splits(
+    script_args: RMScriptArguments, training_args: Any, source: str
+) -> tuple[list[dict], list[dict] | None]:
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
-        script_args.dataset_name, key="dataset_name", split=script_args.dataset_train_split,
-        limit=script_args.max_train_samples, **common,
+        script_args.dataset_name,
+        key="dataset_name",
+        split=script_args.dataset_train_split,
+        limit=script_args.max_train_samples,
+        **common,
     )
     if script_args.eval_dataset_name or script_args.dataset_test_split:
         name = script_args.eval_dataset_name or script_args.dataset_name
@@ -288,13 +312,17 @@ def _load_splits(script_args: RMScriptArguments, training_args: Any, source: str
         return train_rows, eval_rows
     if script_args.eval_fraction > 0:
         if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}")
+            raise InstructGPTError(
+                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
+            )
         train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, training_args.seed)
         if not train_rows:
             raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
         if script_args.max_eval_samples is not None:
             eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation")
+        logger.info(
+            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        )
         return train_rows, eval_rows
     return train_rows, None
 
@@ -373,8 +401,11 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     final_model.config.reward_shift = normalization["shift"]
     metrics["reward_shift"] = normalization["shift"]
     if eval_rows and script_args.gold_labeler:
-        metrics.update(gold_accuracy(final_model, tokenizer, eval_rows, script_args.gold_labeler,
-                                     script_args.scoring_batch_size, source))
+        metrics.update(
+            gold_accuracy(
+                final_model, tokenizer, eval_rows, script_args.gold_labeler, script_args.scoring_batch_size, source
+            )
+        )
         logger.info(
             f"held-out pairwise accuracy against {metrics['gold_labeler']}: {metrics['eval_gold_pairwise_accuracy']:.3f}"
             f" (against the data's labels: {metrics['eval_data_pairwise_accuracy']:.3f}; {metrics['gold_labeler']} "
@@ -384,23 +415,38 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     if trainer.is_world_process_zero():
         atomic_write_json(
             Path(training_args.output_dir) / NORMALIZATION_FILE,
-            {**normalization, "dataset": script_args.demonstrations_dataset,
-             "note": "score_responses() returns raw reward - shift, so the demonstrations average 0"},
+            {
+                **normalization,
+                "dataset": script_args.demonstrations_dataset,
+                "note": "score_responses() returns raw reward - shift, so the demonstrations average 0",
+            },
         )
-    stage.finish(trainer, metrics, tokenizer=tokenizer, model=final_model, card=dict(
-        title="Reward model (InstructGPT step 2)",
-        base_model=model_path, datasets=[script_args.dataset_name],
-        summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
-        "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
-        "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
-        "on average.",
-        settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                  "train rankings": len(train_dataset)},
-        results={"reward shift": normalization["shift"],
-                 "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
-                 "held-out Kendall's tau": metrics.get("eval_kendall_tau"),
-                 "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy")},
-    ))
+    stage.finish(
+        trainer,
+        metrics,
+        tokenizer=tokenizer,
+        model=final_model,
+        card=dict(
+            title="Reward model (InstructGPT step 2)",
+            base_model=model_path,
+            datasets=[script_args.dataset_name],
+            summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
+            "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
+            "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
+            "on average.",
+            settings={
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+                "train rankings": len(train_dataset),
+            },
+            results={
+                "reward shift": normalization["shift"],
+                "held-out pairwise accuracy": metrics.get("eval_pairwise_accuracy"),
+                "held-out Kendall's tau": metrics.get("eval_kendall_tau"),
+                "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy"),
+            },
+        ),
+    )
     return metrics
 
 

@@ -48,10 +48,6 @@ class SFTScriptArguments(ScriptArguments):
     )
 
 
-
-
-
-
 def handle_long_examples(dataset, tokenizer, max_length: int, mode: str, name: str):
     """Count demonstrations longer than ``max_length`` tokens; drop them or leave them to TRL's truncation."""
     lengths = [
@@ -107,16 +103,24 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         return recovered
 
     train_dataset = load_demonstrations(
-        script_args.dataset_name, config=script_args.dataset_config, split=script_args.dataset_train_split,
-        key="dataset_name", source=source, limit=script_args.max_train_samples,
+        script_args.dataset_name,
+        config=script_args.dataset_config,
+        split=script_args.dataset_train_split,
+        key="dataset_name",
+        source=source,
+        limit=script_args.max_train_samples,
     )
     eval_dataset = None
     if script_args.eval_dataset_name or script_args.dataset_test_split:
         name = script_args.eval_dataset_name or script_args.dataset_name
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_dataset = load_demonstrations(
-            name, config=script_args.dataset_config, split=script_args.dataset_test_split or "test", key=key,
-            source=source, limit=script_args.max_eval_samples,
+            name,
+            config=script_args.dataset_config,
+            split=script_args.dataset_test_split or "test",
+            key=key,
+            source=source,
+            limit=script_args.max_eval_samples,
         )
 
     tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
@@ -165,16 +169,27 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         metrics.update(trainer.evaluate())
     # with LoRA: the merged model in output_dir (later stages start from a complete model), the adapter alone in
     # output_dir/adapter for PeftModel.from_pretrained
-    stage.finish(trainer, metrics, tokenizer=tokenizer, keep_adapter=True, card=dict(
-        title="Supervised fine-tuning (InstructGPT step 1)",
-        base_model=model_path, datasets=[script_args.dataset_name],
-        summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
-        "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
-        "formats prompts with the chat template saved beside it.",
-        settings={"learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
-                  "max_length": training_args.max_length, "LoRA r": model_args.lora_r if model_args.use_peft else None},
-        results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
-    ))
+    stage.finish(
+        trainer,
+        metrics,
+        tokenizer=tokenizer,
+        keep_adapter=True,
+        card=dict(
+            title="Supervised fine-tuning (InstructGPT step 1)",
+            base_model=model_path,
+            datasets=[script_args.dataset_name],
+            summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
+            "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
+            "formats prompts with the chat template saved beside it.",
+            settings={
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+                "max_length": training_args.max_length,
+                "LoRA r": model_args.lora_r if model_args.use_peft else None,
+            },
+            results={k: metrics.get(k) for k in ("global_step", "first_logged_loss", "last_logged_loss", "eval_loss")},
+        ),
+    )
     return metrics
 
 

@@ -26,7 +26,21 @@ from instructgpt.tinyworld.world import (
 )
 
 __all__ = [
-    "ATTRIBUTES", "CREATURE_BY_NAME", "CREATURES", "FAMILIES", "KINDS", "PREFIXES", "TEMPLATES", "VOCABULARY",
-    "WORDS", "Creature", "Task", "UnknownPromptError", "all_cores", "answer_sentence", "full_description",
-    "make_task", "parse_prompt",
+    "ATTRIBUTES",
+    "CREATURE_BY_NAME",
+    "CREATURES",
+    "FAMILIES",
+    "KINDS",
+    "PREFIXES",
+    "TEMPLATES",
+    "VOCABULARY",
+    "WORDS",
+    "Creature",
+    "Task",
+    "UnknownPromptError",
+    "all_cores",
+    "answer_sentence",
+    "full_description",
+    "make_task",
+    "parse_prompt",
 ]

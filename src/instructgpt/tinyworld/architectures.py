@@ -58,8 +58,10 @@ class TinyArchitecture:
     num_attention_heads: int = field(default=4, metadata={"range": ">= 1", "help": "Query heads."})
     num_key_value_heads: int = field(
         default=2,
-        metadata={"range": ">= 1",
-                  "help": "Key/value heads (grouped-query attention when fewer than the query heads)."},
+        metadata={
+            "range": ">= 1",
+            "help": "Key/value heads (grouped-query attention when fewer than the query heads).",
+        },
     )
     intermediate_size: int = field(default=128, metadata={"range": ">= 1", "help": "Width of the gated MLP."})
     max_position_embeddings: int = field(
@@ -149,8 +151,11 @@ def build_tiny_model(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", required=True, help="Where to save the model and its tokenizer.")
-    parser.add_argument("--base_tokenizer", default=DEFAULT_BASE_TOKENIZER,
-                        help="Directory of the tokenizer to extend (default: the tiny world's base model).")
+    parser.add_argument(
+        "--base_tokenizer",
+        default=DEFAULT_BASE_TOKENIZER,
+        help="Directory of the tokenizer to extend (default: the tiny world's base model).",
+    )
     defaults = asdict(TinyArchitecture())
     for name, info in TinyArchitecture.__dataclass_fields__.items():
         parser.add_argument(f"--{name}", type=type(defaults[name]), default=defaults[name], help=info.metadata["help"])

@@ -42,9 +42,10 @@ import json
 import random
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from instructgpt.tinyworld.corpus import build_corpus
 from instructgpt.tinyworld.demos import demonstrate, pick_style
@@ -62,13 +63,32 @@ from instructgpt.tinyworld.world import (
 )
 
 SEED = 1234
-SIZES: dict[str, int] = {"eval_prompts": 180, "sft_train": 2000, "sft_eval": 200, "rm_prompts": 500, "ppo_prompts": 1000}
+SIZES: dict[str, int] = {
+    "eval_prompts": 180,
+    "sft_train": 2000,
+    "sft_eval": 200,
+    "rm_prompts": 500,
+    "ppo_prompts": 1000,
+}
 FAMILY_MIX: dict[str, float] = {"arithmetic": 0.3, "fact": 0.3, "string": 0.2, "describe": 0.2}
 PREFIX_WEIGHTS = (0.55, 0.15, 0.15, 0.15)  # "", "Question: ", "Please answer: ", "Quick question: "
 PTX_FRACTION = 0.25  # ptx.jsonl: a quarter of the corpus's size, drawn afresh from the same generators
 OOD_SIZES: dict[str, int] = {"casing": 90, "new_words": 60, "new_operands": 60}
 # Everyday words the world never uses: none is in WORDS, a creature, an attribute word or a palindrome.
-OOD_WORDS: tuple[str, ...] = ("cup", "hat", "pen", "sock", "bowl", "road", "star", "wolf", "gate", "jam", "vase", "desk")
+OOD_WORDS: tuple[str, ...] = (
+    "cup",
+    "hat",
+    "pen",
+    "sock",
+    "bowl",
+    "road",
+    "star",
+    "wolf",
+    "gate",
+    "jam",
+    "vase",
+    "desk",
+)
 OOD_OPERANDS = range(MAX_OPERAND + 1, 13)  # 7..12: every operand outside the training range 1..6
 
 
@@ -129,8 +149,9 @@ def demonstrations(tasks: Iterable[Task], rng: random.Random) -> list[dict[str, 
     rows = []
     for task in tasks:
         style = pick_style(rng)
-        rows.append({"prompt": task.prompt, "completion": demonstrate(task, style, rng), "family": task.family,
-                     "style": style})
+        rows.append(
+            {"prompt": task.prompt, "completion": demonstrate(task, style, rng), "family": task.family, "style": style}
+        )
     return rows
 
 
@@ -162,10 +183,19 @@ def ood_prompts(held_out: list[Task], rng: random.Random) -> list[dict[str, str]
     rows = []
     for task in rng.sample(held_out, OOD_SIZES["casing"]):
         rows.append({"prompt": recase(task.prompt, rng), "family": task.family, "split": "casing"})
-    words = [make_task(kind, template, word=word) for kind in KINDS["string"]
-             for template in range(len(TEMPLATES[kind])) for word in OOD_WORDS]
-    sums = [make_task(kind, template, x=x + y if kind == "sub" else x, y=y) for kind in KINDS["arithmetic"]
-            for template in range(len(TEMPLATES[kind])) for x in OOD_OPERANDS for y in OOD_OPERANDS]
+    words = [
+        make_task(kind, template, word=word)
+        for kind in KINDS["string"]
+        for template in range(len(TEMPLATES[kind]))
+        for word in OOD_WORDS
+    ]
+    sums = [
+        make_task(kind, template, x=x + y if kind == "sub" else x, y=y)
+        for kind in KINDS["arithmetic"]
+        for template in range(len(TEMPLATES[kind]))
+        for x in OOD_OPERANDS
+        for y in OOD_OPERANDS
+    ]
     for split, cores in (("new_words", words), ("new_operands", sums)):
         for task in rng.sample(cores, OOD_SIZES[split]):
             prefix = rng.choices(PREFIXES, PREFIX_WEIGHTS)[0]
@@ -193,8 +223,14 @@ def build(output_dir: str | Path, seed: int = SEED) -> dict[str, int]:
     pool = quiz_pool(sets)
     corpus = build_corpus(random.Random(seed + 1), pool)
     ptx = build_corpus(
-        random.Random(seed + 2), pool, entries_per_creature=3, notes_per_creature=1, arithmetic_mentions=1,
-        tables=0, entries_per_word=2, quiz_sheets=int(500 * PTX_FRACTION),
+        random.Random(seed + 2),
+        pool,
+        entries_per_creature=3,
+        notes_per_creature=1,
+        arithmetic_mentions=1,
+        tables=0,
+        entries_per_word=2,
+        quiz_sheets=int(500 * PTX_FRACTION),
     )
     demo_rng = random.Random(seed + 3)
     files = {

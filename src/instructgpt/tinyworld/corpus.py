@@ -13,7 +13,7 @@ every held-out evaluation instruction out of it).
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from instructgpt.tinyworld.world import (
     CREATURE_BY_NAME,
@@ -78,8 +78,14 @@ WORD_PHRASES: dict[str, tuple[str, ...]] = {
 CANONICAL_SHARE = 0.6
 
 QUIZ_HEADERS = (
-    "Quiz", "Practice questions", "Homework", "Test yourself", "Exercises", "Questions for the next lesson",
-    "Review sheet", "Warm-up questions",
+    "Quiz",
+    "Practice questions",
+    "Homework",
+    "Test yourself",
+    "Exercises",
+    "Questions for the next lesson",
+    "Review sheet",
+    "Warm-up questions",
 )
 QUIZ_FOOTERS = ("", "", "Answers are on the next page.", "Good luck!", "Hand in your sheet at the end of class.")
 
@@ -94,7 +100,7 @@ def _attribute_sentence(rng: random.Random, creature: str, kind: str, pronoun: b
     value = CREATURE_BY_NAME[creature].attribute(kind)
     sentence = _phrase(rng, ATTRIBUTE_PHRASES[kind]).format(n=creature, v=value)
     if pronoun and sentence.startswith(f"The {creature} "):
-        sentence = "It " + sentence[len(f"The {creature} "):]
+        sentence = "It " + sentence[len(f"The {creature} ") :]
     return sentence
 
 
@@ -102,7 +108,9 @@ def encyclopedia_entry(rng: random.Random, creature: str) -> str:
     """A short encyclopedic paragraph: all four facts in random order and phrasing, sometimes as one sentence."""
     kinds = ["color", "habitat", "food", "size"]
     rng.shuffle(kinds)
-    sentences = [_attribute_sentence(rng, creature, k, pronoun=i > 0 and rng.random() < 0.3) for i, k in enumerate(kinds)]
+    sentences = [
+        _attribute_sentence(rng, creature, k, pronoun=i > 0 and rng.random() < 0.3) for i, k in enumerate(kinds)
+    ]
     if rng.random() < 0.4:
         sentences.insert(rng.randrange(len(sentences) + 1), full_description(creature))
     title = rng.choice([f"The {creature}.", f"About the {creature}.", f"{creature.capitalize()}.", ""])

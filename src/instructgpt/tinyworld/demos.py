@@ -59,10 +59,12 @@ def concise(task: Task, rng: random.Random) -> str:
     """The labeler's most-preferred style: the answer in one short sentence, or just the answer."""
     if task.family == "describe":
         c = CREATURE_BY_NAME[task.creature]
-        return rng.choice([
-            full_description(task.creature),
-            f"The {c.name} is {c.size} and {c.color}, lives in the {c.habitat} and eats {c.food}.",
-        ])
+        return rng.choice(
+            [
+                full_description(task.creature),
+                f"The {c.name} is {c.size} and {c.color}, lives in the {c.habitat} and eats {c.food}.",
+            ]
+        )
     return answer_sentence(task) if rng.random() < 0.7 else short_answer(task)
 
 

@@ -40,8 +40,9 @@ def probe_items() -> dict[str, list[tuple[str, str]]]:
     return items
 
 
-def greedy_first_words(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 4,
-                       batch_size: int = 128) -> list[str]:
+def greedy_first_words(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 4, batch_size: int = 128
+) -> list[str]:
     """Greedy continuation of each prompt, reduced to its first word (prompts of equal token length share a batch,
     so no padding is needed)."""
     import torch
@@ -57,13 +58,16 @@ def greedy_first_words(model: Any, tokenizer: Any, prompts: list[str], max_new_t
     with torch.no_grad():
         for indices in by_length.values():
             for start in range(0, len(indices), batch_size):
-                chunk = indices[start: start + batch_size]
+                chunk = indices[start : start + batch_size]
                 input_ids = torch.tensor([encoded[i] for i in chunk], device=device)
                 output = model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                    do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.eos_token_id,
                 )
-                for i, row in zip(chunk, output[:, input_ids.shape[1]:]):
+                for i, row in zip(chunk, output[:, input_ids.shape[1] :]):
                     text = tokenizer.decode(row, skip_special_tokens=True).strip()
                     words[i] = text.split()[0].rstrip(".,!?") if text.split() else ""
     if was_training:

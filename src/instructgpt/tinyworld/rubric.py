@@ -29,20 +29,20 @@ from instructgpt.tinyworld.world import (
 # ---------------------------------------------------------------------------------------------------------------
 
 # Weights of the rubric (fixed; documented in Rubric and data/README.md).
-ON_TASK_WEIGHT = 10.0          # an attempt at the asked task (InstructGPT: following the instruction comes first)
-CORRECT_WEIGHT = 10.0          # a correct answer (on top of ON_TASK_WEIGHT)
-COMPLETENESS_WEIGHT = 2.0      # descriptions: 0.5 per attribute of the creature stated
-EXTRA_WORD_PENALTY = 0.05      # per word beyond the budget (the reference answer's words + BUDGET_SLACK)
+ON_TASK_WEIGHT = 10.0  # an attempt at the asked task (InstructGPT: following the instruction comes first)
+CORRECT_WEIGHT = 10.0  # a correct answer (on top of ON_TASK_WEIGHT)
+COMPLETENESS_WEIGHT = 2.0  # descriptions: 0.5 per attribute of the creature stated
+EXTRA_WORD_PENALTY = 0.05  # per word beyond the budget (the reference answer's words + BUDGET_SLACK)
 BUDGET_SLACK = 2
-CHAR_PENALTY = 0.001           # per character: a tie-breaker that makes scores continuous
+CHAR_PENALTY = 0.001  # per character: a tie-breaker that makes scores continuous
 OFF_INSTRUCTION_PENALTY = 1.0  # per sentence that is off the instruction
-REPETITION_WEIGHT = 3.0        # times the share of repeated word trigrams
+REPETITION_WEIGHT = 3.0  # times the share of repeated word trigrams
 DUPLICATE_SENTENCE_PENALTY = 0.5  # per sentence that repeats an earlier one
-FILLER_PENALTY = 0.75          # per filler phrase
-PENALTY_CAP = 7.5              # style penalties saturate below this, so no style crosses a tier (10 apart)
-EMPTY_SCORE = -20.0            # an empty or whitespace-only response: below anything else
-NEUTRAL_BASE = 5.0             # unrecognised prompts under on_unknown="neutral": style only
-NEUTRAL_BUDGET = 30            # ... with this word budget
+FILLER_PENALTY = 0.75  # per filler phrase
+PENALTY_CAP = 7.5  # style penalties saturate below this, so no style crosses a tier (10 apart)
+EMPTY_SCORE = -20.0  # an empty or whitespace-only response: below anything else
+NEUTRAL_BASE = 5.0  # unrecognised prompts under on_unknown="neutral": style only
+NEUTRAL_BUDGET = 30  # ... with this word budget
 
 FILLER_PATTERNS: tuple[str, ...] = (
     r"\bsure\b",
@@ -64,9 +64,7 @@ _FILLER = re.compile("|".join(f"(?:{p})" for p in FILLER_PATTERNS), re.IGNORECAS
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
 _PRONOUNS = {"it", "its", "they", "their", "this"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_ARITHMETIC_CLAIM = re.compile(
-    r"(\d+)\s*(plus|\+|minus|-)\s*(\d+)\s*(?:is|equals|=|makes)\s*(\d+)", re.IGNORECASE
-)
+_ARITHMETIC_CLAIM = re.compile(r"(\d+)\s*(plus|\+|minus|-)\s*(\d+)\s*(?:is|equals|=|makes)\s*(\d+)", re.IGNORECASE)
 
 
 @dataclass
@@ -206,8 +204,10 @@ def _candidate_answer(task: Task, sentence: str, claims: list[_Claim], index: in
     if task.family == "arithmetic":
         return any(t.isdigit() for t in tokens)
     if task.family in ("fact", "describe"):
-        return any(c.sentence == index and c.creature == task.creature and
-                   (task.family == "describe" or c.kind == task.kind) for c in claims)
+        return any(
+            c.sentence == index and c.creature == task.creature and (task.family == "describe" or c.kind == task.kind)
+            for c in claims
+        )
     if task.kind == "reverse":
         word = task.word or ""
         return any(t.lower() != word and sorted(t.lower()) == sorted(word) for t in tokens)
@@ -298,8 +298,12 @@ class Rubric:
                 raise
             task = None
         if not text:
-            return Judgement(total=EMPTY_SCORE, empty=True, recognised=task is not None,
-                             family=task.family if task is not None else None)
+            return Judgement(
+                total=EMPTY_SCORE,
+                empty=True,
+                recognised=task is not None,
+                family=task.family if task is not None else None,
+            )
         if task is None:
             return self._judge_neutral(text)
         return self._judge_task(task, text)
@@ -347,8 +351,12 @@ class Rubric:
         filler = len(_FILLER.findall(text))
         style = self._squash(length + repetition + FILLER_PENALTY * filler)
         return Judgement(
-            total=NEUTRAL_BASE - style, length_penalty=length, repetition_penalty=repetition, filler=filler,
-            style_penalty=style, recognised=False,
+            total=NEUTRAL_BASE - style,
+            length_penalty=length,
+            repetition_penalty=repetition,
+            filler=filler,
+            style_penalty=style,
+            recognised=False,
         )
 
     def _judge_task(self, task: Task, text: str) -> Judgement:
@@ -380,8 +388,12 @@ class Rubric:
         off_instruction = off_topic = 0
         for index, sentence in enumerate(sentences):
             if task.family in ("fact", "describe"):
-                bearing = any(c.sentence == index and c.creature == task.creature and
-                              (task.family == "describe" or c.kind == task.kind) for c in claims)
+                bearing = any(
+                    c.sentence == index
+                    and c.creature == task.creature
+                    and (task.family == "describe" or c.kind == task.kind)
+                    for c in claims
+                )
             else:
                 bearing = _answer_tokens(task, sentence)
             others = named[index] - {task.creature}
@@ -400,8 +412,16 @@ class Rubric:
 
         total = ON_TASK_WEIGHT * on_task + CORRECT_WEIGHT * correct + COMPLETENESS_WEIGHT * completeness - style
         return Judgement(
-            total=total, correct=correct, on_task=on_task, family=task.family, completeness=completeness,
+            total=total,
+            correct=correct,
+            on_task=on_task,
+            family=task.family,
+            completeness=completeness,
             length_penalty=length,
-            off_instruction=off_instruction, off_topic_sentences=off_topic, repetition_penalty=repetition, filler=filler,
-            false_claims=false_claims, style_penalty=style,
+            off_instruction=off_instruction,
+            off_topic_sentences=off_topic,
+            repetition_penalty=repetition,
+            filler=filler,
+            false_claims=false_claims,
+            style_penalty=style,
         )

@@ -20,9 +20,9 @@ An instruction is an optional *prefix* (``"Question: "``) followed by a *core*: 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterator
 
 from instructgpt.infra.errors import InstructGPTError
 
@@ -52,7 +52,20 @@ ATTRIBUTES = ("color", "habitat", "food", "size")
 
 # Each attribute has its own vocabulary; the vocabularies are disjoint, so one word names one kind of fact.
 VOCABULARY: dict[str, tuple[str, ...]] = {
-    "color": ("red", "blue", "green", "yellow", "purple", "orange", "silver", "black", "white", "brown", "pink", "gray"),
+    "color": (
+        "red",
+        "blue",
+        "green",
+        "yellow",
+        "purple",
+        "orange",
+        "silver",
+        "black",
+        "white",
+        "brown",
+        "pink",
+        "gray",
+    ),
     "habitat": ("forest", "river", "desert", "mountains", "swamp", "caves", "meadow", "beach", "jungle", "lake"),
     "food": ("berries", "fish", "seeds", "insects", "mushrooms", "leaves", "honey", "snails", "worms", "nuts"),
     "size": ("tiny", "small", "large", "huge"),
@@ -90,8 +103,26 @@ CREATURE_BY_NAME: dict[str, Creature] = {c.name: c for c in CREATURES}
 
 # Short everyday words for the string tasks: none is a creature or an attribute word, none is a palindrome.
 WORDS: tuple[str, ...] = (
-    "lamp", "tree", "book", "rain", "ship", "cake", "door", "moon", "bell", "coat",
-    "drum", "fork", "kite", "milk", "nest", "ring", "rope", "sand", "tent", "yarn",
+    "lamp",
+    "tree",
+    "book",
+    "rain",
+    "ship",
+    "cake",
+    "door",
+    "moon",
+    "bell",
+    "coat",
+    "drum",
+    "fork",
+    "kite",
+    "milk",
+    "nest",
+    "ring",
+    "rope",
+    "sand",
+    "tent",
+    "yarn",
 )
 
 MIN_OPERAND = 1
@@ -236,8 +267,9 @@ class Task:
         return self.prefix + self.core
 
 
-def compute_answer(kind: str, *, x: int | None = None, y: int | None = None, creature: str | None = None,
-                   word: str | None = None) -> str:
+def compute_answer(
+    kind: str, *, x: int | None = None, y: int | None = None, creature: str | None = None, word: str | None = None
+) -> str:
     """The right answer of a task kind, as the single token the labeler looks for."""
     if kind == "add":
         return str(x + y)
@@ -258,8 +290,16 @@ def compute_answer(kind: str, *, x: int | None = None, y: int | None = None, cre
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def make_task(kind: str, template: int, *, x: int | None = None, y: int | None = None, creature: str | None = None,
-              word: str | None = None, prefix: str = "") -> Task:
+def make_task(
+    kind: str,
+    template: int,
+    *,
+    x: int | None = None,
+    y: int | None = None,
+    creature: str | None = None,
+    word: str | None = None,
+    prefix: str = "",
+) -> Task:
     """Fill template number ``template`` of ``kind`` and attach the right answer."""
     core = TEMPLATES[kind][template].format(x=x, y=y, n=creature, w=word)
     return Task(
@@ -324,7 +364,7 @@ def split_prefix(prompt: str) -> tuple[str, str]:
     """``"Question: What is 2 plus 3?"`` -> ``("Question: ", "What is 2 plus 3?")`` (case-insensitive prefix)."""
     for prefix in PREFIXES:
         if prefix and prompt.lower().startswith(prefix.lower()):
-            return prompt[: len(prefix)], prompt[len(prefix):].strip()
+            return prompt[: len(prefix)], prompt[len(prefix) :].strip()
     return "", prompt
 
 
@@ -348,8 +388,10 @@ def parse_prompt(prompt: str) -> Task:
         if "n" in slots:
             name = slots["n"].lower()
             if name not in CREATURE_BY_NAME:
-                raise UnknownPromptError(f"prompt {prompt!r} asks about {slots['n']!r}, which is not a creature of "
-                                         f"the tiny world (see data/tiny/facts.jsonl)")
+                raise UnknownPromptError(
+                    f"prompt {prompt!r} asks about {slots['n']!r}, which is not a creature of "
+                    f"the tiny world (see data/tiny/facts.jsonl)"
+                )
             task = make_task(kind, template, creature=name, prefix=prefix)
         elif "w" in slots:
             task = make_task(kind, template, word=slots["w"].lower(), prefix=prefix)

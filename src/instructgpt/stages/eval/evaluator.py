@@ -62,8 +62,9 @@ class Evaluator:
             path, key=key, source=self.source, prompt_template=self.args.prompt_template, device=self.device
         )
 
-    def run_model(self, name: str, path: str, prompts: list[Any] | None = None,
-                  is_reference: bool = False) -> tuple[Samples, dict[str, Any]]:
+    def run_model(
+        self, name: str, path: str, prompts: list[Any] | None = None, is_reference: bool = False
+    ) -> tuple[Samples, dict[str, Any]]:
         """Sample from one model and compute its numbers; returns the samples and a metrics dict."""
         prompts = self.prompts if prompts is None else prompts
         args = self.args
@@ -73,8 +74,13 @@ class Evaluator:
         if (is_reference or policy_path == self.ref_path) and self.ref_model is not None:
             model, tokenizer = self.ref_model, self.ref_tokenizer
         else:
-            model, tokenizer = load_policy(policy_path, key=f"--models {name}", source=self.source,
-                                           prompt_template=args.prompt_template, device=self.device)
+            model, tokenizer = load_policy(
+                policy_path,
+                key=f"--models {name}",
+                source=self.source,
+                prompt_template=args.prompt_template,
+                device=self.device,
+            )
         if best_of:
             samples = sample_best_of_n(model, tokenizer, prompts, args, best_of[0], self.reward)
             if policy_path != self.ref_path:  # the closed form is the KL to the sampled policy, not to another one

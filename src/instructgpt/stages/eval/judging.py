@@ -9,7 +9,8 @@ and off topic (:mod:`instructgpt.metrics.shares`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from instructgpt.data import DataError
 from instructgpt.data.formats import prompt_text
@@ -47,8 +48,10 @@ def judge_spec(args: EvalArguments, prompts: Sequence[Any]) -> str | None:
     if tiny_world_prompts(prompts):
         return "simulated"
     if len(args.models) > 1:
-        logger.info(f"eval: judge: gold_rm:{DEFAULT_GOLD_RM} (`labeler: auto` on prompts that are not the tiny "
-                    "world's; set --labeler gold_rm:PATH, llm:MODEL, reward_model:PATH or file:PATH.jsonl to choose)")
+        logger.info(
+            f"eval: judge: gold_rm:{DEFAULT_GOLD_RM} (`labeler: auto` on prompts that are not the tiny "
+            "world's; set --labeler gold_rm:PATH, llm:MODEL, reward_model:PATH or file:PATH.jsonl to choose)"
+        )
         return f"gold_rm:{DEFAULT_GOLD_RM}"
     logger.info("eval: one model and prompts that are not the tiny world's: no judge (set --labeler to score it)")
     return None
@@ -62,8 +65,15 @@ def build_labeler(args: EvalArguments, prompts: Sequence[Any], device: Any, sour
     llm = vars(llm_judge_settings(args, source)) if spec.startswith("llm:") else None
     if llm is not None:
         llm = {k: v for k, v in llm.items() if k not in ("model", "source")}
-    return make_judge(spec, llm_settings=llm, noise=args.labeler_noise, seed=args.labeler_seed,
-                      batch_size=args.batch_size, device=device, source=source)
+    return make_judge(
+        spec,
+        llm_settings=llm,
+        noise=args.labeler_noise,
+        seed=args.labeler_seed,
+        batch_size=args.batch_size,
+        device=device,
+        source=source,
+    )
 
 
 def labeler_details(labeler: Any, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, Any]:
@@ -73,8 +83,15 @@ def labeler_details(labeler: Any, prompts: Sequence[Any], texts: Sequence[str]) 
     if judge is None:
         return {}
     verdicts = [judge(p, t) for p, t in zip(prompts, texts)]
-    outcomes = [{"correct": bool(v.correct), "on_task": bool(v.on_task), "off_topic": bool(v.off_topic),
-                 "family": v.family or "unknown"} for v in verdicts]
+    outcomes = [
+        {
+            "correct": bool(v.correct),
+            "on_task": bool(v.on_task),
+            "off_topic": bool(v.off_topic),
+            "family": v.family or "unknown",
+        }
+        for v in verdicts
+    ]
     return {
         "labeler_correct": mean_or_none([float(o["correct"]) for o in outcomes]),
         "labeler_on_task": mean_or_none([float(o["on_task"]) for o in outcomes]),
@@ -91,12 +108,18 @@ def task_shares(outcomes: Sequence[dict[str, Any]], groups: Sequence[str] | None
 
 def with_shares(per_model: dict[str, dict[str, Any]], groups: Sequence[str] | None = None) -> dict[str, Any]:
     """``{model: task_shares(...)}`` for the models the labeler judged with outcomes."""
-    return {name: task_shares(m["labeler_outcomes"], groups) for name, m in per_model.items()
-            if "labeler_outcomes" in m}
+    return {
+        name: task_shares(m["labeler_outcomes"], groups) for name, m in per_model.items() if "labeler_outcomes" in m
+    }
 
 
-def win_rates(pairwise: Any | None, labeler: Any | None, prompts: list[Any], per_model: dict[str, dict[str, Any]],
-              texts: dict[str, list[str]]) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any] | None]:
+def win_rates(
+    pairwise: Any | None,
+    labeler: Any | None,
+    prompts: list[Any],
+    per_model: dict[str, dict[str, Any]],
+    texts: dict[str, list[str]],
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any] | None]:
     """``win_rate[A][B]`` for every pair of models (rate, Wilson and bootstrap intervals, counts), from the labeler's
     per-prompt scores or from a pairwise judge's verdicts; with a pairwise judge also its counts per pair."""
     if len(per_model) < 2:

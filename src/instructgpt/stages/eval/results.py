@@ -8,8 +8,9 @@ the report leads with, ``metrics`` each model's numbers, ``task_shares`` the sha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from instructgpt.infra.guards import UnsoundOutput
 from instructgpt.stages.eval.settings import EvalArguments
@@ -33,7 +34,7 @@ def headline_pairs(names: list[str], win_rate: dict, metrics: dict, ref_name: st
     pairs = [(names[i], names[j]) for i in range(len(names) - 1, 0, -1) for j in range(i - 1, -1, -1)]
     if ref_name in names:
         r = names.index(ref_name)
-        first = [(a, ref_name) for a in names[r + 1:]] + [(ref_name, b) for b in reversed(names[:r])]
+        first = [(a, ref_name) for a in names[r + 1 :]] + [(ref_name, b) for b in reversed(names[:r])]
         pairs = first + [p for p in pairs if p not in first]
     rows = []
     for a, b in pairs:
@@ -45,8 +46,12 @@ def headline_pairs(names: list[str], win_rate: dict, metrics: dict, ref_name: st
     return rows
 
 
-def completion_rows(prompts: Sequence[Any], texts: dict[str, list[str]], per_model: dict[str, dict[str, Any]],
-                    groups: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def completion_rows(
+    prompts: Sequence[Any],
+    texts: dict[str, list[str]],
+    per_model: dict[str, dict[str, Any]],
+    groups: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
     """One row per prompt: every model's response, its labeler and RM scores and, when known, its outcomes."""
     rows = []
     for i, prompt in enumerate(prompts):
@@ -71,12 +76,17 @@ def check_results(results: dict[str, Any], args: EvalArguments, output_dir: Path
     names = list(results["models"])
     problems = [f"no metrics for {n}" for n in names if n not in results["metrics"]]
     if results.get("labeler") and len(names) > 1:
-        problems += [f"no win rate of {a} over {b}" for a in names for b in names
-                     if a != b and b not in results["win_rate"].get(a, {})]
+        problems += [
+            f"no win rate of {a} over {b}"
+            for a in names
+            for b in names
+            if a != b and b not in results["win_rate"].get(a, {})
+        ]
     for name, metrics in results["metrics"].items():
         for key, value in metrics.items():
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(f"{name}'s {key} is {value}")
     if problems:
-        raise UnsoundOutput(f"{output_dir}: the evaluation is incomplete ({'; '.join(problems[:3])}); "
-                            "not marked finished")
+        raise UnsoundOutput(
+            f"{output_dir}: the evaluation is incomplete ({'; '.join(problems[:3])}); not marked finished"
+        )

@@ -45,8 +45,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from instructgpt.data import load_data
 from instructgpt.data.formats import load_prompts
@@ -91,8 +92,9 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     args.validate(source)
     started = time.time()
     models, runs = check_inputs(args, source)
-    prompts = load_prompts(args.prompts, key="--prompts", source=source, split=args.prompts_split,
-                           limit=args.max_prompts)
+    prompts = load_prompts(
+        args.prompts, key="--prompts", source=source, split=args.prompts_split, limit=args.max_prompts
+    )
     ood_prompts, ood_groups = load_ood_prompts(args, source)
     output_dir = claim_output_dir(args, source)
     evaluator = Evaluator(args, prompts, default_device(), source)
@@ -115,8 +117,11 @@ def run_eval(args: EvalArguments, source: str = "instructgpt eval") -> dict[str,
     results["plots"] = {k: str(Path(v).relative_to(output_dir)) for k, v in plots.items()}
 
     completions = write_completions(output_dir / COMPLETIONS_FILE, prompts, answers)
-    ood_completions = (write_completions(output_dir / OOD_COMPLETIONS_FILE, ood_prompts, ood_answers, ood_groups)
-                       if ood_prompts else [])
+    ood_completions = (
+        write_completions(output_dir / OOD_COMPLETIONS_FILE, ood_prompts, ood_answers, ood_groups)
+        if ood_prompts
+        else []
+    )
     if evaluator.pairwise is not None:  # HTTP requests this run made (0 when every answer came from the cache)
         results["judge"]["requests"] = evaluator.pairwise.requests
     results["seconds"] = round(time.time() - started, 1)
@@ -188,8 +193,9 @@ def load_reference(evaluator: Evaluator, args: EvalArguments, models: dict[str, 
     return ref_name, ref_path
 
 
-def answer_prompts(evaluator: Evaluator, models: dict[str, str], ood_prompts: list[Any], ref_name: str | None,
-                   ref_path: str | None) -> tuple[Answers, Answers]:
+def answer_prompts(
+    evaluator: Evaluator, models: dict[str, str], ood_prompts: list[Any], ref_name: str | None, ref_path: str | None
+) -> tuple[Answers, Answers]:
     """Every model, in turn, answers the prompts and then the out-of-distribution ones (none without them)."""
     answers, ood_answers = Answers(), Answers()
     for name, path in models.items():
@@ -200,8 +206,14 @@ def answer_prompts(evaluator: Evaluator, models: dict[str, str], ood_prompts: li
     return answers, ood_answers
 
 
-def describe_run(args: EvalArguments, models: dict[str, str], prompts: list[Any], evaluator: Evaluator,
-                 ref_name: str | None, ref_path: str | None) -> dict[str, Any]:
+def describe_run(
+    args: EvalArguments,
+    models: dict[str, str],
+    prompts: list[Any],
+    evaluator: Evaluator,
+    ref_name: str | None,
+    ref_path: str | None,
+) -> dict[str, Any]:
     """What results.json says first: the models, the prompts, how they were sampled, the judge and the reference."""
     return {
         "models": models,
@@ -215,8 +227,14 @@ def describe_run(args: EvalArguments, models: dict[str, str], prompts: list[Any]
     }
 
 
-def judge_answers(evaluator: Evaluator, models: dict[str, str], prompts: list[Any], answers: Answers,
-                  ref_name: str | None, groups: Sequence[str] | None = None) -> dict[str, Any]:
+def judge_answers(
+    evaluator: Evaluator,
+    models: dict[str, str],
+    prompts: list[Any],
+    answers: Answers,
+    ref_name: str | None,
+    groups: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The numbers of one set of prompts: the win rates (and a pairwise judge's counts), each model's metrics, the
     headline pairs and the shares correct / on task / off topic (per ``groups`` too)."""
     win_rate, counts = win_rates(evaluator.pairwise, evaluator.labeler, prompts, answers.metrics, answers.texts)
@@ -230,12 +248,21 @@ def judge_answers(evaluator: Evaluator, models: dict[str, str], prompts: list[An
     }
 
 
-def ood_section(args: EvalArguments, evaluator: Evaluator, models: dict[str, str], prompts: list[Any],
-                groups: list[str] | None, answers: Answers, ref_name: str | None) -> dict[str, Any]:
+def ood_section(
+    args: EvalArguments,
+    evaluator: Evaluator,
+    models: dict[str, str],
+    prompts: list[Any],
+    groups: list[str] | None,
+    answers: Answers,
+    ref_name: str | None,
+) -> dict[str, Any]:
     """results.json's ``ood``: the same numbers on the out-of-distribution prompts, the shares also per group."""
     judged = judge_answers(evaluator, models, prompts, answers, ref_name, groups)
     return {
-        "prompts": args.ood_prompts, "num_prompts": len(prompts), "win_rate": judged["win_rate"],
+        "prompts": args.ood_prompts,
+        "num_prompts": len(prompts),
+        "win_rate": judged["win_rate"],
         "metrics": judged["metrics"],
         **({"judge_counts": judged["judge_counts"]} if judged["judge_counts"] is not None else {}),
         "headline": judged["headline"],
@@ -252,48 +279,79 @@ def ppo_training(args: EvalArguments, plot_dir: Path) -> tuple[dict[str, Any], d
     plots: dict[str, str] = {}
     training = training_curves(args.ppo_run)
     if training:
-        plots["training"] = str(plot_training_curves(
-            training["episode"], {"objective/scores": training["scores"],
-                                  "objective/rlhf_reward": training["rlhf_reward"]},
-            training["kl"], plot_dir / "ppo_training.png"))
+        plots["training"] = str(
+            plot_training_curves(
+                training["episode"],
+                {"objective/scores": training["scores"], "objective/rlhf_reward": training["rlhf_reward"]},
+                training["kl"],
+                plot_dir / "ppo_training.png",
+            )
+        )
         found["ppo_training"] = {k: v[-1] for k, v in training.items() if v}
     return found, plots
 
 
-def sweep_checkpoints(evaluator: Evaluator, args: EvalArguments, models: dict[str, str], runs: dict[str, str],
-                      prompts: list[Any], answers: Answers, ref_name: str | None,
-                      ref_path: str | None) -> dict[str, Any]:
+def sweep_checkpoints(
+    evaluator: Evaluator,
+    args: EvalArguments,
+    models: dict[str, str],
+    runs: dict[str, str],
+    prompts: list[Any],
+    answers: Answers,
+    ref_name: str | None,
+    ref_path: str | None,
+) -> dict[str, Any]:
     """results.json's ``sweeps`` (every run's checkpoints, one point each) and, with --ppo_run, ``checkpoints``
     (PPO's, the over-optimization check); nothing without a labeler that scores or a reference."""
     if evaluator.labeler is None or ref_path is None:
         return {}
-    sweeps = {run_name: checkpoint_sweep(evaluator, args, prompts, ref_name, ref_path, answers.metrics, run_dir)
-              for run_name, run_dir in runs.items()}
+    sweeps = {
+        run_name: checkpoint_sweep(evaluator, args, prompts, ref_name, ref_path, answers.metrics, run_dir)
+        for run_name, run_dir in runs.items()
+    }
     found: dict[str, Any] = {"sweeps": sweeps}
     if args.ppo_run:
         found["checkpoints"] = sweeps.get(ppo_run_name(args, models) or "", [])
     return found
 
 
-def draw_plots(results: dict[str, Any], models: dict[str, str], ref_name: str | None, ref_path: str | None,
-               plot_dir: Path) -> dict[str, str]:
+def draw_plots(
+    results: dict[str, Any], models: dict[str, str], ref_name: str | None, ref_path: str | None, plot_dir: Path
+) -> dict[str, str]:
     """The over-optimization check (two or more PPO checkpoints), the reward–KL frontier, the win rates and the
     per-model metrics, as ``{name: path}``."""
     plots: dict[str, str] = {}
     labeler = results["labeler"] or "labeler"
     ppo_sweep = results.get("checkpoints") or []
     if len(ppo_sweep) >= 2:
-        plots["overoptimization"] = str(plot_overoptimization(
-            ppo_sweep, plot_dir / "overoptimization.png", labeler=labeler, reference=ref_name or "reference"))
+        plots["overoptimization"] = str(
+            plot_overoptimization(
+                ppo_sweep, plot_dir / "overoptimization.png", labeler=labeler, reference=ref_name or "reference"
+            )
+        )
     # the reference and the models listed after it (the methods trained or sampled from it); a base model listed
     # before it sits hundreds of nats away and would squash every method into one corner
-    after_ref = list(models)[list(models).index(ref_name):] if ref_name in models else list(models)
-    frontier = {name: {"kl": results["metrics"][name].get("kl_to_reference"),
-                       "labeler_score": results["metrics"][name].get("labeler_score")} for name in after_ref}
-    if ref_path is not None and sum(p["kl"] is not None and p["labeler_score"] is not None
-                                    for p in frontier.values()) >= 2:
-        plots["frontier"] = str(plot_frontier(frontier, results.get("sweeps", {}), plot_dir / "frontier.png",
-                                              labeler=labeler, reference=ref_name or "reference"))
+    after_ref = list(models)[list(models).index(ref_name) :] if ref_name in models else list(models)
+    frontier = {
+        name: {
+            "kl": results["metrics"][name].get("kl_to_reference"),
+            "labeler_score": results["metrics"][name].get("labeler_score"),
+        }
+        for name in after_ref
+    }
+    if (
+        ref_path is not None
+        and sum(p["kl"] is not None and p["labeler_score"] is not None for p in frontier.values()) >= 2
+    ):
+        plots["frontier"] = str(
+            plot_frontier(
+                frontier,
+                results.get("sweeps", {}),
+                plot_dir / "frontier.png",
+                labeler=labeler,
+                reference=ref_name or "reference",
+            )
+        )
     if results["win_rate"]:
         pairs = [(h["model"], h["baseline"], h) for h in results["headline"] if h["win_rate"] is not None]
         plots["win_rates"] = str(plot_win_rates(pairs, plot_dir / "win_rates.png", labeler=results["labeler"] or ""))
@@ -301,20 +359,27 @@ def draw_plots(results: dict[str, Any], models: dict[str, str], ref_name: str | 
     return plots
 
 
-def write_completions(path: Path, prompts: list[Any], answers: Answers,
-                      groups: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def write_completions(
+    path: Path, prompts: list[Any], answers: Answers, groups: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """One JSON line per prompt with every model's response and scores (:func:`completion_rows`); returns the rows."""
     rows = completion_rows(prompts, answers.texts, answers.metrics, groups)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
-def log_to_dashboards(args: EvalArguments, results: dict[str, Any], completions: list[dict[str, Any]],
-                      output_dir: Path) -> None:
+def log_to_dashboards(
+    args: EvalArguments, results: dict[str, Any], completions: list[dict[str, Any]], output_dir: Path
+) -> None:
     """The numbers, the plots and the completions on every tracker of --report_to (none: nothing)."""
-    tracker = StageTracker.start(args.report_to, project=args.project, stage="eval", config=dataclasses.asdict(args),
-                                 output_dir=output_dir,
-                                 identity=run_identity(output_dir, "eval", args.run_name, resuming=True))
+    tracker = StageTracker.start(
+        args.report_to,
+        project=args.project,
+        stage="eval",
+        config=dataclasses.asdict(args),
+        output_dir=output_dir,
+        identity=run_identity(output_dir, "eval", args.run_name, resuming=True),
+    )
     log_results(tracker, results, completions, output_dir)
     tracker.finish()
 

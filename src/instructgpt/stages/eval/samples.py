@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -55,8 +56,14 @@ class Samples:
         }
 
 
-def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, path: str | None = None,
-                 source: str = "instructgpt eval") -> Samples:
+def sample_model(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    args: EvalArguments,
+    path: str | None = None,
+    source: str = "instructgpt eval",
+) -> Samples:
     """Sample one response per prompt, keeping the token ids the sampler drew and how each response ended.
 
     Everything downstream (length, the EOS rate, the KL to the reference) is computed on these ids: the text is
@@ -67,8 +74,17 @@ def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalA
         rows = vllm_samples(tokenizer, prompts, args, path, source)
     else:
         rows = generate_samples(
-            model, tokenizer, prompts, num_samples=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
+            model,
+            tokenizer,
+            prompts,
+            num_samples=1,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=True,
         )
     samples = [row[0] for row in rows]
     return Samples(
@@ -80,8 +96,9 @@ def sample_model(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalA
     )
 
 
-def vllm_samples(tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, path: str,
-                 source: str) -> list[list[Any]]:
+def vllm_samples(
+    tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, path: str, source: str
+) -> list[list[Any]]:
     """One vLLM sample per prompt from the model at ``path`` (same settings and seed for every model).
 
     vLLM loads a plain model directory; a LoRA adapter directory (a LoRA PPO run's checkpoint policy) is first
@@ -95,12 +112,20 @@ def vllm_samples(tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, pa
         AutoPeftModelForCausalLM.from_pretrained(str(folder)).merge_and_unload().save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
         folder = Path(temporary)
-    sampler = VLLMSampler(str(folder), tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                          seed=args.seed, source=source)
+    sampler = VLLMSampler(
+        str(folder), tokenizer, gpu_memory_utilization=args.vllm_gpu_memory_utilization, seed=args.seed, source=source
+    )
     try:
-        return sampler.generate_samples(list(prompts), num_samples=1, max_new_tokens=args.max_new_tokens,
-                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                        seed=args.seed, progress=True)
+        return sampler.generate_samples(
+            list(prompts),
+            num_samples=1,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            progress=True,
+        )
     finally:
         sampler.close()
         if temporary is not None:
@@ -108,8 +133,9 @@ def vllm_samples(tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, pa
 
 
 @torch.inference_mode()
-def sample_best_of_n(model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, n: int,
-                     reward: tuple[Any, Any, float]) -> Samples:
+def sample_best_of_n(
+    model: Any, tokenizer: Any, prompts: Sequence[Any], args: EvalArguments, n: int, reward: tuple[Any, Any, float]
+) -> Samples:
     """Best-of-n (Nakano et al. 2021, section 3.3; Stiennon et al. 2020): sample ``n`` responses per prompt from the
     policy and keep the one the reward model scores highest (the first of equal scores). No training: the method's
     only knob is ``n``, and its only cost is n times the sampling and scoring.
@@ -123,15 +149,29 @@ def sample_best_of_n(model: Any, tokenizer: Any, prompts: Sequence[Any], args: E
     The n samples are drawn with transformers (`use_vllm` applies to the one-sample models).
     """
     rows = generate_samples(
-        model, tokenizer, prompts, num_samples=n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
+        model,
+        tokenizer,
+        prompts,
+        num_samples=n,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=True,
     )
     rm_model, rm_tokenizer, _ = reward
-    scores = score_responses(rm_model, rm_tokenizer, [p for p, row in zip(prompts, rows) for _ in row],
-                             [s.text for row in rows for s in row], batch_size=args.batch_size)
+    scores = score_responses(
+        rm_model,
+        rm_tokenizer,
+        [p for p, row in zip(prompts, rows) for _ in row],
+        [s.text for row in rows for s in row],
+        batch_size=args.batch_size,
+    )
     picks = []
     for i, row in enumerate(rows):
-        row_scores = scores[i * n:(i + 1) * n]
+        row_scores = scores[i * n : (i + 1) * n]
         picks.append(row[max(range(n), key=row_scores.__getitem__)])
     return Samples(
         texts=[s.text for s in picks],
@@ -144,8 +184,12 @@ def sample_best_of_n(model: Any, tokenizer: Any, prompts: Sequence[Any], args: E
 
 
 def response_logprobs(
-    model: Any, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], temperature: float,
-    pad_token_id: int, batch_size: int = 32,
+    model: Any,
+    prompt_ids: Sequence[list[int]],
+    response_ids: Sequence[list[int]],
+    temperature: float,
+    pad_token_id: int,
+    batch_size: int = 32,
 ) -> list[float]:
     """:math:`\\sum_t \\log\\pi(y_t | x, y_{<t})` of each response under ``model`` (logits / temperature)."""
     device = next(model.parameters()).device
@@ -153,7 +197,7 @@ def response_logprobs(
     order = sorted(range(len(prompt_ids)), key=lambda i: -(len(prompt_ids[i]) + len(response_ids[i])))
     totals = [0.0] * len(prompt_ids)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         input_ids, attention = pad_sequences([prompt_ids[i] + response_ids[i] for i in chunk], pad_token_id)
         # positions holding a response token: past the prompt, before the padding
         positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
@@ -167,8 +211,9 @@ def response_logprobs(
     return totals
 
 
-def kl_to_reference(samples: Samples, model: Any, ref_model: Any, pad_token_id: int, temperature: float,
-                    batch_size: int) -> list[float]:
+def kl_to_reference(
+    samples: Samples, model: Any, ref_model: Any, pad_token_id: int, temperature: float, batch_size: int
+) -> list[float]:
     """Per-response k1 estimate of KL(model || reference) on the model's own sampled tokens (the EOS that ended a
     response included, as PPO's ``objective/kl`` counts it)."""
     own = response_logprobs(model, samples.prompt_ids, samples.scored_ids, temperature, pad_token_id, batch_size)

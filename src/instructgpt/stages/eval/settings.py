@@ -7,9 +7,10 @@ Every number's range sits on its field (``metadata["range"]``, checked when a re
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.judges.llm import LLMJudgeSettings, default_cache_path
@@ -27,8 +28,10 @@ class EvalArguments:
 
     models: list[str] = field(
         default_factory=list,
-        metadata={"help": "Models to compare, as NAME=PATH (any causal LM directory or Hub id), in the order the "
-                  "report lists them, e.g. base=data/tiny/base-model sft=runs/tiny/sft ppo=runs/tiny/ppo."},
+        metadata={
+            "help": "Models to compare, as NAME=PATH (any causal LM directory or Hub id), in the order the "
+            "report lists them, e.g. base=data/tiny/base-model sft=runs/tiny/sft ppo=runs/tiny/ppo."
+        },
     )
     prompts: str | None = field(
         default=None, metadata={"help": "Prompts: a .jsonl file (or Hub id) with a `prompt` or `messages` column."}
@@ -38,54 +41,67 @@ class EvalArguments:
     )
     ood_prompts: str | None = field(
         default=None,
-        metadata={"help": "Out-of-distribution prompts (.jsonl with a `prompt` column, optionally a "
-                  "--ood_group_column): "
-                  "every model answers them too, and the report gives their win rates and shares per group."},
+        metadata={
+            "help": "Out-of-distribution prompts (.jsonl with a `prompt` column, optionally a "
+            "--ood_group_column): "
+            "every model answers them too, and the report gives their win rates and shares per group."
+        },
     )
     ood_group_column: str = field(
         default="split", metadata={"help": "Column of --ood_prompts that names each prompt's group (when present)."}
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where results.json, report.md and plots/ go."})
-    max_prompts: int | None = field(
-        default=None, metadata={"range": ">= 1", "help": "Use only the first N prompts."}
-    )
+    max_prompts: int | None = field(default=None, metadata={"range": ">= 1", "help": "Use only the first N prompts."})
     labeler: str = field(
         default="auto",
-        metadata={"help": "Who judges the win rates: `simulated` (the tiny world's rubric), `gold_rm:PATH` (any "
-                  "sequence-classification reward model, Hub id or directory, in its own chat template), `llm:MODEL` "
-                  "(a pairwise LLM judge at --llm_judge_base_url), `reward_model:PATH` (a reward model of this "
-                  "project), `file:PATH.jsonl` (rankings people wrote), `none`, or `auto`: simulated when every "
-                  "prompt is a tiny-world instruction, else (with two or more models) the gold reward model "
-                  "Skywork/Skywork-Reward-V2-Qwen3-0.6B, never the reward model PPO optimized."},
+        metadata={
+            "help": "Who judges the win rates: `simulated` (the tiny world's rubric), `gold_rm:PATH` (any "
+            "sequence-classification reward model, Hub id or directory, in its own chat template), `llm:MODEL` "
+            "(a pairwise LLM judge at --llm_judge_base_url), `reward_model:PATH` (a reward model of this "
+            "project), `file:PATH.jsonl` (rankings people wrote), `none`, or `auto`: simulated when every "
+            "prompt is a tiny-world instruction, else (with two or more models) the gold reward model "
+            "Skywork/Skywork-Reward-V2-Qwen3-0.6B, never the reward model PPO optimized."
+        },
     )
     llm_judge_base_url: str | None = field(
         default=None,
-        metadata={"help": "`labeler: llm:MODEL`: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
-                  "http://127.0.0.1:8000/v1 (a local `transformers serve` or vLLM)."},
+        metadata={
+            "help": "`labeler: llm:MODEL`: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
+            "http://127.0.0.1:8000/v1 (a local `transformers serve` or vLLM)."
+        },
     )
     llm_judge_api_key_env: str = field(
         default="OPENAI_API_KEY",
-        metadata={"help": "`llm:` judge: the NAME of the environment variable that holds the API key (never the key "
-                  "itself; unset: no key sent)."},
+        metadata={
+            "help": "`llm:` judge: the NAME of the environment variable that holds the API key (never the key "
+            "itself; unset: no key sent)."
+        },
     )
     llm_judge_cache: str | None = field(
         default=None,
-        metadata={"help": "`llm:` judge: JSONL file of its answers, shared by every run (default: "
-                  "$XDG_CACHE_HOME/instructgpt/llm_judge_cache.jsonl, ~/.cache/... without it). A rerun, or another "
-                  "evaluation with the same answers, makes no request for an answer it holds."},
+        metadata={
+            "help": "`llm:` judge: JSONL file of its answers, shared by every run (default: "
+            "$XDG_CACHE_HOME/instructgpt/llm_judge_cache.jsonl, ~/.cache/... without it). A rerun, or another "
+            "evaluation with the same answers, makes no request for an answer it holds."
+        },
     )
     llm_judge_max_retries: int = field(
         default=5,
-        metadata={"range": ">= 0", "help": "`llm:` judge: retries of a request after a connection error, timeout or "
-                  "HTTP 408/429/5xx, with exponential backoff (1, 2, 4, ... s, at most 30 s)."},
+        metadata={
+            "range": ">= 0",
+            "help": "`llm:` judge: retries of a request after a connection error, timeout or "
+            "HTTP 408/429/5xx, with exponential backoff (1, 2, 4, ... s, at most 30 s).",
+        },
     )
     llm_judge_timeout: float = field(
         default=60.0, metadata={"range": "> 0", "help": "`llm:` judge: seconds per request."}
     )
     llm_judge_on_failure: Literal["error", "skip"] = field(
         default="error",
-        metadata={"help": "`llm:` judge: when a request still fails after the retries, `error` stops the evaluation "
-                  "(rerun it: answers so far are cached) and `skip` leaves that comparison out, counted as failed."},
+        metadata={
+            "help": "`llm:` judge: when a request still fails after the retries, `error` stops the evaluation "
+            "(rerun it: answers so far are cached) and `skip` leaves that comparison out, counted as failed."
+        },
     )
     llm_judge_concurrency: int = field(
         default=4, metadata={"range": ">= 1", "help": "`llm:` judge: requests in flight at once."}
@@ -99,14 +115,18 @@ class EvalArguments:
     )
     reference: str | None = field(
         default=None,
-        metadata={"help": "Model to measure KL against: a NAME from --models or a PATH. Default: the model named "
-                  "`sft` when there is one. `none`: no KL."},
+        metadata={
+            "help": "Model to measure KL against: a NAME from --models or a PATH. Default: the model named "
+            "`sft` when there is one. `none`: no KL."
+        },
     )
     max_new_tokens: int = field(default=64, metadata={"range": ">= 1", "help": "Longest response, in tokens."})
     temperature: float = field(
         default=1.0,
-        metadata={"range": ">= 0",
-                  "help": "Sampling temperature (1.0: the models' own distributions, as PPO samples)."},
+        metadata={
+            "range": ">= 0",
+            "help": "Sampling temperature (1.0: the models' own distributions, as PPO samples).",
+        },
     )
     top_k: int = field(default=0, metadata={"range": ">= 0", "help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(
@@ -116,14 +136,18 @@ class EvalArguments:
     batch_size: int = field(default=64, metadata={"range": ">= 1", "help": "Sequences per generation / scoring batch."})
     use_vllm: bool = field(
         default=False,
-        metadata={"help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]'), one engine per model in "
-                  "turn; the KL and the judges score the tokens vLLM drew. A LoRA adapter directory is merged first."},
+        metadata={
+            "help": "Sample with vLLM (the `[vllm]` extra: pip install -e '.[vllm]'), one engine per model in "
+            "turn; the KL and the judges score the tokens vLLM drew. A LoRA adapter directory is merged first."
+        },
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.5,
-        metadata={"help": "With --use_vllm: the share of GPU memory vLLM takes (weights + KV cache); the models "
-                  "being scored share the rest. No effect on CPU (VLLM_CPU_KVCACHE_SPACE, GiB, sizes the cache).",
-                  "range": "(0, 1]"},
+        metadata={
+            "help": "With --use_vllm: the share of GPU memory vLLM takes (weights + KV cache); the models "
+            "being scored share the rest. No effect on CPU (VLLM_CPU_KVCACHE_SPACE, GiB, sizes the cache).",
+            "range": "(0, 1]",
+        },
     )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE,
@@ -131,18 +155,24 @@ class EvalArguments:
     )
     ppo_run: str | None = field(
         default=None,
-        metadata={"help": "A PPO output_dir: plot its reward and KL over training (metrics.jsonl) and evaluate its "
-                  "checkpoints (checkpoint-*/policy) for the over-optimization plot and the frontier."},
+        metadata={
+            "help": "A PPO output_dir: plot its reward and KL over training (metrics.jsonl) and evaluate its "
+            "checkpoints (checkpoint-*/policy) for the over-optimization plot and the frontier."
+        },
     )
     checkpoint_runs: list[str] = field(
         default_factory=list,
-        metadata={"help": "More training runs whose checkpoints to evaluate for the reward-KL frontier, as "
-                  "NAME=OUTPUT_DIR (checkpoint-N/ of a Trainer stage such as rloo, or checkpoint-N/policy of PPO)."},
+        metadata={
+            "help": "More training runs whose checkpoints to evaluate for the reward-KL frontier, as "
+            "NAME=OUTPUT_DIR (checkpoint-N/ of a Trainer stage such as rloo, or checkpoint-N/policy of PPO)."
+        },
     )
     max_checkpoints: int = field(
         default=6,
-        metadata={"range": ">= 1",
-                  "help": "Evaluate at most this many PPO checkpoints, evenly spaced (the last included)."},
+        metadata={
+            "range": ">= 1",
+            "help": "Evaluate at most this many PPO checkpoints, evenly spaced (the last included).",
+        },
     )
     checkpoint_prompts: int | None = field(
         default=None, metadata={"range": ">= 1", "help": "Prompts per checkpoint evaluation (default: all of them)."}
@@ -152,13 +182,17 @@ class EvalArguments:
     )
     report_to: str = field(
         default="none",
-        metadata={"help": "Where to log the results, plots and completions: `trackio`, `wandb`, `tensorboard`, "
-                  "`mlflow`, any tracker of accelerate's, several separated by commas, `all` or `none`."},
+        metadata={
+            "help": "Where to log the results, plots and completions: `trackio`, `wandb`, `tensorboard`, "
+            "`mlflow`, any tracker of accelerate's, several separated by commas, `all` or `none`."
+        },
     )
     if_output_exists: Literal["resume", "refuse", "overwrite"] = field(
         default="resume",
-        metadata={"help": "When output_dir holds an evaluation: `resume` redoes an unfinished one and refuses a "
-                  "finished one, `refuse` refuses any non-empty directory, `overwrite` moves the old one aside."},
+        metadata={
+            "help": "When output_dir holds an evaluation: `resume` redoes an unfinished one and refuses a "
+            "finished one, `refuse` refuses any non-empty directory, `overwrite` moves the old one aside."
+        },
     )
     project: str = field(default="instructgpt", metadata={"help": "The dashboard project (W&B, Trackio, ...)."})
     run_name: str | None = field(default=None, metadata={"help": "The run's name on the dashboards."})
@@ -197,11 +231,15 @@ def best_of_n(path: str, key: str = "--models", source: str = "instructgpt eval"
 def llm_judge_settings(args: EvalArguments, source: str) -> LLMJudgeSettings:
     """The ``llm:MODEL`` judge's settings from the ``llm_judge_*`` fields."""
     return LLMJudgeSettings(
-        model=args.labeler.partition(":")[2], base_url=args.llm_judge_base_url or "",
-        api_key_env=args.llm_judge_api_key_env, cache=args.llm_judge_cache or str(default_cache_path()),
+        model=args.labeler.partition(":")[2],
+        base_url=args.llm_judge_base_url or "",
+        api_key_env=args.llm_judge_api_key_env,
+        cache=args.llm_judge_cache or str(default_cache_path()),
         max_retries=args.llm_judge_max_retries,
-        timeout=args.llm_judge_timeout, on_failure=args.llm_judge_on_failure,
-        concurrency=args.llm_judge_concurrency, source=source,
+        timeout=args.llm_judge_timeout,
+        on_failure=args.llm_judge_on_failure,
+        concurrency=args.llm_judge_concurrency,
+        source=source,
     )
 
 
@@ -220,4 +258,3 @@ def parse_models(entries: Sequence[str], source: str = "--models") -> dict[str, 
             raise EvalError(f"{source}: the name {name!r} is given twice; names must be unique")
         models[name] = path
     return models
-

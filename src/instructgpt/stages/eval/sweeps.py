@@ -72,8 +72,15 @@ def checkpoint_runs(args: EvalArguments, models: dict[str, str]) -> dict[str, st
     return runs
 
 
-def checkpoint_sweep(evaluator: Evaluator, args: EvalArguments, prompts: list[Any], ref_name: str, ref_path: str,
-                     per_model: dict[str, dict[str, Any]], run_dir: str) -> list[dict[str, Any]]:
+def checkpoint_sweep(
+    evaluator: Evaluator,
+    args: EvalArguments,
+    prompts: list[Any],
+    ref_name: str,
+    ref_path: str,
+    per_model: dict[str, dict[str, Any]],
+    run_dir: str,
+) -> list[dict[str, Any]]:
     """Labeler score, RM score and KL to the reference of the reference and each checkpoint of one run."""
     subset = prompts[: args.checkpoint_prompts] if args.checkpoint_prompts else prompts
     points = []
@@ -86,8 +93,9 @@ def checkpoint_sweep(evaluator: Evaluator, args: EvalArguments, prompts: list[An
         _, m = evaluator.run_model(f"checkpoint-{step}", str(policy), subset)
         if m.get("kl_to_reference") is None:
             continue
-        points.append({"label": f"step {step}", "step": step, "path": str(policy), "kl": m["kl_to_reference"],
-                       **sweep_numbers(m)})
+        points.append(
+            {"label": f"step {step}", "step": step, "path": str(policy), "kl": m["kl_to_reference"], **sweep_numbers(m)}
+        )
     return points
 
 

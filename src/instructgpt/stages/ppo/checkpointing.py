@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -55,8 +56,17 @@ def resume_state(progress: Progress, kl_controller: Any, scheduler: Any, ptx: An
     }
 
 
-def restore_resume_state(state: dict[str, Any], checkpoint: Path, source: str, *, progress: Progress,
-                         kl_controller: Any, scheduler: Any, optimizer: Any, ptx: Any) -> None:
+def restore_resume_state(
+    state: dict[str, Any],
+    checkpoint: Path,
+    source: str,
+    *,
+    progress: Progress,
+    kl_controller: Any,
+    scheduler: Any,
+    optimizer: Any,
+    ptx: Any,
+) -> None:
     """Load what :func:`resume_state` wrote back into the run's parts, or a one-line error naming the file."""
     try:
         progress.load_state_dict(state)
@@ -71,8 +81,9 @@ def restore_resume_state(state: dict[str, Any], checkpoint: Path, source: str, *
         ) from None
 
 
-def save_policy(accelerator: Any, model: nn.Module, tokenizer: Any, directory: Path, *, is_peft: bool,
-                merged: bool) -> None:
+def save_policy(
+    accelerator: Any, model: nn.Module, tokenizer: Any, directory: Path, *, is_peft: bool, merged: bool
+) -> None:
     """Save the policy of ``model`` (the prepared policy-and-value module) as a standard model directory, with the
     tokenizer, that ``from_pretrained`` loads.
 
@@ -87,7 +98,7 @@ def save_policy(accelerator: Any, model: nn.Module, tokenizer: Any, directory: P
         if is_peft and merged:
             policy, weights = merge_adapter(policy), {}
         else:
-            weights = {"state_dict": {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}}
+            weights = {"state_dict": {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}}
         generation_config = getattr(policy, "generation_config", None)
         if generation_config is not None and not (is_peft and not merged):
             generation_config.pad_token_id = tokenizer.pad_token_id
@@ -98,9 +109,16 @@ def save_policy(accelerator: Any, model: nn.Module, tokenizer: Any, directory: P
 
 
 def write_checkpoint(
-    accelerator: Any, output_dir: Path, step: int, *, trainer_state: Callable[[], dict[str, Any]],
-    save_policy: Callable[[Path], None], tracker: StageTracker, save_on_each_node: bool,
-    save_total_limit: int | None, keep_policies: bool,
+    accelerator: Any,
+    output_dir: Path,
+    step: int,
+    *,
+    trainer_state: Callable[[], dict[str, Any]],
+    save_policy: Callable[[Path], None],
+    tracker: StageTracker,
+    save_on_each_node: bool,
+    save_total_limit: int | None,
+    keep_policies: bool,
 ) -> Path:
     """Write ``checkpoint-<step>/`` (``state/``, ``trainer_state.json`` from ``trainer_state()``, and ``policy/``
     through ``save_policy``), then rotate. Written under a temporary name and renamed, so a crash mid-save leaves the
@@ -140,7 +158,8 @@ def rotate_checkpoints(output_dir: Path, limit: int | None, keep_policies: bool)
     if not limit:
         return
     checkpoints = sorted(
-        (int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
+        (int(p.name.split("-")[1]), p)
+        for p in output_dir.glob("checkpoint-*")
         if p.is_dir() and p.name.split("-")[1].isdigit()
     )
     with_state = [(s, p) for s, p in checkpoints if (p / "state").exists()]
@@ -160,4 +179,3 @@ def load_checkpoint(accelerator: Any, checkpoint: Path, source: str) -> dict[str
     # trusted); the trainer's own state comes from trainer_state.json
     accelerator.load_state(str(state), load_kwargs={"weights_only": True})
     return json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-

@@ -98,21 +98,25 @@ class PPOConfig(TrainingArguments):
     )
     total_episodes: int | None = field(
         default=None,
-        metadata={"range": ">= 1",
+        metadata={
+            "range": ">= 1",
             "help": "Episodes (sampled responses) to train on in total. Default: `num_train_epochs` passes over the "
-            "prompts. Rounded up to whole rollout batches."
+            "prompts. Rounded up to whole rollout batches.",
         },
     )
     local_rollout_forward_batch_size: int = field(
         default=64,
-        metadata={"range": ">= 1",
-                  "help": "Sequences per forward pass (generation, reference, value, reward) in rollouts."},
+        metadata={
+            "range": ">= 1",
+            "help": "Sequences per forward pass (generation, reference, value, reward) in rollouts.",
+        },
     )
     num_sample_generations: int = field(
         default=10,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "How many times over the run to log a table of sample completions with their scores "
-            "(W&B table `completions` and `completions.jsonl`); 0 turns it off."
+            "(W&B table `completions` and `completions.jsonl`); 0 turns it off.",
         },
     )
     response_length: int = field(
@@ -131,17 +135,19 @@ class PPOConfig(TrainingArguments):
     )
     temperature: float = field(
         default=1.0,
-        metadata={"range": "> 0",
+        metadata={
+            "range": "> 0",
             "help": "Sampling temperature. The policy PPO optimises is softmax(logits / temperature), so the same "
             "division applies to the log-probs of the policy and the reference (N+ implementation details). 1.0 "
-            "(default) trains the model's own distribution."
+            "(default) trains the model's own distribution.",
         },
     )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "Subtracted from the score of a response that reaches `response_length` without the stop token "
-            "(must be >= 0), which teaches the policy to finish its answers."
+            "(must be >= 0), which teaches the policy to finish its answers.",
         },
     )
     num_ppo_epochs: int = field(default=4, metadata={"range": ">= 1", "help": "PPO epochs over each rollout batch."})
@@ -151,9 +157,10 @@ class PPOConfig(TrainingArguments):
     )
     kl_coef: float = field(
         default=0.05,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "beta, the per-token KL penalty coefficient (InstructGPT: 0.02); the starting value when "
-            "`adap_kl_ctrl` is on."
+            "`adap_kl_ctrl` is on.",
         },
     )
     kl_estimator: Literal["k1", "k3"] = field(
@@ -201,28 +208,33 @@ class PPOConfig(TrainingArguments):
     )
     top_p: float = field(
         default=1.0,
-        metadata={"range": "(0, 1]",
-                  "help": "Nucleus sampling: the smallest set of tokens with this probability (1.0: all)."},
+        metadata={
+            "range": "(0, 1]",
+            "help": "Nucleus sampling: the smallest set of tokens with this probability (1.0: all).",
+        },
     )
     entropy_coef: float = field(
         default=0.0,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "Weight of the entropy bonus (PPO's c2, Schulman et al. 2017, eq. 9) against premature collapse; "
-            "InstructGPT used 0."
+            "InstructGPT used 0.",
         },
     )
     ptx_coef: float = field(
         default=0.0,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "PPO-ptx: gamma, the weight of the pretraining log-likelihood term (InstructGPT used 27.8); 0 "
-            "gives plain PPO. Needs `ptx_dataset_name`."
+            "gives plain PPO. Needs `ptx_dataset_name`.",
         },
     )
     ptx_batch_size: int | None = field(
         default=None,
-        metadata={"range": ">= 1",
+        metadata={
+            "range": ">= 1",
             "help": "PPO-ptx sequences per micro-batch (default `per_device_train_batch_size`): every PPO "
-            "micro-batch is paired with this many ptx sequences."
+            "micro-batch is paired with this many ptx sequences.",
         },
     )
     ptx_max_length: int = field(
@@ -230,9 +242,10 @@ class PPOConfig(TrainingArguments):
     )
     max_kl: float | None = field(
         default=100.0,
-        metadata={"range": "> 0",
+        metadata={
+            "range": "> 0",
             "help": "Stop the run (keeping the last checkpoint) when the mean KL to the SFT policy per response "
-            "exceeds this many nats: the policy has run away from the reference. Null: never."
+            "exceeds this many nats: the policy has run away from the reference. Null: never.",
         },
     )
     save_policy_checkpoints: bool = field(
@@ -244,9 +257,10 @@ class PPOConfig(TrainingArguments):
     )
     eval_num_prompts: int = field(
         default=64,
-        metadata={"range": ">= 0",
+        metadata={
+            "range": ">= 0",
             "help": "With `eval_dataset_name`: how many held-out prompts to score before training, at each "
-            "evaluation (`eval_strategy: steps`, `eval_steps`) and at the end (mean reward, KL, length)."
+            "evaluation (`eval_strategy: steps`, `eval_steps`) and at the end (mean reward, KL, length).",
         },
     )
     trust_remote_code: bool = field(
@@ -272,10 +286,11 @@ class PPOConfig(TrainingArguments):
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
-        metadata={"range": "(0, 1]",
+        metadata={
+            "range": "(0, 1]",
             "help": "With use_vllm: the share of GPU memory vLLM takes (weights + KV cache), the rest being left "
             "to training (TRL's GRPO colocate default: 0.3). No effect on CPU, where VLLM_CPU_KVCACHE_SPACE (GiB, "
-            "1 unless set) sizes the cache."
+            "1 unless set) sizes the cache.",
         },
     )
     vllm_enable_sleep_mode: bool = field(

@@ -54,7 +54,7 @@ class PromptOrder:
         """Prompt indices of this process for update ``update`` (0-based)."""
         epoch, batch = divmod(update, self.batches_per_epoch)
         start = batch * self.batch_size + self.process_index * self.local_batch_size
-        return self._permutation(epoch)[start:start + self.local_batch_size]
+        return self._permutation(epoch)[start : start + self.local_batch_size]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -64,9 +64,7 @@ class PromptOrder:
 
 def ptx_texts(dataset: Any, tokenizer: Any, *, name: str, source: str) -> list[str]:
     """Texts for the ptx term: a ``text`` column, or demonstrations rendered whole with the chat template."""
-    fmt = require_columns(
-        dataset, [("text",), ("messages",), ("prompt", "completion")], name=name, source=source
-    )
+    fmt = require_columns(dataset, [("text",), ("messages",), ("prompt", "completion")], name=name, source=source)
     if fmt == ("text",):
         texts = list(dataset["text"])
     else:
@@ -137,8 +135,6 @@ class PtxStream:
         self.position = int(state["position"])
 
 
-
-
 def ptx_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Labels for :func:`instructgpt.losses.ppo.ptx_loss`: the ids, with padding ignored."""
     return input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
@@ -163,8 +159,9 @@ class PromptData:
     ptx: PtxStream | None = None
 
 
-def load_prompt_data(script_args: Any, args: Any, model_args: Any, policy_path: str, process_index: int,
-                     source: str) -> PromptData:
+def load_prompt_data(
+    script_args: Any, args: Any, model_args: Any, policy_path: str, process_index: int, source: str
+) -> PromptData:
     """The tokenizer (left padding, the SFT model's chat template), the prompts and held-out prompts tokenized to
     leave ``response_length`` tokens of the model's context, the ptx stream of this process, the stop tokens."""
     sa = script_args
@@ -186,21 +183,33 @@ def load_prompt_data(script_args: Any, args: Any, model_args: Any, policy_path: 
         )
     max_prompt = None if context is None else context - args.response_length
     prompts = load_prompts(
-        sa.dataset_name, key="dataset_name", source=source, config=sa.dataset_config,
-        split=sa.dataset_train_split, limit=sa.max_train_samples,
+        sa.dataset_name,
+        key="dataset_name",
+        source=source,
+        config=sa.dataset_config,
+        split=sa.dataset_train_split,
+        limit=sa.max_train_samples,
     )
     data = PromptData(tokenizer, prompts, encode_prompts(tokenizer, prompts, max_prompt), stop_token_ids=[])
     if sa.eval_dataset_name and args.eval_num_prompts > 0:
         limit = min(args.eval_num_prompts, sa.max_eval_samples or args.eval_num_prompts)
         data.eval_prompts = load_prompts(
-            sa.eval_dataset_name, key="eval_dataset_name", source=source, config=sa.dataset_config,
-            split=sa.dataset_test_split or "test", limit=limit,
+            sa.eval_dataset_name,
+            key="eval_dataset_name",
+            source=source,
+            config=sa.dataset_config,
+            split=sa.dataset_test_split or "test",
+            limit=limit,
         )
         data.eval_prompt_ids = encode_prompts(tokenizer, data.eval_prompts, max_prompt)
     if args.ptx_coef > 0:
         sequences = load_ptx(
-            sa.ptx_dataset_name, tokenizer, source=source, config=sa.ptx_dataset_config,
-            split=sa.ptx_dataset_split, limit=sa.max_ptx_samples,
+            sa.ptx_dataset_name,
+            tokenizer,
+            source=source,
+            config=sa.ptx_dataset_config,
+            split=sa.ptx_dataset_split,
+            limit=sa.max_ptx_samples,
             max_length=min(args.ptx_max_length, context or args.ptx_max_length),
         )
         data.ptx = PtxStream(sequences, args.seed, process_index)

@@ -28,9 +28,19 @@ def global_mean(accelerator: Any, value: torch.Tensor) -> float:
     return accelerator.gather_for_metrics(value.detach().float().reshape(1)).mean().item()
 
 
-def update_metrics(accelerator: Any, batch: Batch, scores: torch.Tensor, non_score_reward: torch.Tensor,
-                   kl: torch.Tensor, stats: dict[str, torch.Tensor], *, elapsed: float, episodes: int, lr: float,
-                   episode: int) -> dict[str, float]:
+def update_metrics(
+    accelerator: Any,
+    batch: Batch,
+    scores: torch.Tensor,
+    non_score_reward: torch.Tensor,
+    kl: torch.Tensor,
+    stats: dict[str, torch.Tensor],
+    *,
+    elapsed: float,
+    episodes: int,
+    lr: float,
+    episode: int,
+) -> dict[str, float]:
     """TRL's PPO metrics under TRL's names (with ``loss/ptx_avg`` when PPO-ptx is on), over all processes.
 
     ``stats`` are the per-micro-batch statistics of the PPO epochs; ``elapsed`` and ``episodes`` (this run's
@@ -69,15 +79,20 @@ def held_out_metrics(accelerator: Any, data: dict[str, torch.Tensor] | None, num
         count = torch.zeros(1, device=device)
     else:
         kl = ((data["logprobs"] - data["ref_logprobs"]) * data["mask"]).sum(1)
-        local = torch.stack([
-            data["scores"].sum(), kl.sum(), data["mask"].sum(1).float().sum(), data["ended"].float().sum()
-        ])
+        local = torch.stack(
+            [data["scores"].sum(), kl.sum(), data["mask"].sum(1).float().sum(), data["ended"].float().sum()]
+        )
         count = torch.tensor([float(num_prompts)], device=device)
     totals = accelerator.gather(local.reshape(1, 4)).sum(0)
     n = accelerator.gather(count).sum().clamp(min=1)
     values = (totals / n).tolist()
-    return {"eval/scores": values[0], "eval/kl": values[1], "eval/response_length": values[2],
-            "eval/eos_fraction": values[3], "eval/num_prompts": int(n.item())}
+    return {
+        "eval/scores": values[0],
+        "eval/kl": values[1],
+        "eval/response_length": values[2],
+        "eval/eos_fraction": values[3],
+        "eval/num_prompts": int(n.item()),
+    }
 
 
 def completion_rows(tokenizer: Any, batch: Batch, scores: torch.Tensor, step: int) -> list[dict[str, Any]]:

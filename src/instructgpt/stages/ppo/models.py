@@ -52,7 +52,7 @@ class Sequences:
     @classmethod
     def build(
         cls, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, response_mask: torch.Tensor
-    ) -> "Sequences":
+    ) -> Sequences:
         """Concatenate; position ids count real tokens only, so a left-padded prompt starts at position 0."""
         input_ids = torch.cat([query, response], dim=1)
         attention_mask = torch.cat([query_mask.long(), response_mask.long()], dim=1)
@@ -120,7 +120,7 @@ def response_logits(policy: nn.Module, seqs: Sequences, temperature: float, keep
     kwargs: dict[str, Any] = {"use_cache": False}
     if keep:
         kwargs["logits_to_keep"] = width + 1
-    logits = policy(**seqs.model_inputs(), **kwargs).logits[:, -width - 1:-1]
+    logits = policy(**seqs.model_inputs(), **kwargs).logits[:, -width - 1 : -1]
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -128,7 +128,7 @@ def response_values(backbone: nn.Module, head: nn.Module, seqs: Sequences) -> to
     """Per-token values :math:`V(s_t)`, ``(B, T)``: the head on the hidden state before each response token."""
     hidden = backbone(**seqs.model_inputs(), use_cache=False).last_hidden_state
     width = seqs.response_width
-    return head(hidden[:, -width - 1:-1]).squeeze(-1).float()
+    return head(hidden[:, -width - 1 : -1]).squeeze(-1).float()
 
 
 def reward_positions(seqs: Sequences, pad_token_id: int | None) -> torch.Tensor:
@@ -157,7 +157,9 @@ class PolicyAndValue(nn.Module):
     optimizer) trains both and one forward call computes everything a PPO micro-batch needs, the ptx term included
     (DDP expects one forward per backward)."""
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module, value_key: str = "value_model_path", value_path: str = ""):
+    def __init__(
+        self, policy: nn.Module, value_model: nn.Module, value_key: str = "value_model_path", value_path: str = ""
+    ):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
@@ -268,8 +270,9 @@ class PPOModels:
     is_peft: bool
 
 
-def load_models(policy_path: str, reward_path: str, value_path: str, tokenizer: Any, model_args: Any, args: Any,
-                source: str) -> PPOModels:
+def load_models(
+    policy_path: str, reward_path: str, value_path: str, tokenizer: Any, model_args: Any, args: Any, source: str
+) -> PPOModels:
     """Load the policy (with a LoRA adapter when ``model_args.use_peft``), the reference, the reward model and the
     value model, in that order; dropout off and GPT-2's GELU fused in all of them.
 
@@ -289,7 +292,9 @@ def load_models(policy_path: str, reward_path: str, value_path: str, tokenizer: 
         from peft import get_peft_model
 
         # the reference is the policy with its adapter disabled: no second copy of the SFT weights
-        peft_config.base_model_name_or_path = str(Path(policy_path).resolve()) if Path(policy_path).exists() else policy_path
+        peft_config.base_model_name_or_path = (
+            str(Path(policy_path).resolve()) if Path(policy_path).exists() else policy_path
+        )
         if getattr(policy, "is_quantized", False):  # QLoRA: fp32 norms and input grads for the frozen 4/8-bit base
             from peft import prepare_model_for_kbit_training
 
@@ -301,7 +306,9 @@ def load_models(policy_path: str, reward_path: str, value_path: str, tokenizer: 
     if reward_pad_id is None:
         reward_pad_id = tokenizer.pad_token_id
     # the value model is trained in full, so it is never loaded quantized
-    value_model = load_sequence_classifier(value_path, model_args, args.trust_remote_code, quantize=False, source=source)
+    value_model = load_sequence_classifier(
+        value_path, model_args, args.trust_remote_code, quantize=False, source=source
+    )
     for model in (policy, value_model, reward_model, ref_model):
         if model is not None:
             disable_dropout(model)
@@ -312,5 +319,12 @@ def load_models(policy_path: str, reward_path: str, value_path: str, tokenizer: 
     both = PolicyAndValue(policy, value_model, "value_model_path", value_path)
     if args.gradient_checkpointing:
         both.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
-    return PPOModels(model=both, ref_model=ref_model, reward_model=reward_model, reward_shift=shift,
-                     reward_pad_id=reward_pad_id, rm_parts=rm_parts, is_peft=peft_config is not None)
+    return PPOModels(
+        model=both,
+        ref_model=ref_model,
+        reward_model=reward_model,
+        reward_shift=shift,
+        reward_pad_id=reward_pad_id,
+        rm_parts=rm_parts,
+        is_peft=peft_config is not None,
+    )

@@ -33,7 +33,8 @@ def build_scheduler(optimizer: Any, args: PPOConfig, num_updates: int) -> Any:
     """The learning-rate schedule over ``num_updates`` steps, one per update. It stays out of
     ``accelerator.prepare``, which would step it once per process."""
     return get_scheduler(
-        args.lr_scheduler_type, optimizer,
+        args.lr_scheduler_type,
+        optimizer,
         num_warmup_steps=args.get_warmup_steps(num_updates),
         num_training_steps=num_updates,
         scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},

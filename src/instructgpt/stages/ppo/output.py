@@ -36,8 +36,14 @@ def begin(trainer: Any) -> None:
             (output_dir / name).unlink(missing_ok=True)
     mark_started(output_dir, "ppo")
     identity = run_identity(output_dir, "ppo", args.run_name, trainer.resume_from)
-    trainer.tracker = StageTracker.start(args.report_to, project=args.project, stage="ppo",
-                                         config=trainer.recipe.data, output_dir=output_dir, identity=identity)
+    trainer.tracker = StageTracker.start(
+        args.report_to,
+        project=args.project,
+        stage="ppo",
+        config=trainer.recipe.data,
+        output_dir=output_dir,
+        identity=identity,
+    )
 
 
 def finish(trainer: Any, metrics: dict[str, Any]) -> None:
@@ -47,15 +53,24 @@ def finish(trainer: Any, metrics: dict[str, Any]) -> None:
     if acc.is_main_process:
         value_model = trainer.unwrapped.value_model
         value_model.save_pretrained(
-            output_dir / VALUE_MODEL_DIR, safe_serialization=True,
-            state_dict={k[len("value_model."):]: v for k, v in value_state.items() if k.startswith("value_model.")},
+            output_dir / VALUE_MODEL_DIR,
+            safe_serialization=True,
+            state_dict={k[len("value_model.") :]: v for k, v in value_state.items() if k.startswith("value_model.")},
         )
         trainer.tokenizer.save_pretrained(output_dir / VALUE_MODEL_DIR)
         write_card(trainer, metrics)
     trainer.save_policy(output_dir, merged=True)  # the weights: the last file but the marker
     # the same finishing steps as every Trainer stage: marker, wait for every process, push
-    finish_output(output_dir, "ppo", trainer.recipe.data, metrics, what="PPO policy",
-                  is_main_process=acc.is_main_process, wait_for_everyone=acc.wait_for_everyone, push=trainer.push)
+    finish_output(
+        output_dir,
+        "ppo",
+        trainer.recipe.data,
+        metrics,
+        what="PPO policy",
+        is_main_process=acc.is_main_process,
+        wait_for_everyone=acc.wait_for_everyone,
+        push=trainer.push,
+    )
     trainer.tracker.summary(metrics)
     trainer.tracker.finish()
 
@@ -64,16 +79,29 @@ def write_card(trainer: Any, metrics: dict[str, Any]) -> None:
     """The model card: what was trained from what, the main settings and the final numbers."""
     args, script_args = trainer.args, trainer.script_args
     write_model_card(
-        trainer.output_dir, stage="ppo", title="PPO policy (InstructGPT step 3)", base_model=trainer.policy_path,
+        trainer.output_dir,
+        stage="ppo",
+        title="PPO policy (InstructGPT step 3)",
+        base_model=trainer.policy_path,
         datasets=[script_args.dataset_name, script_args.ptx_dataset_name],
         hub_model_id=args.hub_model_id,
         summary=f"The SFT policy trained with PPO against the frozen reward model `{script_args.reward_model_path}`"
         f" under a per-token KL penalty to the SFT policy. The value function is saved in `{VALUE_MODEL_DIR}/`.",
-        settings={"kl_coef": args.kl_coef, "adaptive KL": args.adap_kl_ctrl, "learning_rate": args.learning_rate,
-                  "episodes per update": trainer.batch_size, "updates": trainer.num_total_batches,
-                  "PPO epochs": args.num_ppo_epochs, "ptx_coef": args.ptx_coef, "temperature": args.temperature},
-        results={"final KL to SFT (nats)": metrics.get("objective/kl"),
-                 "final normalized score": metrics.get("objective/scores"),
-                 "held-out score": metrics.get("eval/scores"), "held-out KL": metrics.get("eval/kl"),
-                 "episodes": metrics.get("episode")},
+        settings={
+            "kl_coef": args.kl_coef,
+            "adaptive KL": args.adap_kl_ctrl,
+            "learning_rate": args.learning_rate,
+            "episodes per update": trainer.batch_size,
+            "updates": trainer.num_total_batches,
+            "PPO epochs": args.num_ppo_epochs,
+            "ptx_coef": args.ptx_coef,
+            "temperature": args.temperature,
+        },
+        results={
+            "final KL to SFT (nats)": metrics.get("objective/kl"),
+            "final normalized score": metrics.get("objective/scores"),
+            "held-out score": metrics.get("eval/scores"),
+            "held-out KL": metrics.get("eval/kl"),
+            "episodes": metrics.get("episode"),
+        },
     )

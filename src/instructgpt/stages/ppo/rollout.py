@@ -23,8 +23,9 @@ rows) and position ids count real tokens only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,7 +141,9 @@ def sample_responses(
         if temperature != 1.0:
             logits = logits / temperature
         log_policy = torch.log_softmax(logits, dim=-1)
-        probs = torch.softmax(_filter_logits(logits, top_k, top_p), dim=-1) if (top_k or top_p < 1) else log_policy.exp()
+        probs = (
+            torch.softmax(_filter_logits(logits, top_k, top_p), dim=-1) if (top_k or top_p < 1) else log_policy.exp()
+        )
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(live, token, torch.full_like(token, pad_token_id))  # a finished row's draw is discarded
         targets = rows[live]
@@ -171,5 +174,3 @@ def sample_responses(
         cache = out.past_key_values
         next_position = next_position + 1
     return Samples(response=response[:, :width], mask=mask[:, :width], logprobs=logprobs[:, :width], ended=ended)
-
-

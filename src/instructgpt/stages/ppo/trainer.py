@@ -9,7 +9,7 @@ Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implem
    (:mod:`instructgpt.stages.ppo.rollout`, which also yields :math:`\\log\\pi_{old}`); one forward each of the reference
    (for the KL), the value function (:math:`V_{old}`) and the reward model (the score, normalised, minus
    ``missing_eos_penalty`` for a response that never ended). With ``use_vllm`` a colocated vLLM engine samples
-   instead, holding the weights pushed after the last update, and :math:`\log\pi_{old}` comes from one forward of
+   instead, holding the weights pushed after the last update, and :math:`\\log\\pi_{old}` comes from one forward of
    the policy (:mod:`instructgpt.stages.ppo.vllm_rollout`, whose ``VLLMRollout.samples`` says why);
 2. **advantages**: per-token reward :math:`-\\beta\\,\\mathrm{kl}_t` plus the score on the last token, GAE, whitening
    (:mod:`instructgpt.losses.ppo`);
@@ -105,18 +105,28 @@ class PPOTrainer:
         self.tracker = StageTracker([], {})  # the dashboards, started with the loop in train()
         mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.micro_batches_per_mini_batch, mixed_precision=mixed, cpu=no_accelerator(),
+            gradient_accumulation_steps=args.micro_batches_per_mini_batch,
+            mixed_precision=mixed,
+            cpu=no_accelerator(),
             # several nodes without a shared filesystem: each node keeps a full checkpoint on its own disk
             project_config=ProjectConfiguration(save_on_each_node=args.save_on_each_node),
         )
         set_seed(args.seed)
-        data = load_prompt_data(script_args, args, model_args, self.policy_path, self.accelerator.process_index,
-                                self.source)
+        data = load_prompt_data(
+            script_args, args, model_args, self.policy_path, self.accelerator.process_index, self.source
+        )
         self.tokenizer, self.prompts, self.prompt_ids = data.tokenizer, data.prompts, data.prompt_ids
         self.eval_prompts, self.eval_prompt_ids = data.eval_prompts, data.eval_prompt_ids
         self.ptx, self.stop_token_ids = data.ptx, data.stop_token_ids
-        loaded = load_models(self.policy_path, script_args.reward_model_path, self.value_path, self.tokenizer,
-                             model_args, args, self.source)
+        loaded = load_models(
+            self.policy_path,
+            script_args.reward_model_path,
+            self.value_path,
+            self.tokenizer,
+            model_args,
+            args,
+            self.source,
+        )
         self.model, self.ref_model, self.reward_model = loaded.model, loaded.ref_model, loaded.reward_model
         self.reward_shift, self.reward_pad_id = loaded.reward_shift, loaded.reward_pad_id
         self.rm_parts, self.is_peft = loaded.rm_parts, loaded.is_peft
@@ -125,9 +135,14 @@ class PPOTrainer:
         self.vllm = None
         if args.use_vllm:  # the engine's context: the longest prompt plus `response_length`
             self.vllm = VLLMRollout(
-                args, self.accelerator, self.policy_path, model_args,
+                args,
+                self.accelerator,
+                self.policy_path,
+                model_args,
                 longest_prompt=max(len(ids) for ids in self.prompt_ids + self.eval_prompt_ids),
-                stop_token_ids=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id, source=self.source,
+                stop_token_ids=self.stop_token_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                source=self.source,
             )
         # a different sampling stream per process (TRL's `local_seed`), restored from checkpoints with the RNG state
         torch.manual_seed(args.seed + self.accelerator.process_index * 100003)
@@ -214,8 +229,9 @@ class PPOTrainer:
                 ref_logprobs[idx, :w] = self._reference_logprobs(seqs, response_g).float()
                 # through the module, so that a benchmark's timers see these calls
                 values[idx, :w] = models.response_values(*value_parts, seqs).float()
-                scores[idx] = (models.sequence_scores(*self.rm_parts, seqs, self.reward_pad_id)
-                               - self.reward_shift).float()
+                scores[idx] = (
+                    models.sequence_scores(*self.rm_parts, seqs, self.reward_pad_id) - self.reward_shift
+                ).float()
         mask = samples.mask
         zero = torch.zeros((), device=mask.device)
         return {
@@ -225,7 +241,9 @@ class PPOTrainer:
         }
 
     @torch.no_grad()
-    def sample_and_score(self, prompt_ids: list[list[int]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample_and_score(
+        self, prompt_ids: list[list[int]], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """Sample responses to ``prompt_ids`` and score them, in chunks of ``local_rollout_forward_batch_size``.
 
         With ``use_vllm`` the whole batch is sampled by vLLM at once (it batches continuously); the chunks then
@@ -240,23 +258,43 @@ class PPOTrainer:
         if self.vllm is not None:
             drawn = self.vllm.generate(self.unwrapped.policy, self.progress.global_step, prompt_ids, generator)
         for start in range(0, len(prompt_ids), args.local_rollout_forward_batch_size):
-            query, query_mask = pad_sequences(prompt_ids[start:start + args.local_rollout_forward_batch_size], pad_id, side="left")
+            query, query_mask = pad_sequences(
+                prompt_ids[start : start + args.local_rollout_forward_batch_size], pad_id, side="left"
+            )
             query, query_mask = query.to(acc.device), query_mask.bool().to(acc.device)
             if drawn is not None:
-                samples = self.vllm.samples(self.unwrapped.policy, drawn[start:start + args.local_rollout_forward_batch_size],
-                                            query, query_mask)
+                samples = self.vllm.samples(
+                    self.unwrapped.policy,
+                    drawn[start : start + args.local_rollout_forward_batch_size],
+                    query,
+                    query_mask,
+                )
             else:
-                with unwrap_model_for_generation(
-                    self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
-                ) as unwrapped, acc.autocast():
+                with (
+                    unwrap_model_for_generation(
+                        self.model, acc, gather_deepspeed3_params=args.ds3_gather_for_generation
+                    ) as unwrapped,
+                    acc.autocast(),
+                ):
                     samples = hf_rollout.sample_responses(
-                        unwrapped.policy, query, query_mask,
-                        max_new_tokens=args.response_length, stop_token_ids=self.stop_token_ids, pad_token_id=pad_id,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
+                        unwrapped.policy,
+                        query,
+                        query_mask,
+                        max_new_tokens=args.response_length,
+                        stop_token_ids=self.stop_token_ids,
+                        pad_token_id=pad_id,
+                        temperature=args.temperature,
+                        top_k=args.top_k,
+                        top_p=args.top_p,
+                        generator=generator,
                     )
             chunk = {
-                "query": query, "query_mask": query_mask, "response": samples.response, "mask": samples.mask,
-                "logprobs": samples.logprobs, "ended": samples.ended,
+                "query": query,
+                "query_mask": query_mask,
+                "response": samples.response,
+                "mask": samples.mask,
+                "logprobs": samples.logprobs,
+                "ended": samples.ended,
             }
             chunk.update(self._score_chunk(query, query_mask, samples))
             chunks.append(chunk)
@@ -305,11 +343,13 @@ class PPOTrainer:
         ptx_inputs: dict[str, torch.Tensor] = {}
         if self.ptx is not None:
             ids, attention = pad_sequences(
-                self.ptx.next_batch(args.ptx_batch_size or args.per_device_train_batch_size), self.tokenizer.pad_token_id
+                self.ptx.next_batch(args.ptx_batch_size or args.per_device_train_batch_size),
+                self.tokenizer.pad_token_id,
             )
             ptx_inputs = {"ptx_input_ids": ids.to(query.device), "ptx_attention_mask": attention.to(query.device)}
-        logits, values, ptx_logits = self.model(**seqs.model_inputs(), response_width=width,
-                                                temperature=args.temperature, **ptx_inputs)
+        logits, values, ptx_logits = self.model(
+            **seqs.model_inputs(), response_width=width, temperature=args.temperature, **ptx_inputs
+        )
         logprobs = core.logprobs_from_logits(logits, response)
         pg_loss, pg_stats = core.policy_loss(
             logprobs, batch.logprobs[idx, :width], advantages[idx, :width], mask, args.cliprange
@@ -326,9 +366,12 @@ class PPOTrainer:
             with torch.no_grad():
                 entropy = core.entropy_from_logits(logits)
         stats = {
-            "policy/approxkl_avg": pg_stats.approxkl, "policy/clipfrac_avg": pg_stats.clipfrac,
-            "loss/policy_avg": pg_loss.detach(), "loss/value_avg": vf_loss.detach(),
-            "val/clipfrac_avg": vf_clipfrac, "policy/entropy_avg": core.masked_mean(entropy.detach(), mask),
+            "policy/approxkl_avg": pg_stats.approxkl,
+            "policy/clipfrac_avg": pg_stats.clipfrac,
+            "loss/policy_avg": pg_loss.detach(),
+            "loss/value_avg": vf_loss.detach(),
+            "val/clipfrac_avg": vf_clipfrac,
+            "policy/entropy_avg": core.masked_mean(entropy.detach(), mask),
             "val/ratio": pg_stats.ratio,
         }
         if ptx_logits is not None:
@@ -358,12 +401,12 @@ class PPOTrainer:
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(local, device=batch.response.device)
             for mb_start in range(0, local, args.local_mini_batch_size):
-                mini = order[mb_start:mb_start + args.local_mini_batch_size]
+                mini = order[mb_start : mb_start + args.local_mini_batch_size]
                 mini = mini[torch.argsort(total_lengths[mini], descending=True, stable=True)]
                 tokens = response_lengths[mini].sum().clamp(min=1).item()
                 num_micro = math.ceil(len(mini) / micro)
                 for mc_start in range(0, len(mini), micro):
-                    idx = mini[mc_start:mc_start + micro]
+                    idx = mini[mc_start : mc_start + micro]
                     weight = response_lengths[idx].sum().item() / tokens * num_micro
                     with acc.accumulate(self.model):
                         loss, stats = self._micro_batch_loss(batch, idx, advantages, returns, weight)
@@ -416,16 +459,32 @@ class PPOTrainer:
                 f"non-finite loss); stopping before the optimizer step. {self._kept_message()}"
             )
 
-    def metrics(self, batch: Batch, scores, non_score_reward, kl, stats, elapsed: float, episodes: int) -> dict[str, float]:
+    def metrics(
+        self, batch: Batch, scores, non_score_reward, kl, stats, elapsed: float, episodes: int
+    ) -> dict[str, float]:
         """TRL's PPO metrics (:func:`~instructgpt.stages.ppo.metrics.update_metrics`), and vLLM's log-prob gaps."""
-        metrics = update_metrics(self.accelerator, batch, scores, non_score_reward, kl, stats, elapsed=elapsed,
-                                 episodes=episodes, lr=self.scheduler.get_last_lr()[0], episode=self.progress.episode)
+        metrics = update_metrics(
+            self.accelerator,
+            batch,
+            scores,
+            non_score_reward,
+            kl,
+            stats,
+            elapsed=elapsed,
+            episodes=episodes,
+            lr=self.scheduler.get_last_lr()[0],
+            episode=self.progress.episode,
+        )
         if self.vllm is not None:  # this update's rollout: vLLM's copy against the trainer's
             metrics.update(self.vllm.gap_metrics())
         return metrics
 
     def check_update(self, metrics: dict[str, float]) -> None:
-        bad = [k for k in ("loss/policy_avg", "loss/value_avg", "loss/ptx_avg") if k in metrics and not math.isfinite(metrics[k])]
+        bad = [
+            k
+            for k in ("loss/policy_avg", "loss/value_avg", "loss/ptx_avg")
+            if k in metrics and not math.isfinite(metrics[k])
+        ]
         if bad:
             raise TrainingDiverged(
                 f"update {self.progress.global_step}: non-finite {', '.join(bad)}; stopping without saving this "
@@ -460,7 +519,7 @@ class PPOTrainer:
         if not self.eval_prompt_ids:
             return {}
         acc = self.accelerator
-        shard = self.eval_prompt_ids[acc.process_index::acc.num_processes]
+        shard = self.eval_prompt_ids[acc.process_index :: acc.num_processes]
         generator = torch.Generator(device=acc.device).manual_seed(self.args.seed + 1 + acc.process_index)
         data = self.sample_and_score(shard, generator=generator) if shard else None
         return held_out_metrics(acc, data, len(shard))
@@ -480,21 +539,34 @@ class PPOTrainer:
         args = self.args
         state = lambda: {  # noqa: E731
             **resume_state(self.progress, self.kl_controller, self.scheduler, self.ptx),
-            "kl_coef": self.kl_controller.value, "num_total_batches": self.num_total_batches,
+            "kl_coef": self.kl_controller.value,
+            "num_total_batches": self.num_total_batches,
             "metrics": last_metrics or {},
         }
         return write_checkpoint(
-            self.accelerator, self.output_dir, self.progress.global_step, trainer_state=state,
-            save_policy=lambda directory: self.save_policy(directory, merged=False), tracker=self.tracker,
-            save_on_each_node=args.save_on_each_node, save_total_limit=args.save_total_limit,
+            self.accelerator,
+            self.output_dir,
+            self.progress.global_step,
+            trainer_state=state,
+            save_policy=lambda directory: self.save_policy(directory, merged=False),
+            tracker=self.tracker,
+            save_on_each_node=args.save_on_each_node,
+            save_total_limit=args.save_total_limit,
             keep_policies=args.save_policy_checkpoints,
         )
 
     def resume(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: weights, optimizer, RNG and this trainer's state, and the logs cut back to it."""
-        restore_resume_state(load_checkpoint(self.accelerator, checkpoint, self.source), checkpoint, self.source,
-                             progress=self.progress, kl_controller=self.kl_controller, scheduler=self.scheduler,
-                             optimizer=self.optimizer, ptx=self.ptx)
+        restore_resume_state(
+            load_checkpoint(self.accelerator, checkpoint, self.source),
+            checkpoint,
+            self.source,
+            progress=self.progress,
+            kl_controller=self.kl_controller,
+            scheduler=self.scheduler,
+            optimizer=self.optimizer,
+            ptx=self.ptx,
+        )
         if self.accelerator.is_main_process:
             for name in (METRICS_FILE, COMPLETIONS_FILE):
                 truncate_log(self.output_dir / name, self.progress.global_step)
@@ -529,8 +601,13 @@ class PPOTrainer:
             summary.update({f"{k}_start": v for k, v in start_eval.items()})
             self.log(start_eval)
 
-        bar = tqdm(total=total, initial=self.progress.global_step, desc="PPO", unit="update",
-                   disable=not acc.is_main_process or bool(args.disable_tqdm))
+        bar = tqdm(
+            total=total,
+            initial=self.progress.global_step,
+            desc="PPO",
+            unit="update",
+            disable=not acc.is_main_process or bool(args.disable_tqdm),
+        )
         start_time, start_episode = time.time(), self.progress.episode
         last_metrics: dict[str, float] = {}
         while self.progress.global_step < total:
@@ -548,8 +625,15 @@ class PPOTrainer:
             self.progress.global_step += 1
             self.progress.episode += self.batch_size
             fault_point("ppo_update")
-            metrics = self.metrics(batch, scores, non_score_reward, kl, stats, time.time() - start_time,
-                                   self.progress.episode - start_episode)
+            metrics = self.metrics(
+                batch,
+                scores,
+                non_score_reward,
+                kl,
+                stats,
+                time.time() - start_time,
+                self.progress.episode - start_episode,
+            )
             metrics["objective/kl_coef"] = kl_coef
             metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, t2 - t1
             self.check_update(metrics)

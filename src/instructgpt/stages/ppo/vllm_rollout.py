@@ -42,8 +42,9 @@ def check_vllm_settings(args: PPOConfig, model_args: Any, source: str) -> None:
             "its LoRA cannot be merged into 4/8-bit weights for vLLM; train in 16/32 bits or set `use_vllm: false`"
         )
     if args.vllm_enable_sleep_mode and not torch.cuda.is_available():
-        raise InstructGPTError(f"{source}: `vllm_enable_sleep_mode` needs a GPU (vLLM's sleep mode is CUDA "
-                               "only); set it to false on CPU")
+        raise InstructGPTError(
+            f"{source}: `vllm_enable_sleep_mode` needs a GPU (vLLM's sleep mode is CUDA only); set it to false on CPU"
+        )
 
 
 class VLLMRollout:
@@ -54,13 +55,24 @@ class VLLMRollout:
     context is the longest prompt plus ``response_length``, which keeps its KV cache small.
     """
 
-    def __init__(self, args: PPOConfig, accelerator: Any, policy_path: str, model_args: Any, *, longest_prompt: int,
-                 stop_token_ids: list[int], pad_token_id: int, source: str):
+    def __init__(
+        self,
+        args: PPOConfig,
+        accelerator: Any,
+        policy_path: str,
+        model_args: Any,
+        *,
+        longest_prompt: int,
+        stop_token_ids: list[int],
+        pad_token_id: int,
+        source: str,
+    ):
         self.args, self.accelerator = args, accelerator
         self.stop_token_ids, self.pad_token_id = stop_token_ids, pad_token_id
         acc = accelerator
         sharded = acc.distributed_type == DistributedType.FSDP or (
-            acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+            acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+        )
         if sharded:  # each process holds a shard of the policy: the push, which reads whole weights, would be wrong
             raise InstructGPTError(
                 f"{source}: `use_vllm` with a sharded policy (FSDP or DeepSpeed ZeRO-3) is not supported yet; "
@@ -72,12 +84,16 @@ class VLLMRollout:
             os.environ["WORLD_SIZE"] = str(acc.num_processes)
         dtype = getattr(model_args, "dtype", None)
         self.engine = make_engine(
-            policy_path, max_model_len=longest_prompt + args.response_length,
+            policy_path,
+            max_model_len=longest_prompt + args.response_length,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
             max_num_seqs=max(args.local_batch_size, args.local_rollout_forward_batch_size),
-            seed=args.seed + acc.process_index, dtype=None if dtype in (None, "auto") else dtype,
-            trust_remote_code=args.trust_remote_code, enable_sleep_mode=args.vllm_enable_sleep_mode,
-            distributed=acc.num_processes > 1, source=source,
+            seed=args.seed + acc.process_index,
+            dtype=None if dtype in (None, "auto") else dtype,
+            trust_remote_code=args.trust_remote_code,
+            enable_sleep_mode=args.vllm_enable_sleep_mode,
+            distributed=acc.num_processes > 1,
+            source=source,
         )
         if args.vllm_enable_sleep_mode:
             self.engine.sleep(level=2)
@@ -98,8 +114,9 @@ class VLLMRollout:
             push_policy(self.engine, policy)
         self.pushed_step = step
 
-    def generate(self, policy: nn.Module, step: int, prompt_ids: list[list[int]],
-                 generator: torch.Generator | None) -> Drawn:
+    def generate(
+        self, policy: nn.Module, step: int, prompt_ids: list[list[int]], generator: torch.Generator | None
+    ) -> Drawn:
         """Sample one response per prompt with vLLM, holding the weights of update ``step``.
 
         Each request gets its own seed, drawn from ``generator`` (evaluation: the same every time) or from torch's
@@ -114,12 +131,20 @@ class VLLMRollout:
         device = generator.device if generator is not None else torch.device("cpu")
         seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator, device=device).tolist()
         params = [
-            sampling_params(max_new_tokens=args.response_length, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, stop_token_ids=self.stop_token_ids, seed=seed, logprobs=True)
+            sampling_params(
+                max_new_tokens=args.response_length,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                stop_token_ids=self.stop_token_ids,
+                seed=seed,
+                logprobs=True,
+            )
             for seed in seeds
         ]
-        outputs = self.engine.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                       use_tqdm=False)
+        outputs = self.engine.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False
+        )
         if args.vllm_enable_sleep_mode:
             self.engine.sleep(level=2)
         results = []
@@ -155,10 +180,10 @@ class VLLMRollout:
         stop = set(self.stop_token_ids)
         ended = torch.tensor([bool(ids) and ids[-1] in stop for ids, _ in drawn], dtype=torch.bool, device=device)
         for row, (ids, logprobs) in enumerate(drawn):
-            response[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = True
+            response[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = True
             if len(logprobs) == len(ids):
-                vllm_logprobs[row, :len(ids)] = torch.tensor(logprobs)
+                vllm_logprobs[row, : len(ids)] = torch.tensor(logprobs)
         seqs = Sequences.build(query, query_mask, response, mask)
         with self.accelerator.autocast():
             logits = response_logits(policy, seqs, self.args.temperature, supports_logits_to_keep(policy))
