@@ -2,7 +2,8 @@
 
     python benchmarks/bench_ppo.py                       # tiny world: runs/tiny/sft + runs/tiny/rm, kl_coef 0.05
     python benchmarks/bench_ppo.py --sft DIR --rm DIR --episodes 1536 --threads 1
-    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.05 0.2 --save_every 256 --plot docs/images/ppo_kl_frontier.png
+    python benchmarks/bench_ppo.py --sft DIR --rm DIR --kl_coefs 0.05 0.2 --save_every 256 \
+        --plot docs/images/ppo_kl_frontier.png
     python benchmarks/bench_ppo.py --size gpt2 --threads 1   # 124M GPT-2-shaped models, speed and where time goes
 
 TRL removed its PPO trainer in 1.13, so TRL 1.12 (the last release that has it) is installed into its own virtual
@@ -431,7 +432,7 @@ def evaluate_policies(
                 ids = torch.tensor([prefix + sample.scored_ids])
                 targets = ids[:, len(prefix) :]
 
-                def logp(m):
+                def logp(m, ids=ids, prefix=prefix, targets=targets):
                     logits = m(input_ids=ids).logits[:, len(prefix) - 1 : -1].float()
                     return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).sum().item()
 

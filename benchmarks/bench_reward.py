@@ -180,7 +180,10 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     lines = [f"device: {device}; policy: {policy}; {args.sequences_per_step} sequences per optimizer step; one epoch"]
-    header = f"{'K':>2} {'trainer':<26} {'rankings':>8} {'comparisons':>11} {'seconds':>8} {'comparisons/s':>13} {'held-out acc':>12}"
+    header = (
+        f"{'K':>2} {'trainer':<26} {'rankings':>8} {'comparisons':>11} {'seconds':>8} {'comparisons/s':>13} "
+        f"{'held-out acc':>12}"
+    )
     lines.append(header)
     for k in args.ks:
         rows = rank(pools, k, args.labeler_noise, args.seed)

@@ -30,8 +30,8 @@ def free_port() -> int:
 def serve(project: str, port: int) -> subprocess.Popen:
     """``trackio show`` for one project on 127.0.0.1:port, in a child process (stopped by the caller)."""
     code = (
-        "import trackio; trackio.show(project=%r, open_browser=False, block_thread=True, host='127.0.0.1', "
-        "server_port=%d)" % (project, port)
+        f"import trackio; trackio.show(project={project!r}, open_browser=False, block_thread=True, "
+        f"host='127.0.0.1', server_port={port:d})"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -23,7 +23,8 @@ def main(path: str) -> None:
     for noise in (0.5, 1.0, 1.5):
         a, b = SimulatedLabeler(noise, seed=1), SimulatedLabeler(noise, seed=2)
         print(
-            f"| {noise} | {100 * pairwise_agreement(a, b, pools):.1f}% | {100 * pairwise_agreement(a, gold, pools):.1f}% |"
+            f"| {noise} | {100 * pairwise_agreement(a, b, pools):.1f}% "
+            f"| {100 * pairwise_agreement(a, gold, pools):.1f}% |"
         )
 
 

@@ -1,4 +1,5 @@
-"""Recipe fields every training stage shares, beside TRL's own configs (``SFTConfig``, ``RewardConfig``, ``ModelConfig``)."""
+"""Recipe fields every training stage shares, beside TRL's own configs (``SFTConfig``, ``RewardConfig``,
+``ModelConfig``)."""
 
 from __future__ import annotations
 

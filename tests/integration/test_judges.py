@@ -78,7 +78,8 @@ def test_gold_rm_renders_with_its_own_chat_template_and_scores_as_the_model_does
     tokenizer = AutoTokenizer.from_pretrained(gold_rm)
     expected = [
         f"{IM_START}user\nDescribe the rustbeetle.{IM_END}\n{IM_START}assistant\n{RESPONSES[0]}{IM_END}\n",
-        f"{IM_START}system\nBe brief.{IM_END}\n{IM_START}user\nWhat is 2 plus 3?{IM_END}\n{IM_START}assistant\n5{IM_END}\n",
+        f"{IM_START}system\nBe brief.{IM_END}\n{IM_START}user\nWhat is 2 plus 3?{IM_END}\n"
+        f"{IM_START}assistant\n5{IM_END}\n",
     ]
     assert [tokenizer.decode(row) for row in ids] == expected
     assert ids == tokenizer(expected, add_special_tokens=False)["input_ids"]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from helpers import python_m, run_cli
 
-MINIMAL = "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\noutput_dir: runs/x\n"
+MINIMAL = (
+    "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\n"
+    "output_dir: runs/x\n"
+)
 
 
 def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> str:

@@ -136,7 +136,7 @@ def test_no_import_circle_among_the_project_modules():
 def test_project_imports_stand_at_the_top_of_their_module():
     modules = all_modules()
     late = []
-    for name, path in modules.items():
+    for path in modules.values():
         tree = parse(path)
         top = top_level_statements(tree)
         late += [

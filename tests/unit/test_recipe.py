@@ -14,7 +14,10 @@ from instructgpt.stages.ppo.trainer import main as ppo_main
 from instructgpt.stages.ppo.trainer import parse_args as parse_ppo_args
 from instructgpt.stages.sft import parse_args as parse_sft_args
 
-MINIMAL = "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\noutput_dir: runs/x\n"
+MINIMAL = (
+    "stage: sft\nmodel_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\n"
+    "output_dir: runs/x\n"
+)
 
 
 def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> str:
@@ -300,7 +303,7 @@ def test_the_name_table_ranges_only_foreign_fields():
     from instructgpt.infra.validation import RULES, declared_in, is_ours, range_of
 
     used = set()
-    for stage, cls, f, annotation in _stage_fields():
+    for _stage, cls, f, annotation in _stage_fields():
         owner = declared_in(cls, f.name)
         if is_ours(owner):
             assert range_of(f, cls) == f.metadata.get("range"), f"{owner.__qualname__}.{f.name}"

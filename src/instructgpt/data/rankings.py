@@ -2,7 +2,8 @@
 
 - rankings: ``prompt`` and ``responses`` (best first), optionally ``scores`` (then the order is by score); this is
   what ``instructgpt collect`` writes;
-- pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally ``score_chosen``/``score_rejected``;
+- pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally
+  ``score_chosen``/``score_rejected``;
 - UltraFeedback's: ``instruction`` and ``completions`` (each with ``response`` and a rating, ``score_key``).
 """
 

@@ -103,7 +103,8 @@ def started_by(output_dir: str | Path, stage: str | None) -> bool:
 
 
 def remove_temporary_files(output_dir: Path) -> None:
-    """What an interrupted atomic write leaves: ``.<name>.<random>.tmp`` files and ``.checkpoint-<step>.tmp`` folders."""
+    """What an interrupted atomic write leaves: ``.<name>.<random>.tmp`` files and ``.checkpoint-<step>.tmp``
+    folders."""
     for leftover in output_dir.glob(".*.tmp"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)

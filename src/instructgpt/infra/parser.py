@@ -353,7 +353,8 @@ class RecipeParser:
         return out
 
     def build(self, data: dict[str, Any], recipe: Recipe | None = None, cli_keys: set[str] = frozenset()) -> StageArgs:  # type: ignore[assignment]
-        """Check ``data`` (recipe keys, values typed by YAML or strings from a command line) and build the dataclasses."""
+        """Check ``data`` (recipe keys, values typed by YAML or strings from a command line) and build the
+        dataclasses."""
         data = {k: v for k, v in data.items() if k != "stage"}
         recipe = recipe or Recipe(path=None, stage=self.stage, data=data)
         source = recipe.source
@@ -499,7 +500,7 @@ def _copy_field(field: dataclasses.Field, annotation: Any, metadata: Any) -> dat
 
 def _retyped(field: dataclasses.Field) -> dataclasses.Field:
     """A copy of ``field`` declared as an optional string (its values are read with :func:`_yaml_value`)."""
-    return _copy_field(field, typing.Optional[str], field.metadata)
+    return _copy_field(field, str | None, field.metadata)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

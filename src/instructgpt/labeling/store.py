@@ -231,7 +231,7 @@ class LabelStore:
             if labeler in self._leases:
                 return self._leases[labeler][0]
             busy: dict[int, int] = {}
-            for other, (item, _) in self._leases.items():
+            for item, _ in self._leases.values():
                 busy[item] = busy.get(item, 0) + 1
             for it in self.items:
                 taken = self.covered[it.index]

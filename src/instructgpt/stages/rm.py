@@ -10,7 +10,8 @@ Data, one ranking per row (every format becomes "a prompt and its responses, bes
 
 - rankings: ``prompt`` and ``responses`` (best first), optionally ``scores`` (then the order is by score);
   this is what ``instructgpt collect`` writes;
-- pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally ``score_chosen``/``score_rejected``;
+- pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally
+  ``score_chosen``/``score_rejected``;
 - UltraFeedback's: ``instruction`` and ``completions`` (each with ``response`` and a rating, ``score_key``).
 
 Training (Ouyang et al. 2022, section 3.5): for each prompt, every response is forwarded once and all
@@ -407,7 +408,8 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             )
         )
         logger.info(
-            f"held-out pairwise accuracy against {metrics['gold_labeler']}: {metrics['eval_gold_pairwise_accuracy']:.3f}"
+            f"held-out pairwise accuracy against {metrics['gold_labeler']}: "
+            f"{metrics['eval_gold_pairwise_accuracy']:.3f}"
             f" (against the data's labels: {metrics['eval_data_pairwise_accuracy']:.3f}; {metrics['gold_labeler']} "
             f"itself agrees with those labels on {metrics['eval_gold_agrees_with_data']:.3f})"
         )

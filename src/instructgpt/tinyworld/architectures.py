@@ -76,7 +76,8 @@ class TinyArchitecture:
             raise InstructGPTError("; ".join(problems))
         if self.hidden_size % self.num_attention_heads:
             raise InstructGPTError(
-                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` ({self.num_attention_heads})"
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise InstructGPTError(
@@ -92,7 +93,8 @@ def chat_tokenizer(base_tokenizer: str | Path, max_length: int) -> Any:
     path = Path(base_tokenizer)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise InstructGPTError(
-            f"no tokenizer at {path}: build the tiny world's base model first (`instructgpt recipes/tiny/pretrain.yaml`)"
+            f"no tokenizer at {path}: build the tiny world's base model first "
+            "(`instructgpt recipes/tiny/pretrain.yaml`)"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN, "additional_special_tokens": [IM_START, IM_END]})

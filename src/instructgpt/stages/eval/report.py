@@ -144,7 +144,8 @@ def methods_table(results: dict[str, Any]) -> list[str]:
         f"## Methods side by side (against {ref})",
         "",
         f"Win rate over **{ref}** under the {results.get('labeler') or 'labeler'} judge (ties count half) with its "
-        "95% Wilson and paired bootstrap intervals; mean judge score (pointwise judges); mean normalized RM score (the proxy the RL methods optimized); "
+        "95% Wilson and paired bootstrap intervals; mean judge score (pointwise judges); mean normalized RM score "
+        "(the proxy the RL methods optimized); "
         f"KL to {ref} (best-of-n: the closed form log n - (n-1)/n); response length; distinct-1/2.",
         "",
         f"| method | win rate over {ref} [95% Wilson] | 95% bootstrap | judge score | RM score | KL (nats) | "

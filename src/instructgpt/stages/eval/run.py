@@ -30,8 +30,8 @@ Every model answers every prompt once, sampled with the same settings and seed (
   ``--checkpoint_runs`` (PPO's checkpoints, RLOO's, ...) evaluated checkpoint by checkpoint (``plots/frontier.png``).
 
 Outputs: ``results.json`` (machine-readable; ``win_rate[A][B]`` holds the rate and its interval, ``task_shares``
-the shares), ``report.md``, ``completions.jsonl`` (and ``ood_completions.jsonl``), ``plots/*.png``; with ``--report_to`` (trackio, wandb, ...) the same numbers, the plots and a
-completions table go to the dashboards.
+the shares), ``report.md``, ``completions.jsonl`` (and ``ood_completions.jsonl``), ``plots/*.png``; with
+``--report_to`` (trackio, wandb, ...) the same numbers, the plots and a completions table go to the dashboards.
 
 KL(model || reference) is estimated on the model's own samples as :math:`\\sum_t \\log\\pi(y_t|x,y_{<t}) -
 \\log\\pi_{ref}(y_t|x,y_{<t})` over the response tokens (and the EOS that ended it), averaged over prompts: the
