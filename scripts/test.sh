@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-pip install -q -e ".[test,label]"
+pip install -q -e ".[test,label,docs]"
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian's chromium and chromium-driver for the browser tests"
@@ -24,6 +24,9 @@ if [ $# -eq 0 ]; then
   # the lint first (seconds): ruff's rules and format, as configured in pyproject.toml
   ruff check src tests benchmarks scripts
   ruff format --check src tests benchmarks scripts
+  # the documentation site, strictly (about a minute): a broken link or anchor, a page left out of the nav or a
+  # docstring that does not render fails it. NO_MKDOCS_2_WARNING hides Material's banner about MkDocs 2.
+  NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
   # the tiers (pyproject.toml says what each holds): unit first, so a broken loss fails in under a minute; then
   # integration and distributed; the browser tests in a pytest process of their own, so that their result reads
   # apart from the rest. (Their old login timeouts on a busy machine were the app's page-load event logging out a
