@@ -7,7 +7,7 @@ The SFT stage trains with ``SFTTrainer``'s own ``compute_loss``: in TRL 1.16 a f
 response positions, in tiles, and also computes per-token entropy and top-1 accuracy for its logs. That keeps the
 ``(batch, length, vocab)`` logits out of memory, which matters for large vocabularies on GPUs, and it is what makes
 ``loss_type``, liger kernels and the MoE auxiliary loss apply. Before, the stage replaced it with a plain forward and
-:func:`instructgpt.losses.masked_token_nll`. Both compute the same loss (``tests/test_sft.py`` checks it).
+:func:`instructgpt.losses.masked_token_nll`. Both compute the same loss (``tests/integration/test_sft.py`` checks it).
 
 One process, the same initial weights, the same data order and seed; each contender trains ``--steps`` optimizer
 steps, best of ``--repeats`` timings. It prints seconds per step for both, their ratio, and the last loss of each.

@@ -102,7 +102,8 @@ _hits: Counter[str] = Counter()
 def fault_point(name: str) -> None:
     """With ``INSTRUCTGPT_FAULT=<name>`` (or ``<name>:<n>``, the n-th time it is reached) the process kills itself
     with SIGKILL right here: no cleanup, no ``finally``, as a power cut or the OOM killer would. Without the variable
-    this does nothing. ``tests/test_faults.py`` uses it to stop real runs at the points where a crash hurts most."""
+    this does nothing. ``tests/integration/test_faults.py`` uses it to stop real runs at the points where a crash
+    hurts most."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

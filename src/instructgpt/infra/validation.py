@@ -3,7 +3,7 @@
 A range is written once, where the number is declared:
 
 - a field of one of our own dataclasses (anything defined in the ``instructgpt`` package) declares it in its
-  ``metadata["range"]``; it is never guessed from the field's name (``tests/test_recipe.py`` checks that every
+  ``metadata["range"]``; it is never guessed from the field's name (``tests/unit/test_recipe.py`` checks that every
   numeric field of every stage declares one);
 - a field of TRL's, transformers' or peft's dataclasses cannot carry our metadata, so its range comes from the
   first rule in :data:`RULES` whose pattern matches its name.

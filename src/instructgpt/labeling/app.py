@@ -5,7 +5,8 @@ The ranking interaction is Gradio's own components: one button per response adds
 submits). The ranking is written in a text box as it grows (``B > A = C > D``), by small client-side functions
 (Gradio's ``js=`` events), and sent when it is submitted. Everything the model wrote, and everything a labeler
 typed, is shown in ``gr.Textbox`` components, which render text, never HTML or Markdown, so a response holding
-``<script>`` or ``<img onerror=...>`` is shown as those characters and runs nothing. The only HTML on the page is the progress bar, built from integers.
+``<script>`` or ``<img onerror=...>`` is shown as those characters and runs nothing. The only HTML on the page is
+the progress bar, built from integers.
 
 Requests carry component values only (which shown response was picked, ratings); the item on a labeler's screen
 is kept by the server (:class:`instructgpt.labeling.LabelStore`), and no request names a file.

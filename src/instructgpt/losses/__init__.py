@@ -1,6 +1,6 @@
 """Losses shared by the stages, one module per objective, each a plain function of tensors.
 
-Every loss can be checked with a float64 ``torch.autograd.gradcheck`` (see ``tests/test_losses.py``):
+Every loss can be checked with a float64 ``torch.autograd.gradcheck`` (see ``tests/unit/test_losses.py``):
 
 - :mod:`.sft`: the masked next-token cross-entropy of SFT (and PPO-ptx's pretraining term);
 - :mod:`.reward`: the reward model's pairwise and K-way ranking losses;

@@ -15,8 +15,8 @@ maximum likelihood trains the policy directly, with no reward model and no sampl
 * Bradley–Terry on a pair (:func:`dpo_pairwise_loss`, the paper's eq. 7);
 * Plackett–Luce on a ranking of K responses (:func:`plackett_luce_dpo_loss`, the paper's appendix A.3).
 
-At K = 2 the two are the same function (``tests/test_dpo.py`` checks it). Both are written for log-probs that the
-caller has already summed over each response's tokens (TRL's ``DPOTrainer`` computes them the same way).
+At K = 2 the two are the same function (``tests/unit/test_dpo_losses.py`` checks it). Both are written for log-probs
+that the caller has already summed over each response's tokens (TRL's ``DPOTrainer`` computes them the same way).
 """
 
 from __future__ import annotations

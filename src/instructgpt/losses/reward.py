@@ -1,7 +1,7 @@
 """The reward model's losses: Bradley-Terry on pairs and InstructGPT's loss over all pairs of a K-way ranking.
 
 Every loss here is a plain function of tensors, so it can be checked with a float64 ``torch.autograd.gradcheck``
-(see ``tests/test_losses.py``).
+(see ``tests/unit/test_losses.py``).
 """
 
 from __future__ import annotations

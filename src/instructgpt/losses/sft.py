@@ -1,7 +1,7 @@
 """The supervised fine-tuning loss: masked next-token cross-entropy over the response tokens.
 
 A plain function of tensors, so it can be checked with a float64 ``torch.autograd.gradcheck`` (see
-``tests/test_losses.py``). PPO-ptx reuses it for its pretraining term (:mod:`instructgpt.losses.ppo`).
+``tests/unit/test_losses.py``). PPO-ptx reuses it for its pretraining term (:mod:`instructgpt.losses.ppo`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Data: ``prompt``/``completion`` (plain strings) or ``messages`` (chat turns endi
 the demonstration; :func:`instructgpt.data.formats.split_conversation`). Both become conversational
 prompt/completion pairs, so TRL masks the prompt and the loss falls on the response tokens only (InstructGPT trains
 on labeler demonstrations of the response). The loss is TRL's own (its ``loss_type``, liger kernels and memory-saving
-paths all apply); ``tests/test_sft.py`` checks that it equals :func:`instructgpt.losses.masked_token_nll`, the
-function the float64 gradient check verifies and PPO-ptx uses.
+paths all apply); ``tests/integration/test_sft.py`` checks that it equals
+:func:`instructgpt.losses.masked_token_nll`, the function the float64 gradient check verifies and PPO-ptx uses.
 """
 
 from __future__ import annotations
