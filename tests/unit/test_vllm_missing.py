@@ -2,7 +2,7 @@
 
 These run in the default suite, where vLLM is not installed; vLLM is hidden (``sys.modules['vllm'] = None``) so
 they mean the same inside scripts/test-vllm.sh's environment. The command as a process is tested in
-tests/integration/test_vllm_missing_cli.py; the tests that run vLLM are in tests/vllm/test_vllm.py.
+tests/integration/test_vllm_missing_cli.py; the tests that run vLLM are in tests/with_vllm/test_vllm.py.
 """
 
 from __future__ import annotations

