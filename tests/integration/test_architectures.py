@@ -70,7 +70,8 @@ def test_recipe_parses_and_validates_without_downloading(path):
     parsed = _stage_module(stage).parse_args([_rel(path)])
     if stage != "pipeline":
         return
-    from instructgpt.stages.pipeline import Planner, build_eval_args
+    from instructgpt.stages.pipeline.evaluation import build_eval_args
+    from instructgpt.stages.pipeline.plan import Planner
 
     args, recipe, _ = parsed
     stages, eval_settings = Planner(args, recipe, {}).plan()

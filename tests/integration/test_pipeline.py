@@ -19,8 +19,9 @@ import pytest
 
 from instructgpt import cli
 from instructgpt.infra.files import RUN_MARKER, is_complete
-from instructgpt.stages.pipeline import PipelineError, cli_value, parse_args, run_pipeline
+from instructgpt.stages.pipeline import PipelineError, parse_args, run_pipeline
 from instructgpt.stages.pipeline import main as pipeline_main
+from instructgpt.stages.pipeline.settings import cli_value
 
 FAKE_STAGE = textwrap.dedent('''
     """A stand-in for any stage: `steps` checkpoints, an optional interruption, resume, a call log."""
@@ -226,7 +227,7 @@ def test_bad_pipeline_recipes_get_clear_errors(tmp_path, fake_stages):
 
 
 def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_path, fake_stages):
-    from instructgpt.stages.pipeline import Planner
+    from instructgpt.stages.pipeline.plan import Planner
 
     extra = f"dpo: {tmp_path / 'dpo.yaml'}\nrloo: {tmp_path / 'rloo.yaml'}\nmethods: [ppo, dpo, rloo, best_of_4]\n"
     recipe = write_pipeline(tmp_path, extra)
