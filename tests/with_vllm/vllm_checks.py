@@ -1,5 +1,5 @@
-"""The vLLM measurements behind tests/with_vllm/test_vllm.py, in one process with one engine (vLLM takes ~50 s to start on
-CPU and spawns workers, so it runs here under ``if __name__ == "__main__":``, never inside pytest's process).
+"""The vLLM measurements behind tests/with_vllm/test_vllm.py, in one process with one engine (vLLM takes ~50 s to
+start on CPU and spawns workers, so it runs here under ``if __name__ == "__main__":``, never inside pytest's process).
 
     python tests/with_vllm/vllm_checks.py MODEL_DIR OUT.json
 
@@ -27,9 +27,8 @@ def prompts_from(path: str, count: int) -> list:
 
 def vllm_token_logprobs(llm, sequences: list[list[int]]) -> list[list[float]]:
     """vLLM's log-prob of every token after the first of each sequence (teacher forcing via prompt_logprobs)."""
-    from vllm.inputs import TokensPrompt
-
     from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
