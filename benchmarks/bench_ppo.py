@@ -168,7 +168,8 @@ def worker_ours(cfg: dict) -> None:
     import torch
 
     from instructgpt.stages.ppo import models, rollout
-    from instructgpt.stages.ppo.trainer import PPOTrainer, parse_args
+    from instructgpt.stages.ppo.run import parse_args
+    from instructgpt.stages.ppo.trainer import PPOTrainer
 
     timers = Timers()
     no_grad_only = lambda phase: lambda *a, **k: None if torch.is_grad_enabled() else phase  # noqa: E731

@@ -123,7 +123,7 @@ def test_ppo_on_two_machines(sft_model, trained_rm, tmp_path):
     main, other = launch_two_nodes(
         tmp_path,
         "-m",
-        "instructgpt.stages.ppo.trainer",
+        "instructgpt.stages.ppo.run",
         "recipes/tiny/ppo.yaml",
         "--model_name_or_path",
         str(sft_model),

@@ -169,7 +169,7 @@ QUIET = {
 
 
 def run_stage(stage: str, recipe_dir: Path, name: str, settings: dict) -> dict:
-    from instructgpt.stages.ppo.trainer import run_ppo
+    from instructgpt.stages.ppo.run import run_ppo
     from instructgpt.stages.rm import run_rm
     from instructgpt.stages.sft import run_sft
 
@@ -420,7 +420,7 @@ def test_kway_reward_model_with_lora_on_llama(sft_model, preference_files, tmp_p
 def test_ppo_on_llama(use_peft, sft_model, reward_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from instructgpt.stages.ppo.trainer import VALUE_MODEL_DIR
+    from instructgpt.stages.ppo.output import VALUE_MODEL_DIR
 
     out = tmp_path / "out"
     extra = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0} if use_peft else {}

@@ -88,7 +88,7 @@ def test_numbers_out_of_range_are_refused_when_parsed(tmp_path, line, message):
 
 def test_ranges_of_other_stages_and_the_command_line(tmp_path):
     from instructgpt.stages.collect import parse_args as collect_args
-    from instructgpt.stages.ppo.trainer import parse_args as ppo_args
+    from instructgpt.stages.ppo.run import parse_args as ppo_args
 
     with pytest.raises(RecipeError, match=r"command-line override|`kl_coef` must be a finite number, got nan"):
         ppo_args(["recipes/tiny/ppo.yaml", "--kl_coef", "nan"])
@@ -379,7 +379,7 @@ def tiny_rm(sft_model, tmp_path_factory) -> Path:
 def _ppo(out: Path, sft: Path, rm: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return run_cli(
         python_m(
-            "instructgpt.stages.ppo.trainer",
+            "instructgpt.stages.ppo.run",
             "recipes/tiny/ppo.yaml",
             "--model_name_or_path",
             str(sft),

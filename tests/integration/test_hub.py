@@ -142,7 +142,7 @@ def test_a_card_section_is_added_once_and_replaced(tmp_path):
 
 def test_ppo_card_says_where_the_value_model_is_and_push_comes_last(collected, sft_model, tmp_path, hub):
     from helpers import rm
-    from instructgpt.stages.ppo.trainer import parse_args, run_ppo
+    from instructgpt.stages.ppo.run import parse_args, run_ppo
 
     rm(tmp_path / "rm", collected[0] / "rankings.jsonl", sft_model, "--max_steps", "2")
     out = tmp_path / "ppo"

@@ -15,7 +15,9 @@ import torch
 
 from helpers import accelerate_launch, run_cli
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
 from instructgpt.infra.files import RUN_MARKER, OutputDirError
+from instructgpt.infra.guards import TrainingDiverged
 from instructgpt.infra.processes import prepare_frozen_model
 from instructgpt.losses.ppo import logprobs_from_logits
 from instructgpt.stages.ppo.models import (
@@ -28,7 +30,8 @@ from instructgpt.stages.ppo.models import (
     sequence_scores,
 )
 from instructgpt.stages.ppo.rollout import Samples
-from instructgpt.stages.ppo.trainer import METRICS_FILE, PPOTrainer, TrainingDiverged, parse_args, run_ppo
+from instructgpt.stages.ppo.run import parse_args, run_ppo
+from instructgpt.stages.ppo.trainer import PPOTrainer
 
 # The end-to-end margins: after 8 updates of 64 episodes (learning rate 1e-4), the mean normalized RM score of the
 # policy's samples on 64 held-out prompts must rise by at least MIN_SCORE_GAIN over the SFT policy's (same prompts,

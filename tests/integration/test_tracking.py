@@ -99,7 +99,7 @@ def test_flat_config_for_trackers_that_take_scalars():
 def _ppo(out: Path, sft: Path, rm: Path, project: str, env: dict[str, str] | None = None):
     return run_cli(
         python_m(
-            "instructgpt.stages.ppo.trainer",
+            "instructgpt.stages.ppo.run",
             "recipes/tiny/ppo.yaml",
             "--model_name_or_path",
             str(sft),

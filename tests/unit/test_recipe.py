@@ -10,8 +10,8 @@ import pytest
 from instructgpt.infra.parser import RecipeError, load_yaml, recipe_stage, split_argv
 from instructgpt.infra.validation import range_of
 from instructgpt.stages.ppo.config import PPOConfig
-from instructgpt.stages.ppo.trainer import main as ppo_main
-from instructgpt.stages.ppo.trainer import parse_args as parse_ppo_args
+from instructgpt.stages.ppo.run import main as ppo_main
+from instructgpt.stages.ppo.run import parse_args as parse_ppo_args
 from instructgpt.stages.sft import parse_args as parse_sft_args
 
 MINIMAL = (
@@ -109,7 +109,7 @@ ENTRY_POINTS = {
     "instructgpt": ("instructgpt.cli", []),
     "instructgpt-sft": ("instructgpt.stages.sft", []),
     "instructgpt-rm": ("instructgpt.stages.rm", []),
-    "instructgpt-ppo": ("instructgpt.stages.ppo.trainer", []),
+    "instructgpt-ppo": ("instructgpt.stages.ppo.run", []),
     "instructgpt-rloo": ("instructgpt.stages.rloo", []),
     "instructgpt pretrain": ("instructgpt.cli", ["pretrain"]),
     "instructgpt collect": ("instructgpt.cli", ["collect"]),

@@ -36,7 +36,7 @@ def test_eval_with_use_vllm_and_no_vllm_names_the_extra(no_vllm, tmp_path):
 
 
 def test_ppo_with_use_vllm_and_no_vllm_names_the_extra_before_loading_anything(no_vllm, tmp_path):
-    from instructgpt.stages.ppo.trainer import parse_args, run_ppo
+    from instructgpt.stages.ppo.run import parse_args, run_ppo
 
     out = tmp_path / "ppo"
     (script, config, model), recipe = parse_args(

@@ -16,7 +16,7 @@ STAGES: dict[str, str] = {
     "collect": "instructgpt.stages.collect",
     "rm": "instructgpt.stages.rm",
     "label": "instructgpt.stages.label",
-    "ppo": "instructgpt.stages.ppo.trainer",
+    "ppo": "instructgpt.stages.ppo.run",
     "dpo": "instructgpt.stages.dpo",
     "rloo": "instructgpt.stages.rloo",
     "eval": "instructgpt.stages.eval",

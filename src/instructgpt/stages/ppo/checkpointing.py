@@ -4,8 +4,7 @@ A checkpoint holds everything an interrupted run needs to continue as if it had 
 
 - ``state/``: accelerate's state (the policy and value weights, the optimizer, every process's RNG states);
 - ``trainer_state.json``: the trainer's own state as JSON, never a pickle (progress, KL controller, learning-rate
-  schedule, position in the ptx data; see :meth:`PPOTrainer.resume_state
-  <instructgpt.stages.ppo.trainer.PPOTrainer.resume_state>`), with the metrics of its update;
+  schedule, position in the ptx data; see :func:`resume_state`), with the metrics of its update;
 - ``policy/``: the policy as a model directory that ``AutoModelForCausalLM`` loads, for evaluations over training.
 
 ``save_total_limit`` removes old resume states; ``save_policy_checkpoints`` keeps their ``policy/`` folders.

@@ -1,34 +1,12 @@
-"""Step 3 of InstructGPT: PPO of the SFT policy against the frozen reward model, under a KL penalty to the SFT policy.
+"""PPO's algorithm: :class:`PPOTrainer`, one update after another (rollout, advantages, PPO epochs, the β update).
 
-    instructgpt-ppo recipes/tiny/ppo.yaml [--key value ...]
-    accelerate launch --config_file recipes/accelerate/ddp.yaml -m instructgpt recipes/ppo.yaml
-
-Each update (Ouyang et al. 2022, section 3.5; Ziegler et al. 2019; the N+ implementation details of Huang et al.):
-
-1. **rollout** (no gradients): sample a response per prompt from the policy with the KV cache
-   (:mod:`instructgpt.stages.ppo.rollout`, which also yields :math:`\\log\\pi_{old}`); one forward each of the reference
-   (for the KL), the value function (:math:`V_{old}`) and the reward model (the score, normalised, minus
-   ``missing_eos_penalty`` for a response that never ended). With ``use_vllm`` a colocated vLLM engine samples
-   instead, holding the weights pushed after the last update, and :math:`\\log\\pi_{old}` comes from one forward of
-   the policy (:mod:`instructgpt.stages.ppo.vllm_rollout`, whose ``VLLMRollout.samples`` says why);
-2. **advantages**: per-token reward :math:`-\\beta\\,\\mathrm{kl}_t` plus the score on the last token, GAE, whitening
-   (:mod:`instructgpt.losses.ppo`);
-3. **PPO epochs**: ``num_ppo_epochs`` passes in ``num_mini_batches`` shuffled minibatches; per micro-batch one
-   forward of policy and value (and the ptx text), clipped surrogate + ``vf_coef`` x clipped value loss - entropy
-   bonus + ptx term; gradient accumulation, clipping, one optimizer step per minibatch;
-4. β update (fixed, or the adaptive controller), learning-rate schedule step, logging, checkpoint.
-
-Built on accelerate (DDP, DeepSpeed, FSDP, mixed precision, checkpoint state) with TRL's remaining utilities.
-``PPOTrainer`` holds the algorithm; beside it in ``stages/ppo/``: ``config`` (the settings), ``data`` (prompts, ptx),
-``models`` (the four models), ``rollout`` and ``vllm_rollout`` (sampling), ``optimization`` (optimizer, schedule,
-KL controller), ``metrics`` (what is logged), ``checkpointing`` (save, rotate, resume) and ``output`` (how the
-output directory starts and ends).
+The stage's entry (the command line, the registry's ``run``) is :mod:`instructgpt.stages.ppo.run`, whose docstring
+(the ``--help``) describes each update step by step and names the modules beside this one.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,20 +19,19 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from instructgpt.data.padding import pad_sequences
-from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
-from instructgpt.infra.guards import TrainingDiverged, fault_point, last_good_checkpoint, nonfinite_gradients
+from instructgpt.infra.guards import fault_point
 from instructgpt.infra.hub import take_push_to_hub
 from instructgpt.infra.log import get_logger
-from instructgpt.infra.outputs import prepare_output_dir, recover_final_save
-from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
+from instructgpt.infra.outputs import prepare_output_dir
+from instructgpt.infra.parser import Recipe
 from instructgpt.infra.processes import no_accelerator, prepare_frozen_model
 from instructgpt.infra.tracking import StageTracker
 from instructgpt.losses import ppo as core
 from instructgpt.modeling import check_model_path
 from instructgpt.modeling.reward import check_reward_model
-from instructgpt.stages.ppo import models
+from instructgpt.stages.ppo import divergence, models, objective
 from instructgpt.stages.ppo import rollout as hf_rollout
 from instructgpt.stages.ppo.checkpointing import (
     Progress,
@@ -65,7 +42,7 @@ from instructgpt.stages.ppo.checkpointing import (
     write_checkpoint,
 )
 from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments, steps_of
-from instructgpt.stages.ppo.data import PromptOrder, load_prompt_data, ptx_labels
+from instructgpt.stages.ppo.data import PromptOrder, load_prompt_data
 from instructgpt.stages.ppo.metrics import (
     COMPLETIONS_FILE,
     append_jsonl,
@@ -173,8 +150,8 @@ class PPOTrainer:
         self.batch_size = args.batch_size(acc.num_processes)
         if len(self.prompts) < self.batch_size:
             raise InstructGPTError(
-                f"{self.source}: `dataset_name` ({self.script_args.dataset_name}) has {len(self.prompts)} prompts, fewer "
-                f"than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
+                f"{self.source}: `dataset_name` ({self.script_args.dataset_name}) has {len(self.prompts)} prompts, "
+                f"fewer than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
                 "gradient_accumulation_steps x processes); use more prompts or a smaller batch"
             )
         self.num_total_batches = args.num_total_batches(len(self.prompts), acc.num_processes)
@@ -318,68 +295,18 @@ class PPOTrainer:
             scores = scores - self.args.missing_eos_penalty * (~batch.ended).float()
         return scores
 
-    def advantages(self, batch: Batch, scores: torch.Tensor, kl_coef: float):
-        """Per-token rewards, GAE advantages (whitened over the batch) and returns."""
-        args = self.args
-        rewards, non_score_reward, kl = core.per_token_rewards(
-            scores, batch.logprobs, batch.ref_logprobs, batch.mask, kl_coef, args.kl_estimator
-        )
-        if args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, batch.mask, shift_mean=False)
-        advantages, returns = core.compute_gae(rewards, batch.values, batch.mask, args.gamma, args.lam)
-        advantages = core.masked_whiten(advantages, batch.mask)
-        return advantages, returns, non_score_reward, kl
-
     def _micro_batch_loss(
         self, batch: Batch, idx: torch.Tensor, advantages, returns, weight: float
     ) -> tuple[torch.Tensor, dict]:
-        """Loss of one micro-batch; ``weight`` rescales its token-mean terms (see :meth:`ppo_update`)."""
+        """Loss of one micro-batch (:func:`~instructgpt.stages.ppo.objective.micro_batch_loss`), with the next ptx
+        texts under PPO-ptx; ``weight`` rescales its token-mean terms (see :meth:`ppo_update`)."""
         args = self.args
-        query, query_mask, response, mask = trim_padding(
-            batch.query[idx], batch.query_mask[idx], batch.response[idx], batch.mask[idx]
-        )
-        width = response.shape[1]
-        seqs = Sequences.build(query, query_mask, response, mask)
-        ptx_inputs: dict[str, torch.Tensor] = {}
+        ptx_ids = None
         if self.ptx is not None:
-            ids, attention = pad_sequences(
-                self.ptx.next_batch(args.ptx_batch_size or args.per_device_train_batch_size),
-                self.tokenizer.pad_token_id,
-            )
-            ptx_inputs = {"ptx_input_ids": ids.to(query.device), "ptx_attention_mask": attention.to(query.device)}
-        logits, values, ptx_logits = self.model(
-            **seqs.model_inputs(), response_width=width, temperature=args.temperature, **ptx_inputs
+            ptx_ids = self.ptx.next_batch(args.ptx_batch_size or args.per_device_train_batch_size)
+        return objective.micro_batch_loss(
+            self.model, args, batch, idx, advantages, returns, weight, ptx_ids, self.tokenizer.pad_token_id
         )
-        logprobs = core.logprobs_from_logits(logits, response)
-        pg_loss, pg_stats = core.policy_loss(
-            logprobs, batch.logprobs[idx, :width], advantages[idx, :width], mask, args.cliprange
-        )
-        vf_loss, vf_clipfrac = core.value_loss(
-            values, batch.values[idx, :width], returns[idx, :width], mask, args.cliprange_value
-        )
-        loss = pg_loss + args.vf_coef * vf_loss
-        if args.entropy_coef > 0:
-            entropy = core.entropy_from_logits(logits)
-            loss = loss + core.entropy_bonus(entropy, mask, args.entropy_coef)
-        loss = loss * weight
-        if args.entropy_coef <= 0:
-            with torch.no_grad():
-                entropy = core.entropy_from_logits(logits)
-        stats = {
-            "policy/approxkl_avg": pg_stats.approxkl,
-            "policy/clipfrac_avg": pg_stats.clipfrac,
-            "loss/policy_avg": pg_loss.detach(),
-            "loss/value_avg": vf_loss.detach(),
-            "val/clipfrac_avg": vf_clipfrac,
-            "policy/entropy_avg": core.masked_mean(entropy.detach(), mask),
-            "val/ratio": pg_stats.ratio,
-        }
-        if ptx_logits is not None:
-            labels = ptx_labels(ptx_inputs["ptx_input_ids"], ptx_inputs["ptx_attention_mask"])
-            ptx = core.ptx_loss(ptx_logits, labels, args.ptx_coef)
-            loss = loss + ptx
-            stats["loss/ptx_avg"] = ptx.detach() / args.ptx_coef  # the NLL itself, comparable across coefficients
-        return loss, stats
 
     def ppo_update(self, batch: Batch, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` x ``num_mini_batches`` optimizer steps on one rollout batch; returns stacked stats.
@@ -412,7 +339,9 @@ class PPOTrainer:
                         loss, stats = self._micro_batch_loss(batch, idx, advantages, returns, weight)
                         acc.backward(loss)
                         if acc.sync_gradients:
-                            self._check_gradients()
+                            divergence.check_gradients(
+                                self.model.parameters(), self.progress.global_step + 1, self.output_dir
+                            )
                             if args.max_grad_norm and args.max_grad_norm > 0:
                                 acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                         self.optimizer.step()
@@ -427,37 +356,6 @@ class PPOTrainer:
 
     def _global_mean(self, value: torch.Tensor) -> float:
         return global_mean(self.accelerator, value)
-
-    def check_rollout(self, scores: torch.Tensor, mean_kl: float) -> None:
-        """Stop before an update learns from a broken reward or a policy that left the reference far behind."""
-        bad = (~torch.isfinite(scores)).sum().reshape(1).float()
-        bad_total = int(self.accelerator.gather(bad).sum().item())
-        step = self.progress.global_step + 1
-        kept = self._kept_message()
-        if bad_total:
-            raise TrainingDiverged(
-                f"update {step}: the reward model returned {bad_total} non-finite score(s) (NaN or inf); stopping. {kept}"
-            )
-        if not math.isfinite(mean_kl):
-            raise TrainingDiverged(f"update {step}: the KL to the SFT policy is {mean_kl}; stopping. {kept}")
-        if self.args.max_kl is not None and mean_kl > self.args.max_kl:
-            raise TrainingDiverged(
-                f"update {step}: the mean KL to the SFT policy is {mean_kl:.2f} nats per response, above "
-                f"max_kl={self.args.max_kl}: the policy is running away from the reference (lower the learning rate "
-                f"or raise kl_coef); stopping. {kept}"
-            )
-
-    def _kept_message(self) -> str:
-        return last_good_checkpoint(self.output_dir)
-
-    def _check_gradients(self) -> None:
-        """Stop before an optimizer step on NaN or inf gradients: one such step would write NaN into every weight."""
-        bad = nonfinite_gradients(self.model.parameters())
-        if bad:
-            raise TrainingDiverged(
-                f"update {self.progress.global_step + 1}: {len(bad)} parameter gradient(s) hold NaN or inf (a "
-                f"non-finite loss); stopping before the optimizer step. {self._kept_message()}"
-            )
 
     def metrics(
         self, batch: Batch, scores, non_score_reward, kl, stats, elapsed: float, episodes: int
@@ -480,16 +378,8 @@ class PPOTrainer:
         return metrics
 
     def check_update(self, metrics: dict[str, float]) -> None:
-        bad = [
-            k
-            for k in ("loss/policy_avg", "loss/value_avg", "loss/ptx_avg")
-            if k in metrics and not math.isfinite(metrics[k])
-        ]
-        if bad:
-            raise TrainingDiverged(
-                f"update {self.progress.global_step}: non-finite {', '.join(bad)}; stopping without saving this "
-                f"update. {self._kept_message()}"
-            )
+        """Stop on a non-finite loss of this update (:func:`~instructgpt.stages.ppo.divergence.check_update`)."""
+        divergence.check_update(metrics, self.progress.global_step, self.output_dir)
 
     def log(self, metrics: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
@@ -556,7 +446,7 @@ class PPOTrainer:
         )
 
     def resume(self, checkpoint: Path) -> None:
-        """Continue from ``checkpoint``: weights, optimizer, RNG and this trainer's state, and the logs cut back to it."""
+        """Continue from ``checkpoint``: weights, optimizer, RNG, this trainer's state; the logs cut back to it."""
         restore_resume_state(
             load_checkpoint(self.accelerator, checkpoint, self.source),
             checkpoint,
@@ -616,9 +506,9 @@ class PPOTrainer:
             scores = self.penalised_scores(batch)
             kl_coef = self.kl_controller.value
             with torch.no_grad():
-                advantages, returns, non_score_reward, kl = self.advantages(batch, scores, kl_coef)
+                advantages, returns, non_score_reward, kl = objective.advantages(batch, scores, kl_coef, args)
             mean_kl = self._global_mean(kl.sum(1).mean())
-            self.check_rollout(scores, mean_kl)
+            divergence.check_rollout(acc, scores, mean_kl, args.max_kl, self.progress.global_step + 1, self.output_dir)
             t1 = time.time()
             stats = self.ppo_update(batch, advantages, returns)
             t2 = time.time()
@@ -663,37 +553,3 @@ class PPOTrainer:
             self.save_checkpoint(last_metrics)  # the final policy also appears among the checkpoints
         self.save_final(summary)
         return summary
-
-
-def run_ppo(script_args: PPOScriptArguments, args: PPOConfig, model_args: Any, recipe: Recipe) -> dict[str, Any]:
-    """Run one PPO stage as the recipe describes; returns the final metrics."""
-    if args.output_dir:
-        recovered = recover_final_save(args.output_dir, "ppo", recipe.data, script_args.if_output_exists)
-        if recovered is not None:
-            return recovered
-    return PPOTrainer(script_args, args, model_args, recipe).train()
-
-
-def arguments() -> tuple[type, ...]:
-    """The dataclasses a ppo recipe fills: the script arguments, :class:`PPOConfig` and TRL's ``ModelConfig``."""
-    from trl import ModelConfig
-
-    return (PPOScriptArguments, PPOConfig, ModelConfig)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[list[Any], Recipe]:
-    """``RECIPE.yaml [--key value ...]`` as the stage's dataclass instances and the recipe."""
-    return parse_stage_args(argv, "ppo", arguments(), prog="instructgpt-ppo", description=__doc__)
-
-
-def run(args: StageArgs) -> dict[str, Any]:
-    """Run the stage from its parsed recipe; returns its final metrics."""
-    return run_ppo(*args.parts, args.recipe)
-
-
-def main(argv: list[str] | None = None) -> None:
-    stage_main("ppo", arguments, run, argv, prog="instructgpt-ppo", description=__doc__)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
