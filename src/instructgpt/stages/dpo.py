@@ -49,7 +49,7 @@ from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt
 from instructgpt.data.padding import pad_sequences
-from instructgpt.data.rankings import load_rankings, split_by_prompt
+from instructgpt.data.rankings import hold_out_by_prompt, load_rankings
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
@@ -342,7 +342,7 @@ def refuse_keys_that_cannot_apply(script_args: DPOScriptArguments, training_args
 
 def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tuple[list[dict], list[dict] | None]:
     """Training rankings and, if the recipe asks, held-out ones: a split, a second dataset, or a fraction of the
-    prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.split_by_prompt`)."""
+    prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.hold_out_by_prompt`)."""
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
         script_args.dataset_name,
@@ -364,19 +364,9 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
         )
         return train_rows, eval_rows
     if script_args.eval_fraction:
-        if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(
-                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
-            )
-        train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, seed)
-        if not train_rows:
-            raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
-        if script_args.max_eval_samples is not None:
-            eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(
-            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        return hold_out_by_prompt(
+            train_rows, script_args.eval_fraction, seed, limit=script_args.max_eval_samples, source=source
         )
-        return train_rows, eval_rows
     return train_rows, None
 
 

@@ -38,7 +38,7 @@ from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt, load_demonstrations
 from instructgpt.data.padding import pad_sequences
-from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prompt
+from instructgpt.data.rankings import RankingStats, hold_out_by_prompt, load_rankings
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import atomic_write_json
@@ -312,19 +312,9 @@ def _load_splits(
         )
         return train_rows, eval_rows
     if script_args.eval_fraction > 0:
-        if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(
-                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
-            )
-        train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, training_args.seed)
-        if not train_rows:
-            raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
-        if script_args.max_eval_samples is not None:
-            eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(
-            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        return hold_out_by_prompt(
+            train_rows, script_args.eval_fraction, training_args.seed, limit=script_args.max_eval_samples, source=source
         )
-        return train_rows, eval_rows
     return train_rows, None
 
 
