@@ -56,7 +56,7 @@ from instructgpt.infra.log import get_logger
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.losses import plackett_luce_dpo_loss, ranking_pairs, unflatten_rewards
-from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.metrics.ranking import RankingAgreementEval, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, model_init_kwargs, stage_tokenizer
 
 logger = get_logger(__name__)
@@ -217,9 +217,7 @@ def build_trainer_class(ranking_loss: RankingLoss):
     if ranking_loss == "pairs":
         return PairDPOTrainer
 
-    class PlackettLuceDPOTrainer(PairDPOTrainer):
-        _ranking_stats: list[torch.Tensor]
-
+    class PlackettLuceDPOTrainer(RankingAgreementEval, PairDPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "responses" not in dataset.column_names:
                 raise DataError(
@@ -291,19 +289,6 @@ def build_trainer_class(ranking_loss: RankingLoss):
             metrics["num_tokens"] = [self._total_train_tokens]
             if mode == "eval":
                 self._ranking_stats.append(gather(stats).cpu())
-
-        def evaluation_loop(
-            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
-        ):
-            """The usual loop, plus the implicit reward's pairwise accuracy and Kendall's tau over all rankings."""
-            self._ranking_stats = []
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
-            if self._ranking_stats:
-                summary = summarize_agreement(torch.cat(self._ranking_stats))
-                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
-            return output
 
     return PlackettLuceDPOTrainer
 
