@@ -17,6 +17,7 @@ from typing import Any
 
 from instructgpt.data.formats import prompt_problem
 from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -182,3 +183,19 @@ def split_by_prompt(rows: list[dict[str, Any]], fraction: float, seed: int) -> t
     train = [r for r in rows if repr(r["prompt"]) not in held_out]
     evaluation = [r for r in rows if repr(r["prompt"]) in held_out]
     return train, evaluation
+
+
+def hold_out_by_prompt(
+    rows: list[dict[str, Any]], fraction: float, seed: int, *, limit: int | None, source: str
+) -> tuple[list[dict], list[dict]]:
+    """A recipe's ``eval_fraction``: check it, hold out that share of the prompts (:func:`split_by_prompt`), keep at
+    most ``limit`` held-out rankings, and say how many were held out."""
+    if not 0 < fraction < 1:
+        raise InstructGPTError(f"{source}: `eval_fraction` must be between 0 and 1, got {fraction}")
+    train_rows, eval_rows = split_by_prompt(rows, fraction, seed)
+    if not train_rows:
+        raise DataError(f"{source}: `eval_fraction` {fraction} leaves no prompt to train on")
+    if limit is not None:
+        eval_rows = eval_rows[:limit]
+    logger.info(f"held out {len(eval_rows)} rankings ({fraction:.0%} of the prompts) for evaluation")
+    return train_rows, eval_rows

@@ -51,3 +51,28 @@ def pairwise_accuracy(predicted: list[list[float]], target: list[list[float]]) -
                 total += 1
                 agree += (scores[i] - scores[j]) * (gold[i] - gold[j]) > 0
     return agree, total
+
+
+class RankingAgreementEval:
+    """A mixin for a transformers ``Trainer`` whose evaluation scores whole rankings (the RM and Plackett-Luce DPO).
+
+    The trainer's loss appends one :func:`ranking_agreement` tensor per evaluation batch to ``self._ranking_stats``
+    (gathered across processes); this evaluation loop starts that list empty and adds :func:`summarize_agreement`
+    over every ranking it saw (pairwise accuracy, Kendall's tau) to the usual metrics. List it before the trainer
+    class: ``class MyTrainer(RankingAgreementEval, RewardTrainer)``.
+    """
+
+    _ranking_stats: list[torch.Tensor]
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """The usual loop, plus pairwise accuracy and Kendall's tau over all the rankings it saw."""
+        self._ranking_stats = []
+        output = super().evaluation_loop(  # type: ignore[misc]
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
+        if self._ranking_stats:
+            summary = summarize_agreement(torch.cat(self._ranking_stats))
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
+        return output

@@ -49,14 +49,14 @@ from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt
 from instructgpt.data.padding import pad_sequences
-from instructgpt.data.rankings import load_rankings, split_by_prompt
+from instructgpt.data.rankings import hold_out_by_prompt, load_rankings
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
 from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.losses import plackett_luce_dpo_loss, ranking_pairs, unflatten_rewards
-from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
+from instructgpt.metrics.ranking import RankingAgreementEval, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, model_init_kwargs, stage_tokenizer
 
 logger = get_logger(__name__)
@@ -217,9 +217,7 @@ def build_trainer_class(ranking_loss: RankingLoss):
     if ranking_loss == "pairs":
         return PairDPOTrainer
 
-    class PlackettLuceDPOTrainer(PairDPOTrainer):
-        _ranking_stats: list[torch.Tensor]
-
+    class PlackettLuceDPOTrainer(RankingAgreementEval, PairDPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "responses" not in dataset.column_names:
                 raise DataError(
@@ -292,19 +290,6 @@ def build_trainer_class(ranking_loss: RankingLoss):
             if mode == "eval":
                 self._ranking_stats.append(gather(stats).cpu())
 
-        def evaluation_loop(
-            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
-        ):
-            """The usual loop, plus the implicit reward's pairwise accuracy and Kendall's tau over all rankings."""
-            self._ranking_stats = []
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
-            if self._ranking_stats:
-                summary = summarize_agreement(torch.cat(self._ranking_stats))
-                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
-            return output
-
     return PlackettLuceDPOTrainer
 
 
@@ -342,7 +327,7 @@ def refuse_keys_that_cannot_apply(script_args: DPOScriptArguments, training_args
 
 def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tuple[list[dict], list[dict] | None]:
     """Training rankings and, if the recipe asks, held-out ones: a split, a second dataset, or a fraction of the
-    prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.split_by_prompt`)."""
+    prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.hold_out_by_prompt`)."""
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
         script_args.dataset_name,
@@ -364,19 +349,9 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
         )
         return train_rows, eval_rows
     if script_args.eval_fraction:
-        if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(
-                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
-            )
-        train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, seed)
-        if not train_rows:
-            raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
-        if script_args.max_eval_samples is not None:
-            eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(
-            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        return hold_out_by_prompt(
+            train_rows, script_args.eval_fraction, seed, limit=script_args.max_eval_samples, source=source
         )
-        return train_rows, eval_rows
     return train_rows, None
 
 

@@ -38,7 +38,7 @@ from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt, load_demonstrations
 from instructgpt.data.padding import pad_sequences
-from instructgpt.data.rankings import RankingStats, load_rankings, split_by_prompt
+from instructgpt.data.rankings import RankingStats, hold_out_by_prompt, load_rankings
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import atomic_write_json
@@ -47,7 +47,7 @@ from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, requir
 from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.judges import make_labeler
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
-from instructgpt.metrics.ranking import pairwise_accuracy, ranking_agreement, summarize_agreement
+from instructgpt.metrics.ranking import RankingAgreementEval, pairwise_accuracy, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, stage_tokenizer
 from instructgpt.modeling.lora import merge_adapter
 from instructgpt.modeling.reward import NORMALIZATION_FILE, load_sequence_classifier, reward_input_ids, score_responses
@@ -165,9 +165,7 @@ def build_trainer_class():
     """
     from trl import RewardTrainer
 
-    class KWayRewardTrainer(RewardTrainer):
-        _ranking_stats: list[torch.Tensor]
-
+    class KWayRewardTrainer(RankingAgreementEval, RewardTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "response_ids" not in dataset.column_names:
                 raise DataError(
@@ -214,19 +212,6 @@ def build_trainer_class():
             with torch.no_grad():
                 loss = self.compute_loss(model, inputs)
             return loss.detach(), None, None
-
-        def evaluation_loop(
-            self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
-        ):
-            """The usual loop, plus held-out pairwise accuracy and Kendall's tau over every ranking it saw."""
-            self._ranking_stats = []
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
-            if self._ranking_stats:
-                summary = summarize_agreement(torch.cat(self._ranking_stats))
-                output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summary.items()})
-            return output
 
     return KWayRewardTrainer
 
@@ -312,19 +297,9 @@ def _load_splits(
         )
         return train_rows, eval_rows
     if script_args.eval_fraction > 0:
-        if not 0 < script_args.eval_fraction < 1:
-            raise InstructGPTError(
-                f"{source}: `eval_fraction` must be between 0 and 1, got {script_args.eval_fraction}"
-            )
-        train_rows, eval_rows = split_by_prompt(train_rows, script_args.eval_fraction, training_args.seed)
-        if not train_rows:
-            raise DataError(f"{source}: `eval_fraction` {script_args.eval_fraction} leaves no prompt to train on")
-        if script_args.max_eval_samples is not None:
-            eval_rows = eval_rows[: script_args.max_eval_samples]
-        logger.info(
-            f"held out {len(eval_rows)} rankings ({script_args.eval_fraction:.0%} of the prompts) for evaluation"
+        return hold_out_by_prompt(
+            train_rows, script_args.eval_fraction, training_args.seed, limit=script_args.max_eval_samples, source=source
         )
-        return train_rows, eval_rows
     return train_rows, None
 
 
