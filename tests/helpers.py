@@ -131,13 +131,18 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
+LEFTOVER_GRACE = 300  # seconds a finished command's leftovers (a W&B service flushing) get to end by themselves
+
+
 def run_cli(
     args: list[str], env: dict[str, str | None] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """Run a command in a subprocess from the repo root (for entry points, exit codes and `accelerate launch`).
 
     As ``subprocess.run``, except that a timeout, an interrupt or a failure kills the command's whole process
-    group, and what the command left running after it exited gets a few seconds to finish, then is stopped."""
+    group, and what the command left running after it exited (a W&B service still writing the run's records, which
+    tests then read) is waited for until it ends by itself; only one still running after ``LEFTOVER_GRACE`` s, far
+    longer than a flush takes even on a loaded machine, is stopped."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None unsets a variable
     process = start(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished = False
@@ -146,7 +151,7 @@ def run_cli(
         finished = True
     finally:
         if finished:
-            _end_group(process, grace=10)
+            _end_group(process, grace=LEFTOVER_GRACE)
         else:
             stop(process, signal.SIGKILL)
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)

@@ -21,7 +21,8 @@ Conventions shared by every function here:
   ``torch.where``, not a multiplication, so even ``inf`` there cannot turn into ``NaN`` through ``0 * inf``,
   in the forward or the backward pass); outputs are ``0`` at padded positions.
 
-Nothing here touches a model: the trainer (``instructgpt.stages.ppo.trainer``) feeds these functions.
+Nothing here touches a model: the PPO stage (``instructgpt.stages.ppo.objective`` and ``.trainer``) feeds these
+functions.
 """
 
 from __future__ import annotations
