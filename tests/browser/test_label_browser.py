@@ -264,8 +264,25 @@ def rank(driver, letters: str, mine_before: int, *, keyboard: bool) -> tuple[str
             click(driver, f"pick-{'ABCD'.index(letter)}")
         wait(driver, lambda d: value(d, "ranking") == letters.replace(">", " > "))
         click(driver, "submit")
-    wait(driver, lambda d: "All done" in value(d, "status") or f"you ranked {mine_before + 1}" in progress(d))
+    wait(driver, lambda d: submitted(d, mine_before + 1))
     return prompt, responses
+
+
+def submitted(driver, ranked: int) -> bool:
+    """Whether the page shows the submission: "All done" in the status, or the labeler's count at ``ranked``.
+
+    Reads what is on the page now, without waiting: once everything is done the progress line is gone, so a waiting
+    read of it inside this condition would block until its own deadline (seen in CI on a loaded machine)."""
+    status = driver.find_elements(By.CSS_SELECTOR, "#status textarea, #status input")
+    if status and "All done" in (status[0].get_attribute("value") or ""):
+        return True
+    return progress_says(driver, f"you ranked {ranked}")
+
+
+def progress_says(driver, text: str) -> bool:
+    """Whether the progress line is on the page now and holds ``text`` (a read that does not wait)."""
+    counter = driver.find_elements(By.ID, "progress-text")
+    return bool(counter) and text in counter[0].text
 
 
 def expected_row(prompt: str, responses: list[str], letters: str) -> dict:
@@ -303,7 +320,7 @@ def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_
     record("alice", "B>A>D>C", keyboard=False)
     record("alice", "A>C>B>D", keyboard=False)
     browser.refresh()  # the page remembers who labels in this browser and shows the next prompt
-    wait(browser, lambda d: d.find_elements(By.ID, "progress-text") and "you ranked 2" in progress(d))
+    wait(browser, lambda d: progress_says(d, "you ranked 2"))
     assert value(browser, "prompt") not in {row["prompt"] for row in made["alice"]}
     record("alice", "C>A>B>D", keyboard=False)
     assert "All done, alice" in value(browser, "status")
@@ -315,7 +332,7 @@ def test_two_labelers_rank_in_the_browser_resume_and_train_the_reward_model(tmp_
     assert app.stop(signal.SIGKILL) == -signal.SIGKILL
     app.start()
     browser.refresh()
-    wait(browser, lambda d: d.find_elements(By.ID, "progress-text") and "you ranked 1" in progress(d))
+    wait(browser, lambda d: progress_says(d, "you ranked 1"))
     assert progress(browser).startswith("4 / 6 done")
     record("bob", "A>B>C>D", keyboard=True)
     record("bob", "B>C>A>D", keyboard=True)
