@@ -157,6 +157,15 @@ def run_cli(
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The failing command's message: one line, exit code 2, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
 def python_m(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 

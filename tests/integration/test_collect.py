@@ -131,7 +131,7 @@ def test_identical_samples_are_discarded_and_a_prompt_without_two_is_skipped(sft
 def test_bad_collection_inputs_are_refused_before_anything_is_written(sft_model, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "What is 1 plus 1?"}\n{"prompt": " "}\n')
-    with pytest.raises(DataError, match=r"prompts\.jsonl\) row 1: empty `prompt`"):
+    with pytest.raises(DataError, match=r"prompts\.jsonl\) line 2: empty `prompt`"):
         collect(tmp_path / "a", sft_model, "--dataset_name", str(bad))
     with pytest.raises(InstructGPTError, match=r"`labeler`: unknown labeler 'oracle'"):
         collect(tmp_path / "b", sft_model, "--labeler", "oracle")

@@ -171,7 +171,7 @@ def test_bad_rankings_name_the_file_and_row(tmp_path):
             {"prompt": "What is 3 plus 3?", "responses": ["6."]},
         ],
     )
-    with pytest.raises(DataError, match=r"bad\.jsonl.* row 1: a ranking needs at least 2 responses, got 1"):
+    with pytest.raises(DataError, match=r"bad\.jsonl.* line 2: a ranking needs at least 2 responses, got 1"):
         dpo(tmp_path / "out", Path("data/tiny/base-model"), bad)
     assert not (tmp_path / "out").exists()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TINY_BASE, TINY_DATA, python_m, run_cli, start
+from helpers import REPO, TINY_BASE, TINY_DATA, one_line_error, python_m, run_cli, start
 from instructgpt.data import DataError
 from instructgpt.infra.files import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
 from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
@@ -49,15 +49,6 @@ def _write(tmp_path: Path, text: str | bytes, name: str = "recipe.yaml") -> str:
     path = tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     return str(path)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The failing command's message: one line, exit code 2, no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    return errors[0]
 
 
 def temporary_files(directory: Path) -> list[Path]:
@@ -139,13 +130,13 @@ def test_rows_of_the_wrong_type_name_the_row(tmp_path):
     from instructgpt.data.rankings import load_rankings
 
     prompts = _write(tmp_path, '{"prompt": "fine"}\n{"prompt": 5}\n', "p.jsonl")
-    with pytest.raises(DataError, match=r"p\.jsonl\) row 1: the prompt must be a string or a list of chat turns"):
+    with pytest.raises(DataError, match=r"p\.jsonl\) line 2: the prompt must be a string or a list of chat turns"):
         load_prompts(prompts, key="dataset_name", source="r.yaml")
     chats = _write(tmp_path, '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n', "m.jsonl")
-    with pytest.raises(DataError, match=r"m\.jsonl\) row 0: `messages` turn 1 must be"):
+    with pytest.raises(DataError, match=r"m\.jsonl\) line 1: `messages` turn 2 must be"):
         load_demonstrations(chats, config=None, split="train", key="dataset_name", source="r.yaml", limit=None)
     ranks = _write(tmp_path, '{"prompt": "q", "responses": ["a", 3]}\n', "r.jsonl")
-    with pytest.raises(DataError, match=r"row 0: response 1 must be a string, got int"):
+    with pytest.raises(DataError, match=r"r\.jsonl\) line 1: response 2 must be a string, got int"):
         load_rankings(ranks, key="dataset_name", source="r.yaml", config=None, split="train", limit=None, score_key="s")
 
 

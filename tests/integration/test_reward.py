@@ -125,11 +125,11 @@ def test_ties_are_dropped_and_counted_in_the_log(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"prompt": "p", "responses": ["only one"]}, r"row 0: a ranking needs at least 2 responses, got 1"),
-        ({"prompt": "p", "responses": ["fine", "  "]}, r"row 0: response 1 is empty"),
-        ({"prompt": "p", "responses": ["a", "b"], "scores": [1.0]}, r"row 0: `scores` has 1 values for 2 responses"),
-        ({"prompt": "p", "responses": ["a", "b"], "scores": [1.0, None]}, r"row 0: score 1 is None, not a number"),
-        ({"prompt": "", "responses": ["a", "b"]}, r"row 0: empty prompt"),
+        ({"prompt": "p", "responses": ["only one"]}, r"row 1: a ranking needs at least 2 responses, got 1"),
+        ({"prompt": "p", "responses": ["fine", "  "]}, r"row 1: response 2 is empty"),
+        ({"prompt": "p", "responses": ["a", "b"], "scores": [1.0]}, r"row 1: `scores` has 1 values for 2 responses"),
+        ({"prompt": "p", "responses": ["a", "b"], "scores": [1.0, None]}, r"row 1: score 2 is None, not a number"),
+        ({"prompt": "", "responses": ["a", "b"]}, r"row 1: empty prompt"),
     ],
 )
 def test_bad_rankings_are_refused_naming_the_row(row, message):
@@ -138,7 +138,7 @@ def test_bad_rankings_are_refused_naming_the_row(row, message):
 
 
 def test_bad_pairs_and_columns_are_refused():
-    with pytest.raises(DataError, match=r"row 1: empty `rejected`"):
+    with pytest.raises(DataError, match=r"row 2: empty `rejected`"):
         _rankings([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": ""}])
     with pytest.raises(
         DataError, match=r"needs columns prompt/responses or prompt/chosen/rejected or instruction/completions"
@@ -375,6 +375,6 @@ def test_finished_reward_model_is_not_overwritten_and_bad_data_touches_nothing(t
     bad = _write_jsonl(
         tmp_path / "bad.jsonl", [{"prompt": "p", "responses": ["a", "b"]}, {"prompt": "q", "responses": ["a"]}]
     )
-    with pytest.raises(DataError, match=r"bad\.jsonl\) row 1: a ranking needs at least 2 responses, got 1"):
+    with pytest.raises(DataError, match=r"bad\.jsonl\) line 2: a ranking needs at least 2 responses, got 1"):
         rm(tmp_path / "new", "--dataset_name", bad)
     assert not (tmp_path / "new").exists()

@@ -173,7 +173,7 @@ def test_bad_data_is_refused_with_file_key_and_row(tmp_path):
     empty_row = _write_jsonl(
         tmp_path / "row.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "  "}]
     )
-    with pytest.raises(DataError, match=r"row 1: empty `completion`"):
+    with pytest.raises(DataError, match=r"row\.jsonl\) line 2: empty `completion`"):
         sft(out, "--dataset_name", empty_row)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", \n')

@@ -51,7 +51,7 @@ def test_every_stage_loads_prompts_and_demonstrations_through_the_one_rule(tmp_p
         assert "load_prompts" in source, stage.name
         assert "_before_last_assistant" not in source and "prompt_from_row" not in source
 
-    with pytest.raises(DataError, match=r"row 0: `messages` does not end with an assistant turn"):
+    with pytest.raises(DataError, match=r"line 1: `messages` does not end with an assistant turn"):
         load_demonstrations(str(path), config=None, split="train", key="dataset_name", source="test", limit=None)
     path.write_text(json.dumps(rows[1]) + "\n")
     demos = load_demonstrations(str(path), config=None, split="train", key="dataset_name", source="test", limit=None)

@@ -9,6 +9,14 @@
 This file only re-exports :mod:`.loading`.
 """
 
-from instructgpt.data.loading import DataError, find_empty, jsonl_rows, load_data, require_columns, require_rows
+from instructgpt.data.loading import (
+    DataError,
+    find_empty,
+    jsonl_rows,
+    load_data,
+    require_columns,
+    require_rows,
+    row_place,
+)
 
-__all__ = ["DataError", "find_empty", "jsonl_rows", "load_data", "require_columns", "require_rows"]
+__all__ = ["DataError", "find_empty", "jsonl_rows", "load_data", "require_columns", "require_rows", "row_place"]

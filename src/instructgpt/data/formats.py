@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows, row_place
 
 Prompt = str | list[dict[str, str]]
 
@@ -29,7 +29,7 @@ def turns_problem(value: Any) -> str | None:
             or not isinstance(turn.get("role"), str)
             or not isinstance(turn.get("content"), str)
         ):
-            return f'turn {i} must be {{"role": ..., "content": ...}} with string values, got {turn!r:.80}'
+            return f'turn {i + 1} must be {{"role": ..., "content": ...}} with string values, got {turn!r:.80}'
     return None
 
 
@@ -95,19 +95,20 @@ def load_demonstrations(name: str, *, config: str | None, split: str, key: str, 
                 )
             )
             if problem:
-                raise DataError(f"{source}: `{key}` ({name}) row {row}: `{column}` {problem}")
+                raise DataError(f"{source}: `{key}` ({name}) {row_place(name, row)}: `{column}` {problem}")
     if fmt == ("messages",):
         for row, messages in enumerate(dataset["messages"]):
             if split_conversation(messages or [])[1] is None:
                 raise DataError(
-                    f"{source}: `{key}` ({name}) row {row}: `messages` does not end with an assistant turn, so it "
+                    f"{source}: `{key}` ({name}) {row_place(name, row)}: `messages` does not end with an assistant "
+                    "turn, so it "
                     "holds no demonstration"
                 )
     else:
         for column in fmt:
             row = find_empty(dataset[column])
             if row is not None:
-                raise DataError(f"{source}: `{key}` ({name}) row {row}: empty `{column}`")
+                raise DataError(f"{source}: `{key}` ({name}) {row_place(name, row)}: empty `{column}`")
     return dataset.map(to_prompt_completion, remove_columns=dataset.column_names, desc=f"Formatting {key}")
 
 
@@ -130,13 +131,13 @@ def load_prompts(
     for row, prompt in enumerate(prompts):
         problem = prompt_problem(prompt) if prompt is not None else None
         if problem:
-            raise DataError(f"{source}: `{key}` ({name}) row {row}: the {fmt[0]} {problem}")
+            raise DataError(f"{source}: `{key}` ({name}) {row_place(name, row)}: the {fmt[0]} {problem}")
     empty = find_empty(prompts)
     if empty is not None:
-        raise DataError(f"{source}: `{key}` ({name}) row {empty}: empty `{fmt[0]}`")
+        raise DataError(f"{source}: `{key}` ({name}) {row_place(name, empty)}: empty `{fmt[0]}`")
     for row, prompt in enumerate(prompts):
         if isinstance(prompt, list) and not any(m.get("role") == "user" for m in prompt):
-            raise DataError(f"{source}: `{key}` ({name}) row {row}: no user turn to respond to")
+            raise DataError(f"{source}: `{key}` ({name}) {row_place(name, row)}: no user turn to respond to")
     return prompts
 
 

@@ -7,6 +7,7 @@ plus ours for rankings (``prompt``/``responses`` best first, optional ``scores``
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -47,6 +48,28 @@ def _check_jsonl(path: Path) -> None:
         pass
 
 
+@functools.lru_cache(maxsize=16)
+def _jsonl_line_numbers(path: str, modified: float) -> tuple[int, ...]:
+    """The line number (from 1) of each row of a JSONL file: blank lines hold no row, so they are skipped."""
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    return tuple(number for number, line in enumerate(lines, start=1) if line.strip())
+
+
+def row_place(name_or_path: str, index: int) -> str:
+    """Where row ``index`` (from 0, as a dataset counts) of a dataset a recipe names is, as an editor shows it:
+    ``line N`` of a local JSONL or CSV file (CSV rows start after the header line), ``row N`` (from 1) of any
+    other file or Hub dataset. Every message about a row says this, so one row gets one number whichever check
+    finds it."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        numbers = _jsonl_line_numbers(str(path.resolve()), path.stat().st_mtime)
+        if index < len(numbers):
+            return f"line {numbers[index]}"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return f"line {index + 2}"
+    return f"row {index + 1}"
+
+
 def load_data(
     name_or_path: str,
     *,
@@ -68,6 +91,8 @@ def load_data(
         if not path.exists():
             raise DataError(f"{source}: `{key}`: data file {name_or_path} not found")
         if path.is_file():
+            if not path.read_bytes().strip():
+                raise DataError(f"{source}: `{key}`: {name_or_path} is empty: it holds no rows")
             if suffix == ".jsonl":
                 _check_jsonl(path)
             builder = _LOCAL_FORMATS.get(suffix)
@@ -76,7 +101,8 @@ def load_data(
             try:
                 return datasets.load_dataset(builder, data_files=str(path), split="train")
             except Exception as err:  # pyarrow/datasets errors on inconsistent rows
-                raise DataError(f"{source}: `{key}`: cannot read {name_or_path}: {err}") from None
+                reason = str(err).strip() or type(err).__name__
+                raise DataError(f"{source}: `{key}`: cannot read {name_or_path}: {reason}") from None
     try:
         return datasets.load_dataset(name_or_path, config, split=split)
     except ValueError as err:

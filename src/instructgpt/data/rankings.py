@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructgpt.data.formats import prompt_problem
-from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows, row_place
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 
@@ -84,7 +84,7 @@ def _response_text(value: Any) -> Any:
 
 
 def rankings_from_dataset(
-    dataset: Any, *, name: str, source: str, score_key: str = "fine-grained_score"
+    dataset: Any, *, name: str, source: str, score_key: str = "fine-grained_score", path: str = ""
 ) -> tuple[list[dict[str, Any]], RankingStats]:
     """Turn any supported preference dataset into rankings, validating each row; errors name the row.
 
@@ -103,7 +103,7 @@ def rankings_from_dataset(
     rows: list[dict[str, Any]] = []
     columns = set(dataset.column_names)
     for index, row in enumerate(dataset):
-        where = f"{source}: {name} row {index}"
+        where = f"{source}: {name} {row_place(path, index)}"
         prompt = row["instruction"] if fmt[0] == "instruction" else row["prompt"]
         if find_empty([prompt]) is not None:
             raise DataError(f"{where}: empty prompt")
@@ -117,10 +117,10 @@ def rankings_from_dataset(
             responses = [_response_text(r) for r in responses]
             bad = next((j for j, r in enumerate(responses) if not isinstance(r, str)), None)
             if bad is not None:
-                raise DataError(f"{where}: response {bad} must be a string, got {type(responses[bad]).__name__}")
+                raise DataError(f"{where}: response {bad + 1} must be a string, got {type(responses[bad]).__name__}")
             empty = find_empty(responses)
             if empty is not None:
-                raise DataError(f"{where}: response {empty} is empty")
+                raise DataError(f"{where}: response {empty + 1} is empty")
             scores = row.get("scores") if "scores" in columns else None
             if scores is not None:
                 if not isinstance(scores, list) or len(scores) != len(responses):
@@ -128,7 +128,7 @@ def rankings_from_dataset(
                     raise DataError(f"{where}: `scores` has {got} values for {len(responses)} responses")
                 bad = next((j for j, s in enumerate(scores) if not _is_number(s)), None)
                 if bad is not None:
-                    raise DataError(f"{where}: score {bad} is {scores[bad]!r}, not a number")
+                    raise DataError(f"{where}: score {bad + 1} is {scores[bad]!r}, not a number")
         elif fmt == ("prompt", "chosen", "rejected"):
             responses = [_response_text(row["chosen"]), _response_text(row["rejected"])]
             for column, text in zip(("chosen", "rejected"), responses):
@@ -167,7 +167,9 @@ def load_rankings(
     dataset = load_data(name, key=key, source=source, config=config, split=split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    rows, stats = rankings_from_dataset(dataset, name=f"`{key}` ({name})", source=source, score_key=score_key)
+    rows, stats = rankings_from_dataset(
+        dataset, name=f"`{key}` ({name})", source=source, score_key=score_key, path=name
+    )
     sizes = Counter(len(r["responses"]) for r in rows)
     comparisons = sum(math.comb(len(r["responses"]), 2) for r in rows)
     k_range = f"K = {min(sizes)}" + (f"..{max(sizes)}" if max(sizes) != min(sizes) else "")

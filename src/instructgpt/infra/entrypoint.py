@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.library_errors import explain
 from instructgpt.infra.parser import RecipeParser
 from instructgpt.infra.processes import join_cpu_processes
 
@@ -22,12 +23,21 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars still drawn, so that the error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run_cli(fn: Callable[[], None]) -> None:
     """Run an entry point; bad input ends with its one-line message and exit code 2, not a traceback.
 
-    Ctrl-C (SIGINT) and SIGTERM end with one line that says how to resume, and exit codes 130 and 143 (128 + the
-    signal, as a shell reports them). They are raised as exceptions where the program is, so every atomic write in
-    progress removes its temporary file on the way out.
+    A foreseeable failure of a library (:func:`instructgpt.infra.library_errors.explain`) ends the same way; an
+    unforeseen one keeps its traceback. Ctrl-C (SIGINT) and SIGTERM end with one line that says how to resume, and
+    exit codes 130 and 143 (128 + the signal, as a shell reports them). They are raised as exceptions where the
+    program is, so every atomic write in progress removes its temporary file on the way out.
     """
     join_cpu_processes()
     if threading.current_thread() is threading.main_thread():
@@ -38,7 +48,15 @@ def run_cli(fn: Callable[[], None]) -> None:
     try:
         fn()
     except InstructGPTError as err:
+        _end_progress_bars()
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # a foreseeable library failure no wrapped call caught (the disk filling up mid-write)
+        text = explain(err)
+        if text is None:
+            raise  # unforeseen: a bug, with its traceback
+        _end_progress_bars()
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, Terminated) as err:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)

@@ -1,8 +1,8 @@
 """Files a run writes and reads back: atomic writes, run markers, checkpoints on disk, append-only JSONL logs.
 
-These are the leaf helpers every other module builds on, so this module imports nothing of the project but the two
-other leaves (the error type and the logger). What to *do* with an output directory (resume it, refuse it, mark it
-finished) is :mod:`instructgpt.infra.outputs`.
+These are the leaf helpers every other module builds on, so this module imports nothing of the project but the
+other leaves (the error type, the translation of library errors and the logger). What to *do* with an output
+directory (resume it, refuse it, mark it finished) is :mod:`instructgpt.infra.outputs`.
 
 A stage that finishes writes ``instructgpt_run.json`` (stage, recipe, final metrics) into its output directory
 as its last act, atomically. Its presence is what "this stage is done" means; a directory with ``checkpoint-*``
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -37,17 +38,18 @@ class OutputDirError(InstructGPTError):
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same directory, then rename: readers see the old or the new file, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with translating(str(path)):  # a full disk or a path that cannot be written: one line naming the file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

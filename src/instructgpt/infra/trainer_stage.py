@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from instructgpt.infra.cards import write_model_card
 from instructgpt.infra.guards import finite_gradients_callback
-from instructgpt.infra.hub import PushTarget, take_push_to_hub, write_model_card
+from instructgpt.infra.hub import PushTarget, take_push_to_hub
 from instructgpt.infra.outputs import (
     finish_output,
     mark_started,
@@ -68,7 +69,7 @@ class TrainerStage:
     ``finish(trainer, metrics, ...)``, once the stage added its own metrics and wrote its own files:
 
     9. the main process saves the tokenizer, then
-    10. the model card (TRL's card with the stage's ``card`` section);
+    10. the model card (:mod:`instructgpt.infra.cards`, from the stage's ``card`` keywords);
     11. the weights are saved (:func:`~instructgpt.modeling.lora.save_trained_model`): the last file but the marker,
         which is what lets step 1 trust them;
     12. the main process copies the numeric metrics into the W&B run's summary, then
@@ -129,14 +130,15 @@ class TrainerStage:
     ) -> None:
         """Steps 9-13: tokenizer, card, weights, marker, push, W&B closed.
 
-        ``card``: the keywords of :func:`~instructgpt.infra.hub.write_model_card` that are the stage's own
-        (``title``, ``base_model``, ``datasets``, ``summary``, ``settings``, ``results``). ``model`` and
+        ``card``: the keywords of :func:`~instructgpt.infra.cards.write_model_card` that are the stage's own
+        (``title``, ``trainer``, ``kind``, ``base_model``, ``datasets``, ``example``, ``summary``, ``settings``,
+        ``results``). ``model`` and
         ``keep_adapter`` are :func:`~instructgpt.modeling.lora.save_trained_model`'s: the model to save when the
         stage merged the adapter itself, and whether a LoRA adapter is also kept alone in ``output_dir/adapter``.
         """
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(self.output_dir)
-            write_model_card(self.output_dir, stage=self.name, hub_model_id=self.training_args.hub_model_id, **card)
+            write_model_card(self.output_dir, stage=self.name, **card)
         save_trained_model(trainer, self.output_dir, model=model, keep_adapter=keep_adapter)
         if trainer.is_world_process_zero() and self.run is not None:
             self.run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

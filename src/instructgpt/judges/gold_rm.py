@@ -30,6 +30,7 @@ import torch
 from instructgpt.data.formats import Prompt, prompt_text
 from instructgpt.judges.base import Labeler, LabelerError
 from instructgpt.modeling import check_model_path, model_context_length
+from instructgpt.modeling.config import load_pretrained
 
 Rendering = Literal["chat_template", "text_pair"]
 
@@ -58,7 +59,7 @@ class GoldRewardModelJudge(Labeler):
         check_model_path(path, key, source)
         where = f"{source}: `{key}`: gold_rm:{path}"
         try:
-            config = AutoConfig.from_pretrained(path)
+            config = load_pretrained(AutoConfig, path, key=key, source=source)
         except (OSError, ValueError) as err:
             raise LabelerError(f"{where}: cannot read a model config ({_one_line(err)})") from None
         architectures = list(getattr(config, "architectures", None) or [])
@@ -68,8 +69,8 @@ class GoldRewardModelJudge(Labeler):
         if getattr(config, "num_labels", 1) != 1:
             raise LabelerError(f"{where}: has {config.num_labels} outputs; a reward model has 1")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path)
+            self.tokenizer = load_pretrained(AutoTokenizer, path, key=key, source=source)
+            self.model = load_pretrained(AutoModelForSequenceClassification, path, key=key, source=source)
         except (OSError, ValueError) as err:
             raise LabelerError(f"{where}: cannot load the model or its tokenizer ({_one_line(err)})") from None
         if self.tokenizer.pad_token is None:  # batches need padding; the attention mask hides it

@@ -17,6 +17,7 @@ import string
 from typing import Any
 
 from instructgpt.data.formats import prompt_text
+from instructgpt.infra.errors import InstructGPTError
 from instructgpt.labeling.store import FLAGS, QUALITY_SCALE, LabelingError, LabelStore, check_labeler_id
 
 LETTERS = string.ascii_uppercase
@@ -227,7 +228,7 @@ def build_app(
             ]
             try:
                 store.submit(labeler, parse_ranking(text), metadata)
-            except LabelingError as err:
+            except InstructGPTError as err:  # a bad ranking, or the disk full: not saved, the item stays
                 return [labeler, gr.update(), *[gr.update()] * len(screen), str(err)]
             return [labeler, gr.update(), *show(labeler, "Saved. Next prompt.")]
 
@@ -239,7 +240,7 @@ def build_app(
                     return [labeler, gr.update(), *show(None, "enter a labeler id first")]
                 try:
                     store.skip(labeler, flag=flagged, reason=why)
-                except LabelingError as err:
+                except InstructGPTError as err:
                     return [labeler, gr.update(), *[gr.update()] * len(screen), str(err)]
                 return [labeler, gr.update(), *show(labeler, "Flagged. Next prompt." if flagged else "Skipped.")]
 

@@ -41,6 +41,7 @@ from instructgpt.data.loading import DataError
 from instructgpt.data.rankings import load_rankings
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import atomic_write_text, read_appended_jsonl
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -244,12 +245,21 @@ class LabelStore:
     # -- writing ------------------------------------------------------------------------------------------------
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
-        """One whole line per row, written with one call and flushed to disk before the labeler sees the next item."""
+        """One whole line per row, written with one call and flushed to disk before the labeler sees the next item.
+
+        A write that fails (the disk full) is cut back to where the file ended, so no partial line stays behind for
+        the next row to be glued to; the labeler is told in one line, and the item stays on their screen."""
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        with open(self.output_dir / name, "ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        path = self.output_dir / name
+        with translating(str(path)), open(path, "ab") as handle:
+            end = handle.tell()
+            try:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(end)
+                raise
 
     def _take(self, labeler: str) -> tuple[Item, float]:
         if labeler not in self._leases:

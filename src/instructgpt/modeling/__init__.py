@@ -4,9 +4,11 @@ Nothing here assumes GPT-2: the pad token, EOS, chat template and context length
 tokenizer (the recipe may override each), LoRA targets default per architecture, and ``load_in_4bit`` /
 ``load_in_8bit`` load a base through bitsandbytes for QLoRA. One module per concern:
 
-- :mod:`.config`: whether a path holds a model, its transformers config and context length (``ModelLoadError``);
+- :mod:`.config`: whether a path holds a model (of the kind a stage needs), its transformers config and context
+  length (``ModelLoadError``), and ``load_pretrained``, through which every model, config and tokenizer loads;
 - :mod:`.tokenizers`: the tokenizer of a stage, with its pad token and the chat template that carries the prompt
-  format (built from the recipe's ``prompt_template`` for a base model without one);
+  format (built from the recipe's ``prompt_template`` for a base model without one), and the checks that models
+  which must read the same token ids do;
 - :mod:`.lora`: LoRA targets per architecture, the peft config, and merging an adapter before a stage saves;
 - :mod:`.quantization`: the bitsandbytes config of QLoRA;
 - :mod:`.loading`: ``from_pretrained`` arguments from the recipe, and a policy loaded for sampling;
@@ -18,12 +20,14 @@ This file only re-exports the first five, so ``from instructgpt.modeling import 
 from instructgpt.modeling.config import (
     ModelLoadError,
     cap_max_length,
+    check_causal_lm,
     check_model_path,
+    load_pretrained,
     looks_local,
     model_context_length,
     read_model_config,
 )
-from instructgpt.modeling.loading import load_policy, model_init_kwargs
+from instructgpt.modeling.loading import load_causal_lm, load_policy, model_init_kwargs
 from instructgpt.modeling.lora import (
     check_lora_targets,
     default_lora_target_modules,
@@ -37,12 +41,16 @@ from instructgpt.modeling.lora import (
 from instructgpt.modeling.quantization import QuantizationError, quantization_config
 from instructgpt.modeling.tokenizers import (
     DEFAULT_PROMPT_TEMPLATE,
+    check_embeddings_cover,
+    check_same_tokenizer,
     end_of_turn_token,
     eos_mismatch,
     format_prompt,
     load_tokenizer,
     prompt_template_to_chat_template,
     stage_tokenizer,
+    tokenizer_difference,
+    warn_other_tokenizer,
 )
 
 __all__ = [
@@ -50,14 +58,19 @@ __all__ = [
     "ModelLoadError",
     "QuantizationError",
     "cap_max_length",
+    "check_causal_lm",
+    "check_embeddings_cover",
     "check_lora_targets",
     "check_model_path",
+    "check_same_tokenizer",
     "default_lora_target_modules",
     "end_of_turn_token",
     "eos_mismatch",
     "format_prompt",
     "is_lora",
+    "load_causal_lm",
     "load_policy",
+    "load_pretrained",
     "load_tokenizer",
     "looks_local",
     "lora_config",
@@ -71,4 +84,6 @@ __all__ = [
     "read_model_config",
     "save_trained_model",
     "stage_tokenizer",
+    "tokenizer_difference",
+    "warn_other_tokenizer",
 ]

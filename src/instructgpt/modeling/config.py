@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -32,6 +33,42 @@ def check_model_path(name_or_path: str | None, key: str, source: str) -> str:
     if looks_local(name_or_path) and not Path(name_or_path).expanduser().is_dir():
         raise ModelLoadError(f"{source}: `{key}`: no model directory at {name_or_path}")
     return name_or_path
+
+
+def load_pretrained(auto_class: Any, name_or_path: str, *, key: str, source: str, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained(name_or_path, **kwargs)``: every model, config and tokenizer a recipe names loads
+    through here, so a file from elsewhere that cannot be loaded (weights that are an unsafe pickle, a cut-off
+    safetensors file, a model that asks to run its own code) ends in one line naming the recipe key and the path
+    (:mod:`instructgpt.infra.library_errors`). ``trust_remote_code`` is passed as False unless the recipe sets it,
+    so that transformers refuses such a model at once rather than asking at a prompt whether to run its code."""
+    kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
+    with translating(f"{source}: `{key}`: {name_or_path}"):
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+
+
+# the endings of transformers' class names for a model that generates text
+CAUSAL_LM_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def check_causal_lm(name_or_path: str, key: str, source: str, trust_remote_code: bool = False) -> None:
+    """Fail early, naming the key, unless ``name_or_path`` holds a model that generates text: a reward model (a
+    sequence classifier) would load with a random language-model head, and a bare backbone (``GPT2Model``) has
+    none. A LoRA adapter directory stands for its base model; a config that cannot be read, or names no
+    architecture, is left to the loading that follows (which says why in one line)."""
+    check_model_path(name_or_path, key, source)
+    config = read_model_config(name_or_path, trust_remote_code=trust_remote_code)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not architectures or any(a.endswith(CAUSAL_LM_HEADS) for a in architectures):
+        return
+    if all(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ModelLoadError(
+            f"{source}: `{key}`: {name_or_path} holds a reward model ({architectures[0]}), not a language model that "
+            "generates text; give a policy (the SFT or PPO output_dir, or any causal LM)"
+        )
+    raise ModelLoadError(
+        f"{source}: `{key}`: {name_or_path} holds a {architectures[0]}, which has no language-model head to generate "
+        "text with; give a causal LM (an architecture ending in ForCausalLM or LMHeadModel)"
+    )
 
 
 def read_model_config(
@@ -75,7 +112,9 @@ def cap_max_length(training_args: Any, model_path: str, trust_remote_code: bool 
     """Cap ``training_args.max_length`` at the model's context (unset counts as too long); returns the context."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    config = load_pretrained(
+        AutoConfig, model_path, key="model_name_or_path", source="recipe", trust_remote_code=trust_remote_code
+    )
     context = model_context_length(config)
     if context is not None and (training_args.max_length is None or training_args.max_length > context):
         logger.info(f"max_length={training_args.max_length} exceeds the model's context; using {context}")

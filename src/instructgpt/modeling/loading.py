@@ -7,11 +7,10 @@ loads a causal LM and its tokenizer for sampling.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from instructgpt.infra.processes import default_device, process_state
-from instructgpt.modeling.config import ModelLoadError, check_model_path
+from instructgpt.modeling.config import ModelLoadError, check_causal_lm, check_model_path, load_pretrained
 from instructgpt.modeling.quantization import quantization_config
 from instructgpt.modeling.tokenizers import DEFAULT_PROMPT_TEMPLATE, load_tokenizer
 
@@ -47,6 +46,15 @@ def model_init_kwargs(
     return kwargs
 
 
+def load_causal_lm(name_or_path: str, *, key: str, source: str, **kwargs: Any) -> Any:
+    """A causal LM for a stage to train or sample from, once its config says it is one (:func:`check_causal_lm`:
+    not a reward model, not a bare backbone); a file from elsewhere that cannot be loaded ends in one line."""
+    from transformers import AutoModelForCausalLM
+
+    check_causal_lm(name_or_path, key, source, trust_remote_code=bool(kwargs.get("trust_remote_code")))
+    return load_pretrained(AutoModelForCausalLM, name_or_path, key=key, source=source, **kwargs)
+
+
 def load_policy(
     path: str,
     *,
@@ -61,22 +69,11 @@ def load_policy(
     Refuses a reward model (a sequence classifier), which would otherwise load with a random LM head and print
     noise. A LoRA adapter directory loads on top of its base model (transformers' peft integration).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     check_model_path(path, key, source)
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file():
-        config = AutoConfig.from_pretrained(path)
-        architectures = list(getattr(config, "architectures", None) or [])
-        if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
-            raise ModelLoadError(
-                f"{source}: `{key}`: {path} holds a reward model ({architectures[0]}), not a language model that "
-                "generates text; give a policy (the SFT or PPO output_dir, or any causal LM)"
-            )
-    tokenizer = load_tokenizer(path, prompt_template=prompt_template)
+    tokenizer = load_tokenizer(path, prompt_template=prompt_template, key=key, source=source)
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = load_causal_lm(path, key=key, source=source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{source}: `{key}`: cannot load a causal language model from {path}: {err}") from None
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

@@ -20,7 +20,7 @@ from instructgpt.data.padding import pad_sequences
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.losses.reward import unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
-from instructgpt.modeling.config import check_model_path, model_context_length
+from instructgpt.modeling.config import check_model_path, load_pretrained, model_context_length
 from instructgpt.modeling.loading import model_init_kwargs
 from instructgpt.modeling.tokenizers import load_tokenizer
 
@@ -85,7 +85,7 @@ def check_reward_model(path: str, key: str = "reward_model_path", source: str = 
             "so point to its output_dir (or merge the adapter into its base first)"
         )
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = load_pretrained(AutoConfig, path, key=key, source=source)
     except (OSError, ValueError) as err:
         raise RewardModelError(f"{source}: `{key}`: cannot read a model config from {path}: {err}") from None
     architectures = list(getattr(config, "architectures", None) or [])
@@ -117,8 +117,8 @@ def load_reward_model(
 
     check_reward_model(path, key, source)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    tokenizer = load_tokenizer(path)
+    model = load_pretrained(AutoModelForSequenceClassification, path, key=key, source=source, **kwargs)
+    tokenizer = load_tokenizer(path, key=key, source=source)
     if model.config.pad_token_id is None:  # needed to find each sequence's last token
         model.config.pad_token_id = tokenizer.pad_token_id
     if device is not None:
@@ -204,7 +204,14 @@ def load_sequence_classifier(
 
     kwargs = model_init_kwargs(model_args, trust_remote_code=trust_remote_code, quantize=quantize, source=source)
     with suppress_seqcls_warning():
-        return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **kwargs)
+        return load_pretrained(
+            AutoModelForSequenceClassification,
+            model_path,
+            key="model_name_or_path",
+            source=source,
+            num_labels=1,
+            **kwargs,
+        )
 
 
 def completion_text(completion: str | Sequence[dict[str, str]]) -> str:

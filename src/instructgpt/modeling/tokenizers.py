@@ -13,7 +13,10 @@ import json
 from typing import Any
 
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.modeling.config import ModelLoadError
+from instructgpt.infra.log import get_logger
+from instructgpt.modeling.config import ModelLoadError, load_pretrained
+
+logger = get_logger(__name__)
 
 DEFAULT_PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
@@ -52,6 +55,8 @@ def load_tokenizer(
     prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
     pad_token: str | None = None,
     padding_side: str = "right",
+    key: str = "model_name_or_path",
+    source: str = "recipe",
 ) -> Any:
     """Load a tokenizer and give it what our stages need: a pad token and a chat template.
 
@@ -63,9 +68,11 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = load_pretrained(
+            AutoTokenizer, name_or_path, key=key, source=source, revision=revision, trust_remote_code=trust_remote_code
+        )
     except OSError as err:
-        raise ModelLoadError(f"cannot load a tokenizer from {name_or_path}: {err}") from None
+        raise ModelLoadError(f"{source}: `{key}`: cannot load a tokenizer from {name_or_path}: {err}") from None
     if pad_token is not None:
         tokenizer.pad_token = pad_token
     elif tokenizer.pad_token is None:
@@ -129,3 +136,46 @@ def eos_mismatch(tokenizer: Any) -> str | None:
     """The end-of-turn token when it differs from the tokenizer's EOS (set ``eos_token`` to it for SFT), else None."""
     token = end_of_turn_token(tokenizer)
     return token if token is not None and token != tokenizer.eos_token else None
+
+
+def tokenizer_difference(tokenizer: Any, other: Any) -> str | None:
+    """How two tokenizers differ, in a few words (None when their vocabularies are the same): the sizes when they
+    differ, else the first token id that means something else in each."""
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    if vocab == other_vocab:
+        return None
+    if len(vocab) != len(other_vocab):
+        return f"{len(vocab)} tokens against {len(other_vocab)}"
+    by_id, other_by_id = {i: t for t, i in vocab.items()}, {i: t for t, i in other_vocab.items()}
+    first = min(i for i in set(by_id) | set(other_by_id) if by_id.get(i) != other_by_id.get(i))
+    return f"token id {first} is {by_id.get(first)!r} in one and {other_by_id.get(first)!r} in the other"
+
+
+def check_same_tokenizer(tokenizer: Any, name: str, other: Any, other_name: str, *, source: str, why: str) -> None:
+    """Fail before any training or sampling, naming both models and how their tokenizers differ, when two models
+    that must read the same token ids (``why`` says what reads them) do not."""
+    difference = tokenizer_difference(tokenizer, other)
+    if difference is not None:
+        raise ModelLoadError(f"{source}: {other_name} and {name} have different tokenizers ({difference}); {why}")
+
+
+def warn_other_tokenizer(tokenizer: Any, name: str, other: Any, other_name: str) -> None:
+    """Say, once and before any sampling, that a reward model scoring a policy's text has another tokenizer: it
+    re-encodes the text, so it works, but it was trained from another base model than this policy."""
+    difference = tokenizer_difference(tokenizer, other)
+    if difference is not None:
+        logger.warning(
+            f"{other_name} and {name} have different tokenizers ({difference}): it scores the decoded text, so it "
+            "works, but it was trained from another base model"
+        )
+
+
+def check_embeddings_cover(model: Any, name: str, tokenizer: Any, tokenizer_name: str, *, source: str) -> None:
+    """Fail before any training or sampling when ``model`` has no embedding for some token id of ``tokenizer``:
+    the first batch holding such an id would stop with an ``IndexError`` deep inside the model."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        raise ModelLoadError(
+            f"{source}: {name} has embeddings for {rows} token ids, but {tokenizer_name}'s tokenizer has "
+            f"{len(tokenizer)}: ids {rows} and up would fail mid-run; use models trained from the same base"
+        )

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from instructgpt import sampling
 from instructgpt.data.formats import load_prompts
+from instructgpt.infra.cards import write_dataset_card
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import (
@@ -39,15 +40,16 @@ from instructgpt.infra.files import (
     read_appended_jsonl,
 )
 from instructgpt.infra.guards import UnsoundOutput, fault_point
-from instructgpt.infra.hub import push_output, write_dataset_card
+from instructgpt.infra.hub import push_output
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import mark_complete, mark_started, prepare_output_dir
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.infra.processes import process_state
 from instructgpt.infra.tracking import StageTracker, run_identity
 from instructgpt.infra.validation import range_problems
-from instructgpt.judges import make_labeler
-from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
+from instructgpt.judges import RewardModelLabeler, make_labeler
+from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer, warn_other_tokenizer
+from instructgpt.modeling.loading import load_causal_lm
 from instructgpt.sampling_vllm import VLLMSampler, require_vllm
 
 logger = get_logger(__name__)
@@ -431,7 +433,6 @@ def _vllm_call(sampler: Any) -> Any:
 
 def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     """Collect rankings as the recipe describes; returns the collection's metrics."""
-    from transformers import AutoModelForCausalLM
 
     source = recipe.source
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
@@ -474,6 +475,8 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
     tokenizer = load_tokenizer(
         model_path, trust_remote_code=args.trust_remote_code, prompt_template=args.prompt_template
     )
+    if isinstance(labeler, RewardModelLabeler):  # it re-encodes the text it scores, so any tokenizer works; say so
+        warn_other_tokenizer(tokenizer, f"the policy ({model_path})", labeler.tokenizer, labeler.name)
     sampler = None
     if args.use_vllm:  # the engine holds the policy: no transformers copy of it
         sampler = VLLMSampler(
@@ -491,7 +494,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
         if args.dtype is not None:
             kwargs["dtype"] = args.dtype
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(device).eval()
+        model = load_causal_lm(model_path, key="model_name_or_path", source=source, **kwargs).to(device).eval()
 
     mark_started(output_dir, "collect")
     tracker = StageTracker.start(

@@ -58,6 +58,7 @@ from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.losses import plackett_luce_dpo_loss, ranking_pairs, unflatten_rewards
 from instructgpt.metrics.ranking import RankingAgreementEval, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, model_init_kwargs, stage_tokenizer
+from instructgpt.modeling.loading import load_causal_lm
 
 logger = get_logger(__name__)
 
@@ -394,7 +395,6 @@ def report_truncation(prepared: Any, max_length: int | None, name: str) -> int:
 
 def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Train and save one DPO policy as the recipe describes; returns the final metrics."""
-    from transformers import AutoModelForCausalLM
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
@@ -414,8 +414,11 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
 
     tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
     cap_max_length(training_args, model_path, training_args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code, source=source)
+    model = load_causal_lm(
+        model_path,
+        key="model_name_or_path",
+        source=source,
+        **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code, source=source),
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -471,17 +474,20 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
         tokenizer=tokenizer,
         keep_adapter=True,
         card=dict(
-            title="Direct Preference Optimization (instead of InstructGPT's RM + PPO)",
+            title="Direct Preference Optimization, in place of InstructGPT's RM + PPO",
+            trainer="instructgpt on TRL's `DPOTrainer`",
+            kind="policy",
             base_model=model_path,
             datasets=[script_args.dataset_name],
-            summary="The SFT policy trained on preference rankings with DPO (Rafailov et al. 2023), the SFT model as "
-            "the frozen reference, with instructgpt on TRL's `DPOTrainer`. "
+            example=train_rows[0]["prompt"],
+            summary="A policy: the SFT model trained on preference rankings with DPO (Rafailov et al. 2023), the SFT "
+            "model as the frozen reference. "
             + (
                 "Each ranking of K responses is trained on as its C(K, 2) pairs."
                 if script_args.ranking_loss == "pairs"
                 else "Each ranking of K responses is trained on whole, with the Plackett-Luce form of the DPO loss."
             )
-            + " It loads with `AutoModelForCausalLM` and formats prompts with the chat template saved beside it.",
+            + " Its tokenizer carries the chat template it was trained with.",
             settings={
                 "beta": training_args.beta,
                 "ranking_loss": script_args.ranking_loss,

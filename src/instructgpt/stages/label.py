@@ -42,6 +42,7 @@ from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args
 from instructgpt.labeling import ITEMS_FILE, Item, LabelStore, items_from_rankings, load_items, save_items
 from instructgpt.labeling.app import KEYBOARD_JS, build_app
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE, check_model_path, load_tokenizer
+from instructgpt.modeling.loading import load_causal_lm
 from instructgpt.sampling import generate_responses
 
 logger = get_logger(__name__)
@@ -222,7 +223,6 @@ def distinct(samples: list[str], k: int) -> list[str]:
 
 def sample_items(args: LabelArguments, source: str) -> list[Any]:
     """K distinct responses per prompt from the policy, sampled as ``collect`` samples them."""
-    from transformers import AutoModelForCausalLM
 
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
     prompts = load_prompts(
@@ -239,7 +239,7 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
+    model = load_causal_lm(model_path, key="model_name_or_path", source=source, **kwargs).eval()
     pools: list[list[str]] = [[] for _ in prompts]
     for round_index in range(args.max_sampling_rounds):
         todo = [i for i, pool in enumerate(pools) if len(pool) < args.num_responses]

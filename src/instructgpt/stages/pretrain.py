@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from instructgpt.data import DataError, load_data, require_columns, require_rows
+from instructgpt.data import DataError, load_data, require_columns, require_rows, row_place
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
@@ -168,7 +168,8 @@ def load_corpus(args: PretrainArguments, source: str) -> list[str]:
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(
-                f"{source}: `dataset_name` ({args.dataset_name}) row {row}: `{args.text_column}` must be "
+                f"{source}: `dataset_name` ({args.dataset_name}) {row_place(args.dataset_name, row)}: "
+                f"`{args.text_column}` must be "
                 f"a string, got {type(text).__name__}"
             )
     texts = [t for t in texts if t.strip()]
@@ -307,11 +308,14 @@ def run_pretrain(args: PretrainArguments, training_args: Any, recipe: Recipe) ->
         metrics,
         tokenizer=tokenizer,
         card=dict(
-            title="Pretraining (the base model InstructGPT starts from)",
+            title="pretraining, the base model InstructGPT starts from",
+            trainer="instructgpt on transformers' `Trainer`",
+            kind="base",
             base_model=None,
             datasets=[args.dataset_name],
-            summary="A GPT-2 trained from scratch with the causal-LM loss, with instructgpt on transformers' "
-            "`Trainer`: a base model that knows its corpus's language and facts but does not follow instructions.",
+            example=" ".join(texts[0].split()[:6]),
+            summary="A base model: a GPT-2 trained from scratch with the causal-LM loss. It knows its corpus's "
+            "language and facts but does not follow instructions; it continues text.",
             settings={
                 "layers": args.n_layer,
                 "width": args.n_embd,

@@ -42,12 +42,15 @@ from instructgpt.infra.processes import prepare_frozen_model
 from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.modeling import (
     check_model_path,
+    check_same_tokenizer,
     format_prompt,
     load_tokenizer,
     lora_config,
     model_context_length,
     model_init_kwargs,
 )
+from instructgpt.modeling.config import load_pretrained
+from instructgpt.modeling.loading import load_causal_lm
 from instructgpt.modeling.reward import RewardModelReward, check_reward_model
 
 logger = get_logger(__name__)
@@ -199,7 +202,7 @@ def build_trainer_class() -> type:
 
 def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Run one RLOO stage as the recipe describes; returns the final metrics."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
@@ -223,7 +226,18 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         pad_token=script_args.pad_token,
         padding_side="left",
     )
-    context = model_context_length(AutoConfig.from_pretrained(model_path, trust_remote_code=trust))
+    reward_path = script_args.reward_model_path
+    check_same_tokenizer(
+        tokenizer,
+        f"the policy ({model_path})",
+        load_tokenizer(reward_path, key="reward_model_path", source=source),
+        f"`reward_model_path` ({reward_path})",
+        source=source,
+        why="a reward model trained from another base model was not trained on this policy's answers; train it "
+        "from the SFT model (instructgpt-rm does)",
+    )
+    config = load_pretrained(AutoConfig, model_path, key="model_name_or_path", source=source, trust_remote_code=trust)
+    context = model_context_length(config)
     max_completion = training_args.max_completion_length
     if context is not None and max_completion is not None and max_completion >= context:
         raise InstructGPTError(
@@ -262,8 +276,11 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
                 f"`num_generations_eval` or `num_generations` ({generations}) to evaluate on `{key}`"
             )
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, **model_init_kwargs(model_args, trust_remote_code=trust, source=source)
+    model = load_causal_lm(
+        model_path,
+        key="model_name_or_path",
+        source=source,
+        **model_init_kwargs(model_args, trust_remote_code=trust, source=source),
     )
     if Path(model_path).expanduser().is_dir():
         # peft records this as the adapter's base: absolute, so checkpoint-N/policy loads from any directory
@@ -315,13 +332,15 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         tokenizer=tokenizer,
         keep_adapter=True,
         card=dict(
-            title="RLOO policy (InstructGPT step 3, REINFORCE leave-one-out)",
+            title="RLOO, REINFORCE leave-one-out in place of InstructGPT step 3's PPO",
+            trainer="instructgpt on TRL's `RLOOTrainer`",
+            kind="policy",
             base_model=model_path,
             datasets=[script_args.dataset_name],
-            summary="The SFT policy trained with RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer` against the "
-            f"frozen reward model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), "
-            "under a KL penalty to the SFT policy. It loads with `AutoModelForCausalLM` and formats prompts with "
-            "the chat template saved beside it.",
+            example=prompts[0],
+            summary="A policy: the SFT model trained with RLOO (Ahmadian et al. 2024) against the frozen reward "
+            f"model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), under a KL "
+            "penalty to the SFT policy. Its tokenizer carries the chat template it was trained with.",
             settings={
                 "learning_rate": training_args.learning_rate,
                 "beta (KL)": training_args.beta,

@@ -404,13 +404,17 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
         tokenizer=tokenizer,
         model=final_model,
         card=dict(
-            title="Reward model (InstructGPT step 2)",
+            title="reward model, InstructGPT step 2",
+            trainer="instructgpt on TRL's `RewardTrainer`, with InstructGPT's K-way ranking loss",
+            kind="reward",
             base_model=model_path,
             datasets=[script_args.dataset_name],
-            summary="A sequence classifier with one output, trained on labelers' K-way rankings with InstructGPT's "
-            "loss over all C(K, 2) pairs of a prompt. `instructgpt.modeling.reward.score_responses` subtracts the "
-            "stored shift (`config.reward_shift`, `reward_normalization.json`), so labeler demonstrations score 0 "
-            "on average.",
+            example=train_rows[0]["prompt"],
+            example_response=train_rows[0]["responses"][0],
+            summary="A reward model: a sequence classifier with one output that scores a response to a prompt, "
+            "trained on labelers' K-way rankings with InstructGPT's loss over all C(K, 2) pairs of a prompt. Scores "
+            "are shifted by the stored `config.reward_shift` (also in `reward_normalization.json`) so that "
+            "demonstrations score 0 on average; `instructgpt.modeling.reward.score_responses` applies it.",
             settings={
                 "learning_rate": training_args.learning_rate,
                 "epochs": training_args.num_train_epochs,

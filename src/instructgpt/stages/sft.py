@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from instructgpt.arguments import ScriptArguments
 from instructgpt.data import DataError
-from instructgpt.data.formats import load_demonstrations
+from instructgpt.data.formats import load_demonstrations, prompt_of
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
@@ -33,6 +33,7 @@ from instructgpt.modeling import (
     model_init_kwargs,
     stage_tokenizer,
 )
+from instructgpt.modeling.loading import load_causal_lm
 
 logger = get_logger(__name__)
 
@@ -91,7 +92,6 @@ def refuse_keys_that_cannot_apply(training_args: Any, source: str) -> None:
 
 def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
     """Run one SFT stage as the recipe describes; returns the final metrics."""
-    from transformers import AutoModelForCausalLM
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
@@ -142,8 +142,11 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
                 eval_dataset, tokenizer, training_args.max_length, script_args.long_examples, f"{source}: eval data"
             )
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code, source=source)
+    model = load_causal_lm(
+        model_path,
+        key="model_name_or_path",
+        source=source,
+        **model_init_kwargs(model_args, trust_remote_code=training_args.trust_remote_code, source=source),
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -175,12 +178,15 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         tokenizer=tokenizer,
         keep_adapter=True,
         card=dict(
-            title="Supervised fine-tuning (InstructGPT step 1)",
+            title="supervised fine-tuning, InstructGPT step 1",
+            trainer="instructgpt on TRL's `SFTTrainer`",
+            kind="policy",
             base_model=model_path,
             datasets=[script_args.dataset_name],
-            summary="Fine-tuned on labeler demonstrations with the loss on the response tokens only, with "
-            "instructgpt on TRL's `SFTTrainer`. It loads with `AutoModelForCausalLM` and "
-            "formats prompts with the chat template saved beside it.",
+            example=prompt_of(train_dataset[0]),
+            summary="A policy fine-tuned on demonstrations of the answers wanted, with the loss on the response "
+            "tokens only. Its tokenizer carries the chat template it was trained with, so prompts given as chat "
+            "messages are formatted as in training.",
             settings={
                 "learning_rate": training_args.learning_rate,
                 "epochs": training_args.num_train_epochs,

@@ -14,7 +14,7 @@ from typing import Any
 
 from instructgpt.infra.log import get_logger
 from instructgpt.judges import is_pairwise
-from instructgpt.modeling import load_policy
+from instructgpt.modeling import load_policy, warn_other_tokenizer
 from instructgpt.modeling.reward import load_reward_model, score_responses
 from instructgpt.stages.eval.judging import build_labeler, labeler_details
 from instructgpt.stages.eval.samples import (
@@ -80,6 +80,10 @@ class Evaluator:
                 source=self.source,
                 prompt_template=args.prompt_template,
                 device=self.device,
+            )
+        if self.reward is not None:  # it re-encodes the text it scores, so any tokenizer works; say so
+            warn_other_tokenizer(
+                tokenizer, f"{name} ({policy_path})", self.reward[1], f"--reward_model ({args.reward_model})"
             )
         if best_of:
             samples = sample_best_of_n(model, tokenizer, prompts, args, best_of[0], self.reward)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from instructgpt.infra.cards import add_card_section
 from instructgpt.infra.files import RUN_MARKER, is_complete
-from instructgpt.infra.hub import add_card_section
 from instructgpt.infra.parser import Recipe, RecipeParser
 from instructgpt.infra.processes import process_state
 from instructgpt.stages import load_stage

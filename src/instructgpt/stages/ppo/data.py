@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows
+from instructgpt.data import DataError, find_empty, load_data, require_columns, require_rows, row_place
 from instructgpt.data.formats import load_prompts, to_prompt_completion
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.losses import IGNORE_INDEX
 from instructgpt.modeling import load_tokenizer, model_context_length
+from instructgpt.modeling.config import load_pretrained
 from instructgpt.sampling import encode_prompts
 
 
@@ -62,7 +63,7 @@ class PromptOrder:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def ptx_texts(dataset: Any, tokenizer: Any, *, name: str, source: str) -> list[str]:
+def ptx_texts(dataset: Any, tokenizer: Any, *, name: str, source: str, path: str = "") -> list[str]:
     """Texts for the ptx term: a ``text`` column, or demonstrations rendered whole with the chat template."""
     fmt = require_columns(dataset, [("text",), ("messages",), ("prompt", "completion")], name=name, source=source)
     if fmt == ("text",):
@@ -74,7 +75,7 @@ def ptx_texts(dataset: Any, tokenizer: Any, *, name: str, source: str) -> list[s
             texts.append(tokenizer.apply_chat_template(pair["prompt"] + pair["completion"], tokenize=False))
     empty = find_empty(texts)
     if empty is not None:
-        raise DataError(f"{source}: {name} row {empty}: empty text")
+        raise DataError(f"{source}: {name} {row_place(path, empty)}: empty text")
     return texts
 
 
@@ -94,7 +95,7 @@ def load_ptx(
         dataset = dataset.select(range(min(limit, len(dataset))))
     label = f"`ptx_dataset_name` ({name})"
     require_rows(dataset, name=label, source=source)
-    texts = ptx_texts(dataset, tokenizer, name=label, source=source)
+    texts = ptx_texts(dataset, tokenizer, name=label, source=source, path=name)
     is_plain = "text" in dataset.column_names
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     if is_plain and tokenizer.eos_token_id is not None:
@@ -174,7 +175,9 @@ def load_prompt_data(
         pad_token=sa.pad_token,
         padding_side="left",
     )
-    config = AutoConfig.from_pretrained(policy_path, trust_remote_code=args.trust_remote_code)
+    config = load_pretrained(
+        AutoConfig, policy_path, key="model_name_or_path", source=source, trust_remote_code=args.trust_remote_code
+    )
     context = model_context_length(config)
     if context is not None and args.response_length >= context:
         raise InstructGPTError(

@@ -24,11 +24,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.modeling import load_tokenizer, lora_config, model_init_kwargs
+from instructgpt.modeling.config import load_pretrained
+from instructgpt.modeling.loading import load_causal_lm
 from instructgpt.modeling.reward import load_sequence_classifier, reward_shift
+from instructgpt.modeling.tokenizers import check_embeddings_cover, check_same_tokenizer
 
 
 class PPOModelError(InstructGPTError):
@@ -204,16 +207,6 @@ class PolicyAndValue(nn.Module):
         return logits, values, ptx_logits
 
 
-def check_same_tokenizer(policy_tokenizer: Any, other_tokenizer: Any, key: str, path: str) -> None:
-    """The reward and value models read the policy's token ids directly (no decode and re-encode), so their
-    tokenizers must be the same; the RM stage trains from the SFT model, which guarantees it."""
-    if policy_tokenizer.get_vocab() != other_tokenizer.get_vocab():
-        raise PPOModelError(
-            f"`{key}`: the tokenizer at {path} differs from the policy's; PPO feeds the policy's tokens to the reward "
-            "and value models, so train the reward model from the SFT model (instructgpt-rm does)"
-        )
-
-
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
@@ -281,13 +274,21 @@ def load_models(
     """
     init = model_init_kwargs(model_args, trust_remote_code=args.trust_remote_code, source=source)
     for key, path in (("reward_model_path", reward_path), ("value_model_path", value_path)):
-        check_same_tokenizer(tokenizer, load_tokenizer(path), key, path)
+        check_same_tokenizer(
+            tokenizer,
+            f"the policy ({policy_path})",
+            load_tokenizer(path, key=key, source=source),
+            f"`{key}` ({path})",
+            source=source,
+            why="PPO feeds the policy's token ids to the reward and value models, so train the reward model from "
+            "the SFT model (instructgpt-rm does)",
+        )
 
-    policy = AutoModelForCausalLM.from_pretrained(policy_path, **init)
+    policy = load_causal_lm(policy_path, key="model_name_or_path", source=source, **init)
     peft_config = lora_config(model_args, "CAUSAL_LM", source=source, trust_remote_code=args.trust_remote_code)
     ref_model = None
     if peft_config is None:
-        ref_model = freeze(AutoModelForCausalLM.from_pretrained(policy_path, **init))
+        ref_model = freeze(load_causal_lm(policy_path, key="model_name_or_path", source=source, **init))
     else:
         from peft import get_peft_model
 
@@ -300,7 +301,9 @@ def load_models(
 
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=args.gradient_checkpointing)
         policy = get_peft_model(policy, peft_config)
-    reward_model = freeze(AutoModelForSequenceClassification.from_pretrained(reward_path, **init))
+    reward_model = freeze(
+        load_pretrained(AutoModelForSequenceClassification, reward_path, key="reward_model_path", source=source, **init)
+    )
     shift = reward_shift(reward_model)
     reward_pad_id = reward_model.config.pad_token_id
     if reward_pad_id is None:
@@ -309,6 +312,11 @@ def load_models(
     value_model = load_sequence_classifier(
         value_path, model_args, args.trust_remote_code, quantize=False, source=source
     )
+    for key, path, model in (
+        ("reward_model_path", reward_path, reward_model),
+        ("value_model_path", value_path, value_model),
+    ):
+        check_embeddings_cover(model, f"`{key}` ({path})", tokenizer, f"the policy ({policy_path})", source=source)
     for model in (policy, value_model, reward_model, ref_model):
         if model is not None:
             disable_dropout(model)

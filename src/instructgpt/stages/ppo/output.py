@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from instructgpt.infra.cards import write_model_card
 from instructgpt.infra.files import PPO_METRICS_FILE
-from instructgpt.infra.hub import write_model_card
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import finish_output, mark_started
 from instructgpt.infra.tracking import StageTracker, run_identity
@@ -81,12 +81,18 @@ def write_card(trainer: Any, metrics: dict[str, Any]) -> None:
     write_model_card(
         trainer.output_dir,
         stage="ppo",
-        title="PPO policy (InstructGPT step 3)",
+        title="PPO, InstructGPT step 3",
+        trainer="instructgpt's own PPO, on accelerate (`instructgpt.stages.ppo`)",
+        kind="policy",
         base_model=trainer.policy_path,
         datasets=[script_args.dataset_name, script_args.ptx_dataset_name],
-        hub_model_id=args.hub_model_id,
-        summary=f"The SFT policy trained with PPO against the frozen reward model `{script_args.reward_model_path}`"
-        f" under a per-token KL penalty to the SFT policy. The value function is saved in `{VALUE_MODEL_DIR}/`.",
+        example=trainer.prompts[0],
+        summary="A policy: the SFT model trained with PPO against the frozen reward model "
+        f"`{script_args.reward_model_path}` under a per-token KL penalty to the SFT policy"
+        + (f", with pretraining gradients mixed in (PPO-ptx, `ptx_coef` {args.ptx_coef})" if args.ptx_coef else "")
+        + ". Its tokenizer carries the chat template it was trained with.",
+        notes=f"The value function PPO trained beside the policy is in `{VALUE_MODEL_DIR}/` (a sequence classifier "
+        "with one output), for resuming or inspecting the run; the policy alone is all generation needs.",
         settings={
             "kl_coef": args.kl_coef,
             "adaptive KL": args.adap_kl_ctrl,
