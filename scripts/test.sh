@@ -28,13 +28,16 @@ if [ $# -eq 0 ]; then
   # docstring that does not render fails it. NO_MKDOCS_2_WARNING hides Material's banner about MkDocs 2.
   NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
   # the tiers (pyproject.toml says what each holds): unit first, so a broken loss fails in under a minute; then
-  # integration and distributed; the browser tests in a pytest process of their own, so that their result reads
-  # apart from the rest. (Their old login timeouts on a busy machine were the app's page-load event logging out a
+  # integration and distributed; the browser tests and the load test in pytest processes of their own, so that
+  # their results read apart from the rest. (Their old login timeouts on a busy machine were the app's page-load event logging out a
   # labeler who had just pressed Start, fixed in the app and tested in tests/unit/test_label.py; then a Start
   # button not rendered yet, now waited for.)
   python -m pytest -q tests/unit
-  python -m pytest -q -m "not slow and not browser" --ignore=tests/unit
+  python -m pytest -q -m "not slow and not browser and not load" --ignore=tests/unit
   python -m pytest -q -m browser
+  # the labeling server under load (about a minute): 20 labelers at once over HTTP, a SIGKILL mid-burst; -rP
+  # prints its figures (acknowledged, stored, lost, duplicated, seconds to an acknowledgement)
+  python -m pytest -q -rP -m load
 else
   python -m pytest -q "$@"
 fi

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NUM_PROMPTS, REPO, collect, rm, running, stop_all, stop_started_since
+from helpers import NUM_PROMPTS, REPO, LabelApp, collect, rm, running, stop_all, stop_started_since
 from instructgpt.stages.sft import parse_args as sft_args
 from instructgpt.stages.sft import run_sft
 
@@ -97,3 +97,18 @@ def trained_rm(collected, sft_model, tmp_path_factory) -> tuple[Path, dict]:
     # for the margin in test_collect.py to test the reward model rather than which prompts were held out
     metrics = rm(out, collected[0] / "rankings.jsonl", sft_model, "--eval_fraction", "0.25")
     return out, metrics
+
+
+@pytest.fixture
+def label_app():
+    """Start ``LabelApp(...)``s; each is stopped (with what it started) when the test ends, passed or failed."""
+    apps: list[LabelApp] = []
+
+    def start_app(*args, **kwargs) -> LabelApp:
+        app = LabelApp(*args, **kwargs)
+        apps.append(app)
+        return app.start()
+
+    yield start_app
+    for app in apps:
+        app.stop_if_running()

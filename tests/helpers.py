@@ -18,10 +18,13 @@ import atexit
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from instructgpt.stages.collect import parse_args as collect_args
@@ -202,6 +205,74 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The labeling app as a server (the browser and load tests)
+# ---------------------------------------------------------------------------------------------------------------
+
+APP_DEADLINE = 120  # seconds the app may take to answer after a start: generous, a busy machine only slows it
+
+
+class LabelApp:
+    """``instructgpt label`` in a subprocess on 127.0.0.1, in a process group of its own (:func:`start`); the
+    ``label_app`` fixture (conftest.py) stops it when the test ends, passed or failed."""
+
+    def __init__(self, items: Path, output_dir: Path, *extra: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.args = [
+            sys.executable,
+            "-m",
+            "instructgpt",
+            "label",
+            "recipes/tiny/label.yaml",
+            "--rankings_file",
+            str(items),
+            "--output_dir",
+            str(output_dir),
+            "--server_port",
+            str(self.port),
+            *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.log = output_dir.parent / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> LabelApp:
+        with self.log.open("a") as log:
+            self.process = start(self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._answers, APP_DEADLINE, f"the app on {self.url}", poll=0.3)
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {self.log.read_text()[-2000:]}") from None
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process.poll() is None, f"the app exited: {self.log.read_text()[-2000:]}"
+        try:
+            urllib.request.urlopen(self.url, timeout=2)
+        except urllib.error.HTTPError:
+            pass  # it answers (an error status is for the caller to check)
+        except OSError:
+            return False
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` to the app's process group; its exit status."""
+        assert self.process is not None
+        return stop(self.process, sig)
+
+    def stop_if_running(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            stop(self.process, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------------------------

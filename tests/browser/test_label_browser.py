@@ -14,9 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY_BASE, start, stop, wait_for
+from helpers import TINY_BASE, stop
 
 pytestmark = pytest.mark.browser
 
@@ -88,81 +85,6 @@ NOT_YET = (
     ElementNotInteractableException,
     ElementClickInterceptedException,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class App:
-    """``instructgpt label`` in a subprocess on 127.0.0.1, in a process group of its own (helpers.start); the
-    ``label_app`` fixture stops it when the test ends, passed or failed."""
-
-    def __init__(self, items: Path, output_dir: Path, *extra: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.args = [
-            sys.executable,
-            "-m",
-            "instructgpt",
-            "label",
-            "recipes/tiny/label.yaml",
-            "--rankings_file",
-            str(items),
-            "--output_dir",
-            str(output_dir),
-            "--server_port",
-            str(self.port),
-            *extra,
-        ]
-        self.env = {**os.environ, **(env or {})}
-        self.log = output_dir.parent / f"server-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> App:
-        with self.log.open("a") as log:
-            self.process = start(self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(self._answers, DEADLINE, f"the app on {self.url}", poll=0.3)
-        except AssertionError as error:
-            raise AssertionError(f"{error}: {self.log.read_text()[-2000:]}") from None
-        return self
-
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, f"the app exited: {self.log.read_text()[-2000:]}"
-        try:
-            urllib.request.urlopen(self.url, timeout=2)
-        except urllib.error.HTTPError:
-            pass  # it answers (an error status is for the caller to check)
-        except OSError:
-            return False
-        return True
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` to the app's process group; its exit status."""
-        assert self.process is not None
-        return stop(self.process, sig)
-
-    def stop_if_running(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            stop(self.process, signal.SIGKILL)
-
-
-@pytest.fixture
-def label_app():
-    """Start ``App(...)``s; each is stopped (with what it started) when the test ends, passed or failed."""
-    apps: list[App] = []
-
-    def start_app(*args, **kwargs) -> App:
-        app = App(*args, **kwargs)
-        apps.append(app)
-        return app.start()
-
-    yield start_app
-    for app in apps:
-        app.stop_if_running()
 
 
 @pytest.fixture

@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, start, stop
+from helpers import REPO, free_port, start, stop
 from instructgpt.infra.files import RUN_MARKER
 
 pytestmark = pytest.mark.distributed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_command(rank: int, port: int, *args: str) -> list[str]:

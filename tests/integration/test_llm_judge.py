@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY_BASE, start, stop
+from helpers import REPO, TINY_BASE, free_port, start, stop
 from instructgpt.judges import make_judge
 from instructgpt.judges.llm import (
     PAIRWISE_TEMPLATE,
@@ -243,12 +242,6 @@ def test_a_refusal_stops_at_once_and_the_key_comes_only_from_the_environment(fak
 # ---------------------------------------------------------------------------------------------------------------
 # A real server: `transformers serve` with the tiny model
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:
