@@ -99,6 +99,15 @@ def trained_rm(collected, sft_model, tmp_path_factory) -> tuple[Path, dict]:
     return out, metrics
 
 
+@pytest.fixture(scope="session")
+def tiny_rm(sft_model, tmp_path_factory) -> Path:
+    """A reward model of 4 steps on 24 prompts: enough for PPO runs that test faults, not what they learn."""
+    root = tmp_path_factory.mktemp("tiny-rm")
+    collect(root / "collect", sft_model, "--max_prompts", "24", "--max_new_tokens", "12")
+    rm(root / "rm", root / "collect" / "rankings.jsonl", sft_model, "--max_steps", "4")
+    return root / "rm"
+
+
 @pytest.fixture
 def label_app():
     """Start ``LabelApp(...)``s; each is stopped (with what it started) when the test ends, passed or failed."""

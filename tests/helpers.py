@@ -15,6 +15,7 @@ outright (SIGKILL), the one case no code of ours can run in.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import signal
@@ -314,3 +315,76 @@ def rm(output_dir: Path, rankings: Path, policy: Path, *extra: str) -> dict:
         ]
     )
     return run_rm(script, training, model, recipe)
+
+
+def quick_sft(out: Path, *extra: str) -> list[str]:
+    """An SFT command on the tiny recipe with no dashboard and no evaluation; ``extra`` sets the steps and saves."""
+    return python_m(
+        "instructgpt.stages.sft",
+        "recipes/tiny/sft.yaml",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--eval_strategy",
+        "no",
+        *extra,
+    )
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at ``path`` (created) with ``options`` (``size=24m``, ``ro``) while inside; the test is skipped
+    where it cannot be mounted (not root, or a container that forbids it). CI runs as root."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode != 0:
+        import pytest
+
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def quick_ppo(out: Path, sft: Path, rm: Path) -> list[str]:
+    """A PPO command of 4 updates (64 episodes, 16 per update) with a checkpoint after each, for the fault tests."""
+    return python_m(
+        "instructgpt.stages.ppo.run",
+        "recipes/tiny/ppo.yaml",
+        "--model_name_or_path",
+        str(sft),
+        "--reward_model_path",
+        str(rm),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--total_episodes",
+        "64",
+        "--per_device_train_batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_ppo_epochs",
+        "1",
+        "--response_length",
+        "12",
+        "--save_steps",
+        "1",
+        "--num_sample_generations",
+        "4",
+        "--eval_num_prompts",
+        "0",
+    )
+
+
+def temporary_files(directory: Path) -> list[Path]:
+    """What an atomic write or checkpoint left half-done in ``directory`` (``.<name>.tmp``), at any depth."""
+    return list(directory.rglob(".*.tmp"))

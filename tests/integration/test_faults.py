@@ -17,10 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TINY_BASE, TINY_DATA, one_line_error, python_m, run_cli, start
+from helpers import (
+    REPO,
+    TINY_BASE,
+    TINY_DATA,
+    one_line_error,
+    python_m,
+    quick_ppo,
+    quick_sft,
+    run_cli,
+    start,
+    temporary_files,
+)
 from instructgpt.data import DataError
 from instructgpt.infra.files import RUN_MARKER, OutputDirError, is_complete, last_checkpoint, read_jsonl
-from instructgpt.infra.guards import FAULT_ENV, UnsoundOutput, check_weights
+from instructgpt.infra.guards import FAULT_ENV, MEMORY_ENV, UnsoundOutput, check_weights
 from instructgpt.infra.parser import RecipeError
 from instructgpt.stages.sft import parse_args as sft_args
 
@@ -49,10 +60,6 @@ def _write(tmp_path: Path, text: str | bytes, name: str = "recipe.yaml") -> str:
     path = tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     return str(path)
-
-
-def temporary_files(directory: Path) -> list[Path]:
-    return [p for p in directory.rglob(".*.tmp")]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -357,50 +364,8 @@ def test_collect_killed_mid_collection_resumes_to_the_same_rankings(sft_model, t
     assert read_jsonl(out / "rankings.jsonl") == read_jsonl(reference / "rankings.jsonl")
 
 
-@pytest.fixture(scope="module")
-def tiny_rm(sft_model, tmp_path_factory) -> Path:
-    from helpers import collect, rm
-
-    root = tmp_path_factory.mktemp("faults-rm")
-    collect(root / "collect", sft_model, "--max_prompts", "24", "--max_new_tokens", "12")
-    rm(root / "rm", root / "collect" / "rankings.jsonl", sft_model, "--max_steps", "4")
-    return root / "rm"
-
-
 def _ppo(out: Path, sft: Path, rm: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_cli(
-        python_m(
-            "instructgpt.stages.ppo.run",
-            "recipes/tiny/ppo.yaml",
-            "--model_name_or_path",
-            str(sft),
-            "--reward_model_path",
-            str(rm),
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--total_episodes",
-            "64",
-            "--per_device_train_batch_size",
-            "8",
-            "--gradient_accumulation_steps",
-            "2",
-            "--num_ppo_epochs",
-            "1",
-            "--response_length",
-            "12",
-            "--save_steps",
-            "1",
-            "--num_sample_generations",
-            "4",
-            "--eval_num_prompts",
-            "0",
-        ),
-        env=env,
-    )
+    return run_cli(quick_ppo(out, sft, rm), env=env)
 
 
 def test_ppo_killed_mid_update_and_mid_checkpoint_resumes_to_the_same_counts(sft_model, tiny_rm, tmp_path):
@@ -424,6 +389,22 @@ def test_ppo_killed_mid_update_and_mid_checkpoint_resumes_to_the_same_counts(sft
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert {"global_step", "episode", "kl_controller", "scheduler"} <= set(state)
     assert not list(out.rglob("custom_checkpoint_*.pkl"))
+
+
+def test_out_of_memory_mid_training_is_one_line_and_the_same_command_finishes_after(tmp_path):
+    """After step 1 the kernel gives the process 16 MiB more address space (RLIMIT_AS), less than step 2's batch of
+    128 needs: torch's allocator fails for real, and the stage says so in one line with what to do."""
+    out = tmp_path / "sft"
+    command = quick_sft(out, "--max_steps", "2", "--per_device_train_batch_size", "128", "--save_strategy", "no")
+    line = one_line_error(run_cli(command, env={FAULT_ENV: "train_step:1", MEMORY_ENV: "16"}))
+    assert line == (
+        f"error: sft training into {out} (with its checkpoints): out of memory; use a smaller batch "
+        "(per_device_train_batch_size) or a smaller model"
+    )
+    assert not is_complete(out)
+    result = run_cli(command)  # the cause gone (here: the limit), the same command
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / RUN_MARKER).read_text())["metrics"]["global_step"] == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -148,3 +148,36 @@ def read_appended_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The rows of an appended JSONL file (see :func:`read_appended_jsonl`)."""
     return read_appended_jsonl(path)[0]
+
+
+def open_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an appended JSONL file about to be appended to again (a resumed run), after cutting off a last
+    line an interruption left partial, so that the next row starts on a line of its own; [] when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows, good = read_appended_jsonl(path)
+    if good < path.stat().st_size:
+        with translating(str(path)), path.open("r+b") as handle:
+            handle.truncate(good)
+    return rows
+
+
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` as whole lines, flushed to disk before this returns.
+
+    A write that fails (the disk full) is cut back to where the file ended, so no partial line stays behind for the
+    next row to be glued to, and it ends in one line naming the file
+    (:func:`~instructgpt.infra.library_errors.translating`).
+    """
+    data = memoryview("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+    # unbuffered: a buffered file would flush its unwritten rest (and fail again) before it could be cut back
+    with translating(str(path)), open(path, "ab", buffering=0) as handle:
+        end = handle.seek(0, os.SEEK_END)
+        try:
+            while data:  # a write may take only part of it (a disk filling up); the next one then fails
+                data = data[handle.write(data) :]
+            os.fsync(handle.fileno())
+        except OSError:
+            os.ftruncate(handle.fileno(), end)
+            raise

@@ -18,6 +18,7 @@ import torch
 
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import last_checkpoint
+from instructgpt.infra.library_errors import DISK_FULL_ERRNOS
 
 
 class TrainingDiverged(InstructGPTError):
@@ -92,18 +93,23 @@ def check_weights(directory: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Fault injection: real kills at exact points, for the fault tests
+# Fault injection: real kills and real full disks at exact points, for the fault tests
 # --------------------------------------------------------------------------------------------------------------
 
 FAULT_ENV = "INSTRUCTGPT_FAULT"
+FILL_ENV = "INSTRUCTGPT_FAULT_FILL"
+MEMORY_ENV = "INSTRUCTGPT_FAULT_MEMORY"
 _hits: Counter[str] = Counter()
 
 
 def fault_point(name: str) -> None:
     """With ``INSTRUCTGPT_FAULT=<name>`` (or ``<name>:<n>``, the n-th time it is reached) the process kills itself
-    with SIGKILL right here: no cleanup, no ``finally``, as a power cut or the OOM killer would. Without the variable
-    this does nothing. ``tests/integration/test_faults.py`` uses it to stop real runs at the points where a crash
-    hurts most."""
+    with SIGKILL right here: no cleanup, no ``finally``, as a power cut or the OOM killer would. With
+    ``INSTRUCTGPT_FAULT_FILL=<file>`` as well, it fills the disk instead (:func:`fill_disk`) and goes on, so the next
+    write fails as on a disk that filled up at that moment; with ``INSTRUCTGPT_FAULT_MEMORY=<MiB>``, it leaves the
+    process that much more memory (:func:`limit_memory`) and goes on. Without the variable this does nothing.
+    ``tests/integration/test_faults.py`` and ``test_full_disk.py`` use it to stop real runs at the points where a
+    crash or a full disk hurts most."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -111,5 +117,34 @@ def fault_point(name: str) -> None:
     if target != name:
         return
     _hits[name] += 1
-    if _hits[name] >= int(count or 1):
+    if _hits[name] != int(count or 1):
+        return
+    if os.environ.get(FILL_ENV):
+        fill_disk(os.environ[FILL_ENV])
+    elif os.environ.get(MEMORY_ENV):
+        limit_memory(int(os.environ[MEMORY_ENV]))
+    else:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fill_disk(path: str) -> None:
+    """Append zeros to ``path`` until its file system has no space left (a small tmpfs, in the tests)."""
+    with open(path, "ab", buffering=0) as handle:
+        for size in (1 << 20, 4096):  # whole MiBs, then the last pages
+            try:
+                while handle.write(b"\0" * size):
+                    pass
+            except OSError as err:
+                if err.errno not in DISK_FULL_ERRNOS:
+                    raise
+
+
+def limit_memory(extra_mib: int) -> None:
+    """Cap this process's address space (``RLIMIT_AS``, Linux) at what it maps now plus ``extra_mib`` MiB, so that its
+    next large allocation fails as on a machine out of memory: a real refusal by the kernel, caught where Python sees
+    it (torch's ``DefaultCPUAllocator: can't allocate memory``, or a ``MemoryError``)."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (extra_mib << 20), resource.RLIM_INFINITY))

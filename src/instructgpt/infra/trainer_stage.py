@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from instructgpt.infra.cards import write_model_card
-from instructgpt.infra.guards import finite_gradients_callback
+from instructgpt.infra.guards import fault_point, finite_gradients_callback
 from instructgpt.infra.hub import PushTarget, take_push_to_hub
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.outputs import (
     finish_output,
     mark_started,
@@ -63,7 +64,8 @@ class TrainerStage:
 
     6. the directory is marked as this stage's (:func:`~instructgpt.infra.outputs.mark_started`), after everything
        that can refuse the run;
-    7. the Trainer trains, from :attr:`resume_from` when there is one;
+    7. the Trainer trains, from :attr:`resume_from` when there is one (a foreseeable failure, such as the disk
+       filling up during a checkpoint, ends in one line naming the stage and its output directory);
     8. it returns the metrics every Trainer run reports (:func:`~instructgpt.metrics.training.trainer_metrics`).
 
     ``finish(trainer, metrics, ...)``, once the stage added its own metrics and wrote its own files:
@@ -71,7 +73,7 @@ class TrainerStage:
     9. the main process saves the tokenizer, then
     10. the model card (:mod:`instructgpt.infra.cards`, from the stage's ``card`` keywords);
     11. the weights are saved (:func:`~instructgpt.modeling.lora.save_trained_model`): the last file but the marker,
-        which is what lets step 1 trust them;
+        which is what lets step 1 trust them (steps 9-11 fail, a full disk say, in one line naming the directory);
     12. the main process copies the numeric metrics into the W&B run's summary, then
         :func:`~instructgpt.infra.outputs.finish_output` marks the run finished (checking the weights), waits for
         every process and only then pushes to the Hub;
@@ -115,7 +117,8 @@ class TrainerStage:
     def train(self, trainer: Any) -> dict[str, Any]:
         """Steps 6-8: mark the directory started, train (resuming when there is a checkpoint); returns the metrics."""
         mark_started(self.output_dir, self.name)
-        result = trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+        with translating(f"{self.name} training into {self.output_dir} (with its checkpoints)"):
+            result = trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
         return trainer_metrics(trainer, result)
 
     def finish(
@@ -136,10 +139,12 @@ class TrainerStage:
         ``keep_adapter`` are :func:`~instructgpt.modeling.lora.save_trained_model`'s: the model to save when the
         stage merged the adapter itself, and whether a LoRA adapter is also kept alone in ``output_dir/adapter``.
         """
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(self.output_dir)
-            write_model_card(self.output_dir, stage=self.name, **card)
-        save_trained_model(trainer, self.output_dir, model=model, keep_adapter=keep_adapter)
+        fault_point("final_save")
+        with translating(f"{self.name} saving its final model to {self.output_dir}"):
+            if trainer.is_world_process_zero():
+                tokenizer.save_pretrained(self.output_dir)
+                write_model_card(self.output_dir, stage=self.name, **card)
+            save_trained_model(trainer, self.output_dir, model=model, keep_adapter=keep_adapter)
         if trainer.is_world_process_zero() and self.run is not None:
             self.run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         finish_output(

@@ -16,7 +16,7 @@ decision, so the rules below hold whatever the front end does:
   ``file:`` labeler read (``prompt``, ``responses`` best first, ``scores``), plus who, when and how long. A skip or
   flag is one line of ``skips.jsonl``. Each line is written whole with one ``write`` and flushed to disk before the
   next item is shown, so killing the server or closing the browser loses at most the item on screen, and a line
-  an interruption cut off is removed when the labeling restarts (:func:`instructgpt.infra.outputs.read_appended_jsonl`).
+  an interruption cut off is removed when the labeling restarts (:func:`instructgpt.infra.files.open_appended_jsonl`).
 - **Ties.** With ``allow_ties``, responses can share a place. Tied responses get equal ``scores``; the reward model
   needs a strict order, so when it trains it keeps the first of a tie (in ``responses`` order, which for a tie is
   the order shown on screen) and drops the others from that ranking, counted in its log
@@ -28,7 +28,6 @@ decision, so the rules below hold whatever the front end does:
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -40,8 +39,7 @@ from typing import Any
 from instructgpt.data.loading import DataError
 from instructgpt.data.rankings import load_rankings
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.files import atomic_write_text, read_appended_jsonl
-from instructgpt.infra.library_errors import translating
+from instructgpt.infra.files import append_jsonl, atomic_write_text, open_appended_jsonl, read_appended_jsonl
 from instructgpt.infra.log import get_logger
 
 logger = get_logger(__name__)
@@ -163,17 +161,6 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _open_log(path: Path) -> list[dict[str, Any]]:
-    """Rows of an append-only log; a last line an interruption cut off is removed from the file."""
-    if not path.exists():
-        return []
-    rows, good = read_appended_jsonl(path)
-    if good < path.stat().st_size:
-        with path.open("r+b") as handle:
-            handle.truncate(good)
-    return rows
-
-
 class LabelStore:
     """Items, who has them on screen, and the rankings, skips and flags written so far; safe across threads (the
     web server answers several labelers at once)."""
@@ -202,7 +189,8 @@ class LabelStore:
         self._leases: dict[str, tuple[int, float]] = {}  # labeler -> (item on screen, when it was shown)
         self.covered: dict[int, set[str]] = {it.index: set() for it in items}  # item -> labelers done with it
         self.ranked: dict[str, int] = {}  # labeler -> rankings submitted
-        for row in _open_log(self.output_dir / RANKINGS_FILE) + _open_log(self.output_dir / SKIPS_FILE):
+        logs = (self.output_dir / RANKINGS_FILE, self.output_dir / SKIPS_FILE)
+        for row in [row for log in logs for row in open_appended_jsonl(log)]:
             item, labeler = row.get("item"), row.get("labeler_id")
             if item not in self.covered or not isinstance(labeler, str):
                 raise DataError(f"{self.output_dir}: a row names item {item!r}, which {ITEMS_FILE} does not hold")
@@ -245,21 +233,10 @@ class LabelStore:
     # -- writing ------------------------------------------------------------------------------------------------
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
-        """One whole line per row, written with one call and flushed to disk before the labeler sees the next item.
-
-        A write that fails (the disk full) is cut back to where the file ended, so no partial line stays behind for
-        the next row to be glued to; the labeler is told in one line, and the item stays on their screen."""
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        path = self.output_dir / name
-        with translating(str(path)), open(path, "ab") as handle:
-            end = handle.tell()
-            try:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError:
-                handle.truncate(end)
-                raise
+        """One whole line, on disk before the labeler sees the next item
+        (:func:`~instructgpt.infra.files.append_jsonl`). A write that fails (the disk full) leaves no partial line;
+        the labeler is told in one line, and the item stays on their screen."""
+        append_jsonl(self.output_dir / name, [row])
 
     def _take(self, labeler: str) -> tuple[Item, float]:
         if labeler not in self._leases:
@@ -323,7 +300,7 @@ class LabelStore:
 
     def summary(self) -> dict[str, Any]:
         """Counts for the log and the run marker."""
-        skips = _open_log(self.output_dir / SKIPS_FILE)
+        skips = open_appended_jsonl(self.output_dir / SKIPS_FILE)
         return {
             "num_items": len(self.items),
             "labelers_per_prompt": self.labelers_per_prompt,

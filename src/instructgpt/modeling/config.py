@@ -108,12 +108,13 @@ def model_context_length(config: Any) -> int | None:
     return None
 
 
-def cap_max_length(training_args: Any, model_path: str, trust_remote_code: bool = False) -> int | None:
-    """Cap ``training_args.max_length`` at the model's context (unset counts as too long); returns the context."""
+def cap_max_length(training_args: Any, model_path: str, source: str, trust_remote_code: bool = False) -> int | None:
+    """Cap ``training_args.max_length`` at the model's context (unset counts as too long); returns the context.
+    ``source``: the recipe, named in an error (a config that cannot be read)."""
     from transformers import AutoConfig
 
     config = load_pretrained(
-        AutoConfig, model_path, key="model_name_or_path", source="recipe", trust_remote_code=trust_remote_code
+        AutoConfig, model_path, key="model_name_or_path", source=source, trust_remote_code=trust_remote_code
     )
     context = model_context_length(config)
     if context is not None and (training_args.max_length is None or training_args.max_length > context):

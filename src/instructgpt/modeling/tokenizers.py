@@ -89,11 +89,14 @@ def load_tokenizer(
     return tokenizer
 
 
-def stage_tokenizer(model_path: str, script_args: Any, model_args: Any, trust_remote_code: bool = False) -> Any:
+def stage_tokenizer(
+    model_path: str, script_args: Any, model_args: Any, source: str, trust_remote_code: bool = False
+) -> Any:
     """The tokenizer of a training stage, from the recipe's ``prompt_template``, ``chat_template`` and ``pad_token``
-    (see :func:`load_tokenizer`)."""
+    (see :func:`load_tokenizer`); ``source`` is the recipe, named in an error."""
     return load_tokenizer(
         model_path,
+        source=source,
         revision=getattr(model_args, "model_revision", None),
         trust_remote_code=trust_remote_code,
         chat_template=script_args.chat_template,

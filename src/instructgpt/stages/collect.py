@@ -34,9 +34,11 @@ from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import (
     OutputDirError,
+    append_jsonl,
     atomic_write_json,
     atomic_write_text,
     is_complete,
+    open_appended_jsonl,
     read_appended_jsonl,
 )
 from instructgpt.infra.guards import UnsoundOutput, fault_point
@@ -215,14 +217,11 @@ def done_rows(output_dir: Path, prompts: list[Any], source: str) -> dict[int, di
     return done
 
 
-def open_part(output_dir: Path, rank: int):
-    """This process's part file, opened for appending after cutting any partial last line."""
+def open_part(output_dir: Path, rank: int) -> Path:
+    """This process's part file, ready to be appended to (a partial last line cut off)."""
     path = output_dir / f"rankings.part-{rank}.jsonl"
-    if path.exists():
-        _, good = read_part(path)
-        with path.open("r+b") as handle:
-            handle.truncate(good)
-    return path.open("a", encoding="utf-8")
+    open_appended_jsonl(path)
+    return path
 
 
 def merge_parts(output_dir: Path, num_prompts: int) -> list[dict[str, Any]]:
@@ -361,7 +360,7 @@ def collect_prompts(
     prompts: list[Any],
     todo: list[int],
     args: CollectArguments,
-    handle: Any,
+    part: Path,
     policy_name: str,
     show_progress: bool,
     generate_responses: Any = None,
@@ -419,8 +418,7 @@ def collect_prompts(
                     labeler=labeler.name,
                 )
             row.update(policy=policy_name, num_samples=sampled[i], num_discarded=discarded[i])
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
+            append_jsonl(part, [row])
             fault_point("collect_row")
         bar.update(len(missing))
     bar.close()
@@ -505,20 +503,19 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         output_dir=output_dir,
         identity=run_identity(output_dir, "collect", args.run_name, resuming=bool(done)),
     )
-    with open_part(output_dir, state.process_index) as handle:
-        collect_prompts(
-            model,
-            tokenizer,
-            labeler,
-            prompts,
-            todo,
-            args,
-            handle,
-            model_path,
-            state.is_main_process,
-            generate_responses=None if sampler is None else _vllm_call(sampler),
-        )
-    state.wait_for_everyone()  # every process has written and closed its part before the merge
+    collect_prompts(
+        model,
+        tokenizer,
+        labeler,
+        prompts,
+        todo,
+        args,
+        open_part(output_dir, state.process_index),
+        model_path,
+        state.is_main_process,
+        generate_responses=None if sampler is None else _vllm_call(sampler),
+    )
+    state.wait_for_everyone()  # every process has written its part before the merge
 
     metrics: dict[str, Any] = {}
     if state.is_main_process:

@@ -412,8 +412,8 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
     if script_args.ranking_loss == "pairs":
         logger.info(f"{len(train_rows)} training rankings expanded into {len(train_dataset)} (chosen, rejected) pairs")
 
-    tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
-    cap_max_length(training_args, model_path, training_args.trust_remote_code)
+    tokenizer = stage_tokenizer(model_path, script_args, model_args, source, training_args.trust_remote_code)
+    cap_max_length(training_args, model_path, source, training_args.trust_remote_code)
     model = load_causal_lm(
         model_path,
         key="model_name_or_path",

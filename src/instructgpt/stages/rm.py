@@ -326,8 +326,8 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
     if script_args.demonstrations_dataset:
         demo_prompts, demo_responses = load_demonstration_pairs(script_args, source)
 
-    tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
-    cap_max_length(training_args, model_path, training_args.trust_remote_code)
+    tokenizer = stage_tokenizer(model_path, script_args, model_args, source, training_args.trust_remote_code)
+    cap_max_length(training_args, model_path, source, training_args.trust_remote_code)
     train_dataset = tokenize_rankings(train_rows, tokenizer, training_args.max_length, f"{source}: train rankings")
     eval_dataset = None
     if eval_rows:

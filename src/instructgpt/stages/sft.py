@@ -123,7 +123,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
             limit=script_args.max_eval_samples,
         )
 
-    tokenizer = stage_tokenizer(model_path, script_args, model_args, training_args.trust_remote_code)
+    tokenizer = stage_tokenizer(model_path, script_args, model_args, source, training_args.trust_remote_code)
     if training_args.eos_token is None and (end_of_turn := eos_mismatch(tokenizer)) is not None:
         # Chat bases (Qwen's <|im_end|>, Llama 3's <|eot_id|>) end an answer with a token that is not their EOS;
         # the model learns to write it, so it is where generation in later stages must stop. TRL makes it the EOS.
@@ -132,7 +132,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
             f"using {end_of_turn} as EOS (set `eos_token` to choose another)"
         )
         training_args.eos_token = end_of_turn
-    cap_max_length(training_args, model_path, training_args.trust_remote_code)
+    cap_max_length(training_args, model_path, source, training_args.trust_remote_code)
     if training_args.max_length is not None:
         train_dataset = handle_long_examples(
             train_dataset, tokenizer, training_args.max_length, script_args.long_examples, f"{source}: train data"

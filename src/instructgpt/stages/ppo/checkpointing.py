@@ -25,6 +25,7 @@ from torch import nn
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import atomic_write_json
 from instructgpt.infra.guards import fault_point
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.tracking import StageTracker
 from instructgpt.modeling.lora import merge_adapter
 
@@ -129,25 +130,26 @@ def write_checkpoint(
     writer = accelerator.is_local_main_process if save_on_each_node else accelerator.is_main_process
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
-    try:
-        if writer:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp / "state"))
-        fault_point("mid_checkpoint")
-        save_policy(tmp / "policy")
-        if writer:
-            atomic_write_json(tmp / TRAINER_STATE, trainer_state())
-            tracker.save_identity(tmp)  # resuming from this checkpoint continues the same dashboard run
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            rotate_checkpoints(output_dir, save_total_limit, keep_policies)
-    except BaseException:
-        if writer:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with translating(f"PPO checkpoint {final}"):  # a full disk mid-save: one line naming the checkpoint
+        try:
+            if writer:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp / "state"))
+            fault_point("mid_checkpoint")
+            save_policy(tmp / "policy")
+            if writer:
+                atomic_write_json(tmp / TRAINER_STATE, trainer_state())
+                tracker.save_identity(tmp)  # resuming from this checkpoint continues the same dashboard run
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                rotate_checkpoints(output_dir, save_total_limit, keep_policies)
+        except BaseException:
+            if writer:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
     return final
 

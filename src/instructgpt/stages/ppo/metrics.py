@@ -105,12 +105,6 @@ def completion_rows(tokenizer: Any, batch: Batch, scores: torch.Tensor, step: in
     return rows
 
 
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-
-
 def truncate_log(path: Path, step: int) -> None:
     """Drop the lines of a log written after update ``step`` (the checkpoint a run resumes from: they will be
     written again), and a last line an interruption cut off."""

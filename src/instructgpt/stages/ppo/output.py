@@ -14,6 +14,8 @@ from typing import Any
 
 from instructgpt.infra.cards import write_model_card
 from instructgpt.infra.files import PPO_METRICS_FILE
+from instructgpt.infra.guards import fault_point
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.outputs import finish_output, mark_started
 from instructgpt.infra.tracking import StageTracker, run_identity
@@ -50,16 +52,20 @@ def finish(trainer: Any, metrics: dict[str, Any]) -> None:
     """Write the finished output of ``trainer`` with its final ``metrics``, in the order the module docstring gives."""
     acc, output_dir = trainer.accelerator, trainer.output_dir
     value_state = acc.get_state_dict(trainer.model)
-    if acc.is_main_process:
-        value_model = trainer.unwrapped.value_model
-        value_model.save_pretrained(
-            output_dir / VALUE_MODEL_DIR,
-            safe_serialization=True,
-            state_dict={k[len("value_model.") :]: v for k, v in value_state.items() if k.startswith("value_model.")},
-        )
-        trainer.tokenizer.save_pretrained(output_dir / VALUE_MODEL_DIR)
-        write_card(trainer, metrics)
-    trainer.save_policy(output_dir, merged=True)  # the weights: the last file but the marker
+    fault_point("final_save")
+    with translating(f"ppo saving its final policy to {output_dir}"):  # a full disk: one line naming the place
+        if acc.is_main_process:
+            value_model = trainer.unwrapped.value_model
+            value_model.save_pretrained(
+                output_dir / VALUE_MODEL_DIR,
+                safe_serialization=True,
+                state_dict={
+                    k[len("value_model.") :]: v for k, v in value_state.items() if k.startswith("value_model.")
+                },
+            )
+            trainer.tokenizer.save_pretrained(output_dir / VALUE_MODEL_DIR)
+            write_card(trainer, metrics)
+        trainer.save_policy(output_dir, merged=True)  # the weights: the last file but the marker
     # the same finishing steps as every Trainer stage: marker, wait for every process, push
     finish_output(
         output_dir,

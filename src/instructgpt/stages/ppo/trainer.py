@@ -21,6 +21,7 @@ from transformers import set_seed
 from instructgpt.data.padding import pad_sequences
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.files import PPO_METRICS_FILE as METRICS_FILE
+from instructgpt.infra.files import append_jsonl
 from instructgpt.infra.guards import fault_point
 from instructgpt.infra.hub import take_push_to_hub
 from instructgpt.infra.log import get_logger
@@ -45,7 +46,6 @@ from instructgpt.stages.ppo.config import PPOConfig, PPOScriptArguments, steps_o
 from instructgpt.stages.ppo.data import PromptOrder, load_prompt_data
 from instructgpt.stages.ppo.metrics import (
     COMPLETIONS_FILE,
-    append_jsonl,
     completion_rows,
     global_mean,
     held_out_metrics,
