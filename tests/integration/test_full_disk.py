@@ -133,7 +133,7 @@ def test_ppo_on_a_full_disk_at_its_log_a_checkpoint_and_the_final_save_resumes_t
     metrics = out / "metrics.jsonl"
 
     # the first metrics line does not fit (a new file needs a page; a line appended to a file whose last page has
-    # room would fit, as on any disk: tests/integration/test_full_disk.py's ranking test cuts back a line that
+    # room would fit, as on any disk: the ranking test above cuts back a line that
     # runs out part of the way through, in the same append_jsonl)
     line = one_line_error(run_cli(command, env=small_disk.fill_at("ppo_update:1")))
     assert line.startswith(f"error: {metrics}: {NO_SPACE}"), line
