@@ -4,13 +4,108 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from instructgpt.data.mixtures import TEST, TRAIN, Mixture, MixtureError, read_handbook_mixture, read_trl_mixture
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE
 
 
 @dataclass
-class ScriptArguments:
+class DatasetMixtureArguments:
+    """A mixture of datasets in place of ``dataset_name``: TRL's ``datasets:`` or alignment-handbook's
+    ``dataset_mixture:`` (:mod:`instructgpt.data.mixtures`). Every stage that reads a dataset has these keys;
+    ``dataset`` is what its loaders read: the mixture, or ``dataset_name``."""
+
+    datasets: list[dict[str, Any]] | None = field(
+        default=None,
+        metadata={
+            "help": "TRL's dataset mixture, in place of `dataset_name`: a list of datasets, each a mapping with "
+            "`path` (a local file, a Hub id, or a builder such as `json` with `data_files`) and optionally `name`, "
+            "`data_dir`, `data_files`, `split`, `columns` and `fraction` (a share of the mixture, for every entry "
+            "or none; normalized; no row repeated)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's streaming of a mixture. Not supported: every stage checks all rows and counts them before "
+            "it starts (datasets are memory-mapped from disk, so a large one does not fill memory); `true` is refused."
+        },
+    )
+    test_split_size: float | None = field(
+        default=None,
+        metadata={
+            "range": "> 0",
+            "help": "With `datasets`: hold out this share (below 1) or this many rows of the mixture as its `test` "
+            "part (read with `dataset_test_split: test`, set for you), drawn at random with seed 0.",
+        },
+    )
+    dataset_mixture: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "alignment-handbook's dataset mixture, in place of `dataset_name`: `datasets` (each with `id` and "
+            "optionally `config`, `split`, `columns`, `weight`: the share of that dataset's rows to keep, at most 1), "
+            "`seed` (of the shuffles) and `test_split_size`."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.mixture: Mixture | None = None
+        if self.streaming:
+            raise MixtureError(
+                "`streaming: true` is not supported: every stage checks all rows and counts them before it starts "
+                "(datasets are memory-mapped from disk, so a large one does not fill memory); remove it"
+            )
+        if self.datasets is not None and self.dataset_mixture is not None:
+            raise MixtureError(
+                "`datasets` (TRL's form) and `dataset_mixture` (the handbook's) both name the data; keep one"
+            )
+        if self.datasets is not None:
+            self.mixture = read_trl_mixture(self.datasets, self.test_split_size)
+        elif self.dataset_mixture is not None:
+            if self.test_split_size is not None:
+                raise MixtureError("`test_split_size` goes inside `dataset_mixture` in the handbook's form")
+            self.mixture = read_handbook_mixture(self.dataset_mixture)
+        elif self.test_split_size is not None:
+            raise MixtureError(
+                "`test_split_size` splits a mixture: it needs `datasets` (use `dataset_test_split` for a split of "
+                "`dataset_name`)"
+            )
+        if self.mixture is None:
+            return
+        # A mixture names its datasets, configurations and splits per entry; the single-dataset keys cannot apply.
+        if getattr(self, "dataset_name", None) is not None:
+            raise MixtureError(f"`dataset_name` and `{self.mixture.key}` both name the data; keep one")
+        if getattr(self, "dataset_config", None) is not None:
+            raise MixtureError(
+                f"`dataset_config` does not apply to `{self.mixture.key}`: each entry names its own configuration"
+            )
+        if getattr(self, "dataset_train_split", TRAIN) != TRAIN:
+            raise MixtureError(
+                f"`dataset_train_split` does not apply to `{self.mixture.key}`: each entry names its own `split`, "
+                "and the mixture's parts are `train` and (with `test_split_size`) `test`"
+            )
+        if hasattr(self, "dataset_test_split"):
+            if self.dataset_test_split is None and self.mixture.test_split_size is not None:
+                self.dataset_test_split = TEST
+            elif self.dataset_test_split is not None:
+                self.mixture.check_part(self.dataset_test_split)
+
+    @property
+    def dataset(self) -> Mixture | str | None:
+        """What the stage's loaders read: the mixture when the recipe gives one, else ``dataset_name``."""
+        return self.mixture if self.mixture is not None else getattr(self, "dataset_name", None)
+
+    @property
+    def dataset_names(self) -> list[str]:
+        """Every dataset the stage reads (for its model card): the mixture's entries, or ``dataset_name``."""
+        if self.mixture is not None:
+            return list(dict.fromkeys(member.path for member in self.mixture.members))
+        return [self.dataset_name] if getattr(self, "dataset_name", None) else []
+
+
+@dataclass
+class ScriptArguments(DatasetMixtureArguments):
     """Where the data comes from, how prompts are formatted, and what to do with an existing output directory.
 
     The dataset fields mirror TRL's ``ScriptArguments`` (``dataset_name``, ``dataset_config``, ``dataset_train_split``,

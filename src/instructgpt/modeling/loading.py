@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from instructgpt.infra.errors import InstructGPTError
 from instructgpt.infra.processes import default_device, process_state
 from instructgpt.modeling.config import ModelLoadError, check_causal_lm, check_model_path, load_pretrained
 from instructgpt.modeling.quantization import quantization_config
@@ -36,6 +37,7 @@ def model_init_kwargs(
     elif model_args.dtype == "auto":
         kwargs["dtype"] = "auto"
     if model_args.attn_implementation is not None:
+        check_attention(model_args.attn_implementation, source)
         kwargs["attn_implementation"] = model_args.attn_implementation
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
@@ -44,6 +46,31 @@ def model_init_kwargs(
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": process_state().local_process_index}
     return kwargs
+
+
+def check_attention(implementation: str, source: str) -> None:
+    """Refuse FlashAttention where it cannot run (the handbook's recipes ask for ``flash_attention_2``): it needs its
+    package and a CUDA GPU, and transformers would otherwise fail deep inside ``from_pretrained``."""
+    import importlib.util
+
+    import torch
+
+    if not implementation.startswith("flash_attention"):
+        return
+    package = "flash_attn_interface" if implementation == "flash_attention_3" else "flash_attn"
+    missing = [
+        what
+        for what, present in (
+            (f"the `{package}` package", importlib.util.find_spec(package) is not None),
+            ("a CUDA GPU", torch.cuda.is_available()),
+        )
+        if not present
+    ]
+    if missing:
+        raise InstructGPTError(
+            f"{source}: `attn_implementation: {implementation}` needs {' and '.join(missing)}, which this machine "
+            "lacks; use `attn_implementation: sdpa` (PyTorch's fused attention, the default) or remove the key"
+        )
 
 
 def load_causal_lm(name_or_path: str, *, key: str, source: str, **kwargs: Any) -> Any:

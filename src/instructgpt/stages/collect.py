@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instructgpt import sampling
+from instructgpt.arguments import DatasetMixtureArguments
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.cards import write_dataset_card
 from instructgpt.infra.entrypoint import stage_main
@@ -62,7 +63,7 @@ PART_GLOB = "rankings.part-*.jsonl"
 
 
 @dataclass
-class CollectArguments:
+class CollectArguments(DatasetMixtureArguments):
     """Everything a collection run needs: the policy, the prompts, how to sample, who ranks, where to write."""
 
     model_name_or_path: str | None = field(
@@ -164,6 +165,7 @@ class CollectArguments:
     def __post_init__(self) -> None:
         if problems := range_problems(self):  # built directly, not parsed from a recipe
             raise ValueError("; ".join(problems))
+        super().__post_init__()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -253,6 +255,9 @@ def merge_parts(output_dir: Path, num_prompts: int) -> list[dict[str, Any]]:
 DEFINING_SETTINGS = (
     "model_name_or_path",
     "dataset_name",
+    "datasets",
+    "test_split_size",
+    "dataset_mixture",
     "dataset_config",
     "dataset_train_split",
     "max_prompts",
@@ -434,7 +439,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
 
     source = recipe.source
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
-    if not args.dataset_name:
+    if not args.dataset:
         raise InstructGPTError(f"{source}: `dataset_name` is required (prompts: a .jsonl file or a Hub id)")
     if not args.output_dir:
         raise InstructGPTError(f"{source}: `output_dir` is required")
@@ -442,7 +447,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
         require_vllm(source)
     state = process_state()
     prompts = load_prompts(
-        args.dataset_name,
+        args.dataset,
         key="dataset_name",
         source=source,
         config=args.dataset_config,
@@ -531,7 +536,7 @@ def run_collect(args: CollectArguments, recipe: Recipe) -> dict[str, Any]:
             stage="collect",
             title="Comparisons (InstructGPT step 2's data)",
             source_model=model_path,
-            datasets=[args.dataset_name],
+            datasets=args.dataset_names,
             summary=f"K-way rankings: for each prompt, up to K={args.num_responses} distinct responses sampled from "
             f"the policy, ranked best first by `{labeler.name}`. `rankings.jsonl` holds one row per prompt in the "
             "format instructgpt's reward-model stage reads (`prompt`, `responses`, best first).",

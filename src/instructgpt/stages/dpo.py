@@ -90,6 +90,15 @@ class DPOScriptArguments(ScriptArguments):
             "help": "UltraFeedback-style data (`instruction` + `completions`): the completion field that rates it."
         },
     )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "range": ">= 1",
+            "help": "Cut each prompt to its last N tokens (the turn being answered stays, the oldest context goes) "
+            "before `max_length` applies to prompt + response. TRL's DPOConfig had this key until TRL 1.0 (keeping "
+            "the prompt's end by default, as here); instructgpt does it.",
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,7 +208,28 @@ class RankingPreferenceCollator:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_trainer_class(ranking_loss: RankingLoss):
+def cut_prompts(dataset: Any, max_prompt_length: int | None, name: str) -> Any:
+    """Tokenized prompts (``prompt_ids``) cut to their last ``max_prompt_length`` tokens, as TRL's DPO did by default
+    before TRL 1.0 (its ``truncation_mode="keep_end"`` for prompts).
+
+    The end holds the turn being answered and the generation prompt, so it is the oldest context that goes. Cutting
+    the prompt first leaves room in ``max_length`` for the responses, which TRL's collator would otherwise cut.
+    """
+    if max_prompt_length is None:
+        return dataset
+    longer = sum(len(ids) > max_prompt_length for ids in dataset["prompt_ids"])
+    if longer:
+        logger.info(
+            f"{name}: {longer} of {len(dataset)} prompts are longer than max_prompt_length={max_prompt_length}; "
+            f"each keeps its last {max_prompt_length} tokens"
+        )
+    return dataset.map(
+        lambda example: {"prompt_ids": example["prompt_ids"][-max_prompt_length:]},
+        desc=f"Cutting {name} prompts to max_prompt_length",
+    )
+
+
+def build_trainer_class(ranking_loss: RankingLoss, max_prompt_length: int | None = None):
     """TRL's ``DPOTrainer`` (``pairs``), or a subclass that trains on whole rankings (``plackett_luce``).
 
     The subclass replaces the dataset preparation (:func:`tokenize_ranking`), the collator
@@ -210,6 +240,10 @@ def build_trainer_class(ranking_loss: RankingLoss):
     from trl import DPOTrainer
 
     class PairDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return cut_prompts(dataset, max_prompt_length, dataset_name)
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             """Evaluation needs the loss and the logged metrics only; TRL would recompute full logits for
             ``compute_metrics`` (a deprecated path) that this stage never uses."""
@@ -230,6 +264,7 @@ def build_trainer_class(ranking_loss: RankingLoss):
                 remove_columns=dataset.column_names,
                 desc=f"Tokenizing {dataset_name} rankings",
             )
+            dataset = cut_prompts(dataset, max_prompt_length, dataset_name)
             if args.max_length is not None:  # as TRL: a prompt that fills max_length leaves no response token
                 dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
             return dataset
@@ -331,7 +366,7 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
     prompts (all of a prompt's rankings on one side, :func:`instructgpt.data.rankings.hold_out_by_prompt`)."""
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
-        script_args.dataset_name,
+        script_args.dataset,
         key="dataset_name",
         split=script_args.dataset_train_split,
         limit=script_args.max_train_samples,
@@ -343,7 +378,7 @@ def load_splits(script_args: DPOScriptArguments, seed: int, source: str) -> tupl
                 f"{source}: `eval_fraction` and `eval_dataset_name`/`dataset_test_split` both choose the held-out "
                 "rankings; set one"
             )
-        name = script_args.eval_dataset_name or script_args.dataset_name
+        name = script_args.eval_dataset_name or script_args.dataset
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_rows = load_rankings(
             name, key=key, split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples, **common
@@ -398,7 +433,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
-    required(script_args.dataset_name, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
+    required(script_args.dataset, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
     refuse_keys_that_cannot_apply(script_args, training_args, source)
     stage = TrainerStage("dpo", training_args, recipe, script_args.if_output_exists, what="DPO policy")
@@ -427,7 +462,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
     training_args.prediction_loss_only = True  # evaluation reports the loss and the logged reward metrics
 
     callbacks = stage.start_run()  # the dashboards' run starts once every input is checked
-    trainer_class = build_trainer_class(script_args.ranking_loss)
+    trainer_class = build_trainer_class(script_args.ranking_loss, script_args.max_prompt_length)
     extra = {}
     if script_args.ranking_loss == "plackett_luce":
         extra["data_collator"] = RankingPreferenceCollator(tokenizer.pad_token_id, training_args.max_length)
@@ -478,7 +513,7 @@ def run_dpo(script_args: DPOScriptArguments, training_args: Any, model_args: Any
             trainer="instructgpt on TRL's `DPOTrainer`",
             kind="policy",
             base_model=model_path,
-            datasets=[script_args.dataset_name],
+            datasets=script_args.dataset_names,
             example=train_rows[0]["prompt"],
             summary="A policy: the SFT model trained on preference rankings with DPO (Rafailov et al. 2023), the SFT "
             "model as the frozen reference. "

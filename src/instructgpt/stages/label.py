@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from instructgpt.arguments import DatasetMixtureArguments
 from instructgpt.data.formats import load_prompts
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
@@ -52,7 +53,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
-class LabelArguments:
+class LabelArguments(DatasetMixtureArguments):
     """What to label, by how many people, and where the app listens."""
 
     rankings_file: str | None = field(
@@ -178,6 +179,9 @@ DEFINING_SETTINGS = (
     "rankings_file",
     "model_name_or_path",
     "dataset_name",
+    "datasets",
+    "test_split_size",
+    "dataset_mixture",
     "dataset_config",
     "dataset_train_split",
     "max_prompts",
@@ -226,7 +230,7 @@ def sample_items(args: LabelArguments, source: str) -> list[Any]:
 
     model_path = check_model_path(args.model_name_or_path, "model_name_or_path", source)
     prompts = load_prompts(
-        args.dataset_name,
+        args.dataset,
         key="dataset_name",
         source=source,
         config=args.dataset_config,
@@ -275,7 +279,7 @@ def prepare_items(args: LabelArguments, output_dir: Path, source: str) -> list[A
         return load_items(path)
     if args.rankings_file:
         items = items_from_rankings(args.rankings_file, key="rankings_file", source=source, limit=args.max_prompts)
-    elif args.model_name_or_path and args.dataset_name:
+    elif args.model_name_or_path and args.dataset:
         items = sample_items(args, source)
     else:
         raise InstructGPTError(

@@ -208,7 +208,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
     required(script_args.reward_model_path, "reward_model_path", source, "the output_dir of instructgpt-rm")
     check_reward_model(script_args.reward_model_path, "reward_model_path", source)
-    required(script_args.dataset_name, "dataset_name", source, "the prompts: a .jsonl file or a Hub id")
+    required(script_args.dataset, "dataset_name", source, "the prompts: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
     if training_args.use_vllm:
         raise InstructGPTError(f"{source}: `use_vllm` is not supported by this stage yet; sample with transformers")
@@ -246,7 +246,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         )
     max_prompt = None if context is None or max_completion is None else context - max_completion
     prompts = load_prompts(
-        script_args.dataset_name,
+        script_args.dataset,
         key="dataset_name",
         source=source,
         config=script_args.dataset_config,
@@ -257,7 +257,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
     check_batch(training_args, len(train_dataset), source)
     eval_dataset = None
     if script_args.eval_dataset_name or script_args.dataset_test_split:
-        name = script_args.eval_dataset_name or script_args.dataset_name
+        name = script_args.eval_dataset_name or script_args.dataset
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_prompts = load_prompts(
             name,
@@ -336,7 +336,7 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
             trainer="instructgpt on TRL's `RLOOTrainer`",
             kind="policy",
             base_model=model_path,
-            datasets=[script_args.dataset_name],
+            datasets=script_args.dataset_names,
             example=prompts[0],
             summary="A policy: the SFT model trained with RLOO (Ahmadian et al. 2024) against the frozen reward "
             f"model `{script_args.reward_model_path}` (normalized so that demonstrations score 0), under a KL "

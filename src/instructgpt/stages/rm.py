@@ -283,14 +283,14 @@ def _load_splits(
 ) -> tuple[list[dict], list[dict] | None]:
     common = {"config": script_args.dataset_config, "source": source, "score_key": script_args.score_key}
     train_rows = load_rankings(
-        script_args.dataset_name,
+        script_args.dataset,
         key="dataset_name",
         split=script_args.dataset_train_split,
         limit=script_args.max_train_samples,
         **common,
     )
     if script_args.eval_dataset_name or script_args.dataset_test_split:
-        name = script_args.eval_dataset_name or script_args.dataset_name
+        name = script_args.eval_dataset_name or script_args.dataset
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_rows = load_rankings(
             name, key=key, split=script_args.dataset_test_split or "test", limit=script_args.max_eval_samples, **common
@@ -309,7 +309,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
-    required(script_args.dataset_name, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
+    required(script_args.dataset, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
     required(training_args.output_dir, "output_dir", source)
     if getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False):
         raise InstructGPTError(
@@ -408,7 +408,7 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             trainer="instructgpt on TRL's `RewardTrainer`, with InstructGPT's K-way ranking loss",
             kind="reward",
             base_model=model_path,
-            datasets=[script_args.dataset_name],
+            datasets=script_args.dataset_names,
             example=train_rows[0]["prompt"],
             example_response=train_rows[0]["responses"][0],
             summary="A reward model: a sequence classifier with one output that scores a response to a prompt, "

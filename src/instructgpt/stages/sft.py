@@ -95,7 +95,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
 
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
-    required(script_args.dataset_name, "dataset_name", source, "a Hub dataset id or a local .jsonl file")
+    required(script_args.dataset, "dataset_name", source, "a Hub dataset id or a local .jsonl file")
     required(training_args.output_dir, "output_dir", source)
     refuse_keys_that_cannot_apply(training_args, source)
     stage = TrainerStage("sft", training_args, recipe, script_args.if_output_exists, what="SFT model")
@@ -103,7 +103,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
         return recovered
 
     train_dataset = load_demonstrations(
-        script_args.dataset_name,
+        script_args.dataset,
         config=script_args.dataset_config,
         split=script_args.dataset_train_split,
         key="dataset_name",
@@ -112,7 +112,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
     )
     eval_dataset = None
     if script_args.eval_dataset_name or script_args.dataset_test_split:
-        name = script_args.eval_dataset_name or script_args.dataset_name
+        name = script_args.eval_dataset_name or script_args.dataset
         key = "eval_dataset_name" if script_args.eval_dataset_name else "dataset_test_split"
         eval_dataset = load_demonstrations(
             name,
@@ -182,7 +182,7 @@ def run_sft(script_args: SFTScriptArguments, training_args: Any, model_args: Any
             trainer="instructgpt on TRL's `SFTTrainer`",
             kind="policy",
             base_model=model_path,
-            datasets=[script_args.dataset_name],
+            datasets=script_args.dataset_names,
             example=prompt_of(train_dataset[0]),
             summary="A policy fine-tuned on demonstrations of the answers wanted, with the loss on the response "
             "tokens only. Its tokenizer carries the chat template it was trained with, so prompts given as chat "

@@ -186,7 +186,7 @@ def load_prompt_data(
         )
     max_prompt = None if context is None else context - args.response_length
     prompts = load_prompts(
-        sa.dataset_name,
+        sa.dataset,
         key="dataset_name",
         source=source,
         config=sa.dataset_config,

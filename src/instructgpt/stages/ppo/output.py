@@ -91,7 +91,7 @@ def write_card(trainer: Any, metrics: dict[str, Any]) -> None:
         trainer="instructgpt's own PPO, on accelerate (`instructgpt.stages.ppo`)",
         kind="policy",
         base_model=trainer.policy_path,
-        datasets=[script_args.dataset_name, script_args.ptx_dataset_name],
+        datasets=[*script_args.dataset_names, script_args.ptx_dataset_name],
         example=trainer.prompts[0],
         summary="A policy: the SFT model trained with PPO against the frozen reward model "
         f"`{script_args.reward_model_path}` under a per-token KL penalty to the SFT policy"

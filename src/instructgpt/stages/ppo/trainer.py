@@ -138,7 +138,7 @@ class PPOTrainer:
         check_reward_model(sa.reward_model_path, "reward_model_path", source)
         self.value_path = sa.value_model_path or sa.reward_model_path
         check_reward_model(self.value_path, "value_model_path" if sa.value_model_path else "reward_model_path", source)
-        if not sa.dataset_name:
+        if not sa.dataset:
             raise InstructGPTError(f"{source}: `dataset_name` is required (the PPO prompts: a .jsonl file or a Hub id)")
         if not self.args.output_dir:
             raise InstructGPTError(f"{source}: `output_dir` is required")
@@ -150,7 +150,7 @@ class PPOTrainer:
         self.batch_size = args.batch_size(acc.num_processes)
         if len(self.prompts) < self.batch_size:
             raise InstructGPTError(
-                f"{self.source}: `dataset_name` ({self.script_args.dataset_name}) has {len(self.prompts)} prompts, "
+                f"{self.source}: `dataset_name` ({self.script_args.dataset}) has {len(self.prompts)} prompts, "
                 f"fewer than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
                 "gradient_accumulation_steps x processes); use more prompts or a smaller batch"
             )
