@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,18 @@ def test_config_flag_and_a_trl_recipe_without_stage(tmp_path):
     assert model.model_name_or_path == "data/tiny/base-model" and recipe.stage == "sft"
     with pytest.raises(RecipeError, match="two recipes given"):
         parse_sft_args([trl_recipe, "--config", trl_recipe])
+
+
+def test_a_trl_recipe_env_sets_its_variables_and_a_bad_one_is_refused(tmp_path, monkeypatch):
+    """TRL's CLI recipes may carry `env:` (its TrlParser sets them); so do ours."""
+    monkeypatch.setenv("INSTRUCTGPT_TEST_VAR", "before")  # restored to absent after the test
+    base = "model_name_or_path: data/tiny/base-model\ndataset_name: data/tiny/sft_train.jsonl\noutput_dir: runs/x\n"
+    parse_sft_args([_write(tmp_path, base + "env:\n  INSTRUCTGPT_TEST_VAR: 3\n")])
+    assert os.environ["INSTRUCTGPT_TEST_VAR"] == "3"
+    with pytest.raises(RecipeError, match=r"recipe.yaml: `env` must be a mapping of environment variable names"):
+        parse_sft_args([_write(tmp_path, base + "env: [A, B]\n")])
+    with pytest.raises(RecipeError, match=r"`env.A` must be a single value"):
+        parse_sft_args([_write(tmp_path, base + "env:\n  A: [1, 2]\n")])
 
 
 def test_a_value_taking_key_without_its_value_is_an_error(tmp_path):

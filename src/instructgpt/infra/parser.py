@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import sys
 import types
 import typing
@@ -238,6 +239,19 @@ def _integer(text: str) -> int:
 _integer.__name__ = "int"
 
 
+def set_environment(env: Any, source: str) -> None:
+    """TRL's CLI recipes may carry ``env:``, a mapping of environment variables to set before the run (its
+    ``TrlParser`` does the same); each is set as a string, and a value already in the environment is replaced."""
+    if env is None:
+        return
+    if not isinstance(env, dict) or not all(isinstance(k, str) and k for k in env):
+        raise RecipeError(f"{source}: `env` must be a mapping of environment variable names to values, got {env!r:.80}")
+    for name, value in env.items():
+        if isinstance(value, (dict, list)):
+            raise RecipeError(f"{source}: `env.{name}` must be a single value, got {value!r:.60}")
+        os.environ[name] = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 class RecipeParser:
     """The argument parser of one stage: ``HfArgumentParser`` over the stage's dataclasses, fed from a recipe.
 
@@ -344,6 +358,7 @@ class RecipeParser:
         data = {k: v for k, v in data.items() if k != "stage"}
         recipe = recipe or Recipe(path=None, stage=self.stage, data=data)
         source = recipe.source
+        set_environment(data.pop("env", None), source)
         try:
             data = apply_aliases(data, self.keys, source)
         except AliasError as err:  # its message names the recipe and the key
