@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import one_line_error, python_m, run_cli
+from helpers import collect, one_line_error, python_m, rm, run_cli
 from instructgpt.infra.parser import RecipeError, RecipeParser
 from instructgpt.stages import load_stage
 
@@ -180,3 +180,68 @@ def test_what_this_machine_cannot_do_is_refused_in_one_line(tmp_path):
     line = one_line_error(run_cli(python_m("instructgpt.stages.sft", str(recipe), *ON_THIS_MACHINE, *SHORT)))
     assert "`attn_implementation: flash_attention_2` needs" in line and "sdpa" in line
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_collect_rm_and_ppo_read_a_mixture(sft_model, tmp_path):
+    """The other stages that read a dataset take TRL's `datasets:` too: collection samples the mixed prompts, the
+    reward model trains on collected rankings mixed with implicit-prompt pairs, PPO draws its prompts from a mix."""
+    lines = Path("data/tiny/rm_prompts.jsonl").read_text().splitlines()
+    (tmp_path / "a.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[10:20]) + "\n")
+    prompts = f"[{{path: {tmp_path / 'a.jsonl'}, fraction: 0.5}}, {{path: {tmp_path / 'b.jsonl'}, fraction: 0.5}}]"
+    metrics = collect(
+        tmp_path / "collect", sft_model, "--dataset_name", "null", "--datasets", prompts, "--num_responses", "2"
+    )
+    rows = [json.loads(line) for line in (tmp_path / "collect" / "rankings.jsonl").read_text().splitlines()]
+    # equal shares of 4 and 10 rows, none repeated: the 4 of a.jsonl and the first 4 of b.jsonl
+    expected = [json.loads(line)["prompt"] for line in lines[:4] + lines[10:14]]
+    assert sorted(row["prompt"] for row in rows) == sorted(expected), metrics
+    pairs = f"{FIXTURES}/ultrafeedback_binarized/data/train_prefs-00000-of-00001.jsonl"
+    mixture = f"[{{path: {tmp_path / 'collect' / 'rankings.jsonl'}}}, {{path: {pairs}, columns: [chosen, rejected]}}]"
+    rm_metrics = rm(
+        tmp_path / "rm",
+        tmp_path / "collect" / "rankings.jsonl",
+        sft_model,
+        "--dataset_name",
+        "null",
+        "--datasets",
+        mixture,
+        "--max_steps",
+        "2",
+    )
+    assert (tmp_path / "rm" / "model.safetensors").is_file(), rm_metrics
+    ppo = python_m(
+        "instructgpt.stages.ppo.run",
+        "recipes/tiny/ppo.yaml",
+        "--model_name_or_path",
+        str(sft_model),
+        "--reward_model_path",
+        str(tmp_path / "rm"),
+        "--output_dir",
+        str(tmp_path / "ppo"),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataset_name",
+        "null",
+        "--datasets",
+        prompts,
+        "--total_episodes",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_ppo_epochs",
+        "1",
+        "--response_length",
+        "8",
+        "--num_sample_generations",
+        "0",
+        "--eval_num_prompts",
+        "0",
+    )
+    result = run_cli(ppo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ppo" / "instructgpt_run.json").is_file()

@@ -149,8 +149,10 @@ class PPOTrainer:
         args, acc = self.args, self.accelerator
         self.batch_size = args.batch_size(acc.num_processes)
         if len(self.prompts) < self.batch_size:
+            dataset = self.script_args.dataset  # a file or Hub id, or a mixture (which names its key itself)
+            named = f"`dataset_name` ({dataset})" if isinstance(dataset, str) else str(dataset)
             raise InstructGPTError(
-                f"{self.source}: `dataset_name` ({self.script_args.dataset}) has {len(self.prompts)} prompts, "
+                f"{self.source}: {named} has {len(self.prompts)} prompts, "
                 f"fewer than one rollout batch of {self.batch_size} episodes (per_device_train_batch_size x "
                 "gradient_accumulation_steps x processes); use more prompts or a smaller batch"
             )
