@@ -105,6 +105,28 @@ class DatasetMixtureArguments:
 
 
 @dataclass
+class RewardAggregationArguments:
+    """How a consumer of a reward model reads an ensemble (:mod:`instructgpt.modeling.ensemble`): every stage that
+    scores with a reward model has these keys; a single reward model ignores them."""
+
+    reward_aggregation: Literal["mean", "min", "mean_minus_std"] | None = field(
+        default=None,
+        metadata={
+            "help": "For a reward-model ensemble: the score is the `mean` of its members' normalized rewards, their "
+            "`min` (the worst case) or `mean_minus_std` (the mean minus `reward_std_coef` times their standard "
+            "deviation), as in Coste et al. 2023. Unset: the ensemble's own default (its manifest)."
+        },
+    )
+    reward_std_coef: float | None = field(
+        default=None,
+        metadata={
+            "range": ">= 0",
+            "help": "lambda of `mean_minus_std`, in reward units. Unset: the ensemble's own default.",
+        },
+    )
+
+
+@dataclass
 class ScriptArguments(DatasetMixtureArguments):
     """Where the data comes from, how prompts are formatted, and what to do with an existing output directory.
 

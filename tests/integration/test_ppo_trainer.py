@@ -338,15 +338,16 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
     trainer.args = SimpleNamespace(per_device_train_batch_size=2, temperature=0.7)
     trainer.accelerator = SimpleNamespace(autocast=nullcontext, unwrap_model=lambda m: m)
     trainer.model, trainer.ref_model = PolicyAndValue(policy, value), ref
-    trainer.value_path, trainer.rm_parts = "value", score_parts(reward, "reward_model_path", "rm")
-    trainer.reward_pad_id, trainer.reward_shift = pad, 0.25
+    trainer.value_path, trainer.rm_parts = "value", [score_parts(reward, "reward_model_path", "rm")]
+    trainer.reward_pad_id, trainer.reward_shifts = pad, [0.25]
+    trainer.reward_aggregation, trainer.reward_std_coef = "mean", 1.0
     grouped = trainer._score_chunk(query, query_mask, samples)
 
     with torch.no_grad():
         seqs = Sequences.build(query, query_mask, response, mask)
         expected_ref = logprobs_from_logits(response_logits(ref, seqs, 0.7, True), response)
         expected_values = response_values(*score_parts(value, "value_model_path", "value"), seqs)
-        expected_scores = sequence_scores(*trainer.rm_parts, seqs, pad) - 0.25
+        expected_scores = sequence_scores(*trainer.rm_parts[0], seqs, pad) - 0.25
     zero = torch.zeros((), dtype=torch.float64)
     torch.testing.assert_close(
         grouped["ref_logprobs"].double(), torch.where(mask, expected_ref, zero), rtol=0, atol=1e-5
@@ -356,6 +357,25 @@ def test_rollout_scoring_in_length_groups_equals_one_padded_batch():
     )
     torch.testing.assert_close(grouped["scores"].double(), expected_scores.double(), rtol=0, atol=1e-5)
     assert (grouped["ref_logprobs"][mask] != 0).all()
+    assert (grouped["disagreement"] == 0).all()  # one reward model: nothing to disagree about
+
+    # an ensemble of two (the second member's head perturbed, its own shift): each aggregation of their scores
+    other = AutoModelForSequenceClassification.from_pretrained(TINY_BASE, num_labels=1).double().eval()
+    with torch.no_grad():
+        other.score.weight.add_(0.05 * torch.randn_like(other.score.weight))
+        second = sequence_scores(*score_parts(other, "reward_model_path", "rm"), seqs, pad) + 0.1
+    trainer.rm_parts.append(score_parts(other, "reward_model_path", "rm"))
+    trainer.reward_shifts.append(-0.1)
+    both = torch.stack([expected_scores, second], dim=-1).double()
+    for aggregation, expected in (
+        ("mean", both.mean(-1)),
+        ("min", both.min(-1).values),
+        ("mean_minus_std", both.mean(-1) - 0.5 * both.std(-1, unbiased=False)),
+    ):
+        trainer.reward_aggregation, trainer.reward_std_coef = aggregation, 0.5
+        scored = trainer._score_chunk(query, query_mask, samples)
+        torch.testing.assert_close(scored["scores"].double(), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(scored["disagreement"].double(), both.std(-1, unbiased=False), rtol=0, atol=1e-5)
 
 
 def test_too_few_prompts_for_one_rollout_batch_is_refused_naming_the_file(sft_model, trained_rm, tmp_path):

@@ -61,6 +61,11 @@ def is_complete(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RUN_MARKER).is_file()
 
 
+def read_marker(output_dir: str | Path) -> dict[str, Any]:
+    """The run marker of a finished ``output_dir``: its stage, finish time, recipe and metrics."""
+    return json.loads((Path(output_dir) / RUN_MARKER).read_text(encoding="utf-8"))
+
+
 def holds_trained_model(output_dir: str | Path) -> bool:
     """A finished run of ours, or any saved model (weights at the top level), from whatever tool."""
     output_dir = Path(output_dir)

@@ -47,4 +47,7 @@ def _configure() -> None:
 def get_logger(name: str) -> logging.Logger:
     """The logger of module ``name`` (under ``instructgpt``), with the package's handler in place."""
     _configure()
+    if name != ROOT and not name.startswith(ROOT + "."):
+        # a stage run as `python -m instructgpt.stages.rm` is named `__main__`: still one of ours, printed as one
+        name = f"{ROOT}.{name}"
     return logging.getLogger(name)

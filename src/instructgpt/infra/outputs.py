@@ -145,6 +145,7 @@ def finish_output(
     is_main_process: bool,
     wait_for_everyone: Callable[[], Any],
     push: PushTarget | None,
+    weights: bool = True,
 ) -> None:
     """The end of every training stage, once its weights are saved (the last file but the marker), in an order that
     keeps a finished output sound. It needs no transformers ``Trainer``: PPO's own loop ends with it too.
@@ -155,9 +156,12 @@ def finish_output(
     3. only then does the main process push the output to the Hub (``push``: what
        :func:`~instructgpt.infra.hub.take_push_to_hub` took from the training arguments, so that no Trainer pushed a
        half-written directory; None: no push).
+
+    ``weights``: the directory holds a model's weights, checked finite first (a reward-model ensemble's are in its
+    members' folders, each checked by its own run).
     """
     if is_main_process:
-        mark_complete(output_dir, stage, recipe, metrics, weights=True)
+        mark_complete(output_dir, stage, recipe, metrics, weights=weights)
         logger.info(f"{what} saved to {output_dir}")
     wait_for_everyone()
     if push is not None and is_main_process:

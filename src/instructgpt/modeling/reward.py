@@ -21,6 +21,7 @@ from instructgpt.infra.errors import InstructGPTError
 from instructgpt.losses.reward import unflatten_rewards
 from instructgpt.metrics.ranking import ranking_agreement, summarize_agreement
 from instructgpt.modeling.config import check_model_path, load_pretrained, model_context_length
+from instructgpt.modeling.ensemble import RewardEnsemble, is_ensemble, member_paths, read_manifest, resolve_aggregation
 from instructgpt.modeling.loading import model_init_kwargs
 from instructgpt.modeling.tokenizers import load_tokenizer
 
@@ -73,11 +74,15 @@ def check_reward_model(path: str, key: str = "reward_model_path", source: str = 
     """Fail early, naming the key, unless ``path`` holds a sequence-classification model with one output.
 
     The usual mistake is pointing at the SFT model (a causal LM): it has no score head, and loading it as a reward
-    model would silently attach a random one.
+    model would silently attach a random one. An ensemble (:mod:`instructgpt.modeling.ensemble`) is checked member
+    by member; its first member's config is returned.
     """
     from transformers import AutoConfig
 
     check_model_path(path, key, source)
+    if is_ensemble(path):
+        read_manifest(path, key, source)
+        return [check_reward_model(member, key, source) for member in member_paths(path, key, source)][0]
     folder = Path(path).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
         raise RewardModelError(
@@ -107,20 +112,36 @@ def load_reward_model(
     dtype: Any = None,
     key: str = "reward_model_path",
     source: str = "recipe",
+    aggregation: str | None = None,
+    std_coef: float | None = None,
 ) -> tuple[Any, Any, float]:
     """Load a reward model for scoring: ``(model in eval mode, tokenizer, shift)``.
 
     ``shift`` is the normalization stored by the RM stage (0 for a model trained elsewhere);
     :func:`score_responses` subtracts it by itself, so callers only need it for display.
+
+    An ensemble's folder loads as one :class:`~instructgpt.modeling.ensemble.RewardEnsemble` whose scores are the
+    ``aggregation`` (with ``std_coef``) of its members' normalized rewards; unset, the ensemble's own default. A
+    single reward model ignores both (one member: every aggregation is its reward).
     """
     from transformers import AutoModelForSequenceClassification
 
     check_reward_model(path, key, source)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = load_pretrained(AutoModelForSequenceClassification, path, key=key, source=source, **kwargs)
+    if is_ensemble(path):
+        members = [
+            load_pretrained(AutoModelForSequenceClassification, member, key=key, source=source, **kwargs)
+            for member in member_paths(path, key, source)
+        ]
+        model = RewardEnsemble(members, *resolve_aggregation(path, aggregation, std_coef, key, source))
+    else:
+        model = load_pretrained(AutoModelForSequenceClassification, path, key=key, source=source, **kwargs)
     tokenizer = load_tokenizer(path, key=key, source=source)
     if model.config.pad_token_id is None:  # needed to find each sequence's last token
         model.config.pad_token_id = tokenizer.pad_token_id
+    for member in getattr(model, "members", ()):
+        if member.config.pad_token_id is None:
+            member.config.pad_token_id = tokenizer.pad_token_id
     if device is not None:
         model.to(device)
     model.eval()
@@ -134,6 +155,42 @@ def reward_shift(model: Any) -> float:
 
 
 @torch.inference_mode()
+def _forward_in_batches(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int, read: Any
+) -> list[Any]:
+    """``read(output)`` (one row per sequence) for each (prompt, response), in input order.
+
+    Texts are built exactly as in training (:func:`reward_texts`); one longer than the model's context keeps its
+    end, where the reward is read. Sequences are batched by length to waste little padding.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        return []
+    module = getattr(model, "module", model)
+    context = model_context_length(module.config)
+    ids = reward_input_ids(tokenizer, prompts, responses)
+    if context is not None:
+        ids = [x[-context:] for x in ids]
+    pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else tokenizer.pad_token_id
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    out: list[Any] = [None] * len(ids)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, attention_mask = pad_sequences([ids[i] for i in chunk], pad_id, side="right")
+            output = module(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+            for i, value in zip(chunk, read(output).float().tolist()):
+                out[i] = value
+    finally:
+        if was_training:
+            module.train()
+    return out
+
+
 def score_responses(
     model: Any,
     tokenizer: Any,
@@ -145,39 +202,24 @@ def score_responses(
 ) -> list[float]:
     """Normalized rewards :math:`r(x, y) - b` of each (prompt, response), in input order.
 
-    ``b`` is the model's stored shift unless ``shift`` is given (``shift=0.0`` gives raw rewards). Texts are built
-    exactly as in training (:func:`reward_texts`); one longer than the model's context keeps its end, where the
-    reward is read. Sequences are batched by length to waste little padding.
+    ``b`` is the model's stored shift unless ``shift`` is given (``shift=0.0`` gives raw rewards; an ensemble's
+    members always subtract their own, before the aggregation). Texts and batches as :func:`_forward_in_batches`.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if not prompts:
-        return []
+    bias = reward_shift(model) if shift is None else shift
+    raw = _forward_in_batches(model, tokenizer, prompts, responses, batch_size, lambda out: out.logits.squeeze(-1))
+    return [value - bias for value in raw]
+
+
+def score_members(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], responses: Sequence[str], *, batch_size: int = 32
+) -> list[list[float]]:
+    """Each member's normalized reward of each (prompt, response), ``[response][member]``; a single reward model
+    is one member. The spread of a row is the members' disagreement (:func:`~instructgpt.modeling.ensemble.
+    disagreement`)."""
     module = getattr(model, "module", model)
-    bias = reward_shift(module) if shift is None else shift
-    context = model_context_length(module.config)
-    ids = reward_input_ids(tokenizer, prompts, responses)
-    if context is not None:
-        ids = [x[-context:] for x in ids]
-    pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else tokenizer.pad_token_id
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    device = next(module.parameters()).device
-    was_training = module.training
-    module.eval()
-    scores = [0.0] * len(ids)
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            input_ids, attention_mask = pad_sequences([ids[i] for i in chunk], pad_id, side="right")
-            logits = module(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
-            ).logits
-            for i, value in zip(chunk, logits.squeeze(-1).float().tolist()):
-                scores[i] = value - bias
-    finally:
-        if was_training:
-            module.train()
-    return scores
+    if hasattr(module, "members"):
+        return _forward_in_batches(model, tokenizer, prompts, responses, batch_size, lambda out: out.member_rewards)
+    return [[s] for s in score_responses(model, tokenizer, prompts, responses, batch_size=batch_size)]
 
 
 def evaluate_rankings(
@@ -235,6 +277,8 @@ class RewardModelReward:
     an EOS token (it hit the length limit), read from the ``completion_ids`` TRL passes; without them (a call from
     outside a trainer) no penalty applies.
 
+    An ensemble's folder is scored by its ``aggregation`` of the members (:func:`load_reward_model`).
+
     The model stays on whatever device it was put on (:meth:`to`); TRL does not move custom reward functions.
     """
 
@@ -248,11 +292,15 @@ class RewardModelReward:
         dtype: Any = None,
         key: str = "reward_model_path",
         source: str = "recipe",
+        aggregation: str | None = None,
+        std_coef: float | None = None,
     ):
         if missing_eos_penalty is not None and missing_eos_penalty < 0:
             raise InstructGPTError(f"{source}: `missing_eos_penalty` must be >= 0, got {missing_eos_penalty}")
         self.path = path
-        self.model, self.tokenizer, self.shift = load_reward_model(path, dtype=dtype, key=key, source=source)
+        self.model, self.tokenizer, self.shift = load_reward_model(
+            path, dtype=dtype, key=key, source=source, aggregation=aggregation, std_coef=std_coef
+        )
         self.missing_eos_penalty = missing_eos_penalty or 0.0
         self.eos_token_ids = set(eos_token_ids or [])
         self.batch_size = batch_size

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instructgpt.arguments import ScriptArguments
+from instructgpt.arguments import RewardAggregationArguments, ScriptArguments
 from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt, load_prompts
 from instructgpt.infra.entrypoint import stage_main
@@ -64,7 +64,7 @@ TRAINER_FILES = re.compile(
 
 
 @dataclass
-class RLOOScriptArguments(ScriptArguments):
+class RLOOScriptArguments(ScriptArguments, RewardAggregationArguments):
     """Models and data of an RLOO run. ``dataset_name`` holds the prompts (a ``prompt`` or ``messages`` column)."""
 
     reward_model_path: str | None = field(
@@ -296,6 +296,8 @@ def run_rloo(script_args: RLOOScriptArguments, training_args: Any, model_args: A
         eos_token_ids=eos_ids,
         batch_size=script_args.reward_batch_size,
         source=source,
+        aggregation=script_args.reward_aggregation,
+        std_coef=script_args.reward_std_coef,
     )
 
     callbacks = stage.start_run()  # the dashboards' run starts once every input is checked

@@ -27,10 +27,13 @@ RL"). The shift is stored with the model (``config.reward_shift`` and ``reward_n
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,24 +42,43 @@ from instructgpt.data import DataError
 from instructgpt.data.formats import Prompt, load_demonstrations
 from instructgpt.data.padding import pad_sequences
 from instructgpt.data.rankings import RankingStats, hold_out_by_prompt, load_rankings
+from instructgpt.infra.cards import write_model_card
 from instructgpt.infra.entrypoint import stage_main
 from instructgpt.infra.errors import InstructGPTError
-from instructgpt.infra.files import atomic_write_json
+from instructgpt.infra.files import atomic_write_json, is_complete, read_marker
+from instructgpt.infra.hub import take_push_to_hub
+from instructgpt.infra.library_errors import translating
 from instructgpt.infra.log import get_logger
+from instructgpt.infra.outputs import finish_output, mark_started, prepare_output_dir
 from instructgpt.infra.parser import Recipe, StageArgs, parse_stage_args, required
+from instructgpt.infra.processes import process_state
 from instructgpt.infra.trainer_stage import TrainerStage
 from instructgpt.judges import make_labeler
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import RankingAgreementEval, pairwise_accuracy, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, stage_tokenizer
+from instructgpt.modeling.ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleManifest, disagreement
 from instructgpt.modeling.lora import merge_adapter
-from instructgpt.modeling.reward import NORMALIZATION_FILE, load_sequence_classifier, reward_input_ids, score_responses
+from instructgpt.modeling.reward import (
+    NORMALIZATION_FILE,
+    evaluate_rankings,
+    load_reward_model,
+    load_sequence_classifier,
+    reward_input_ids,
+    score_members,
+    score_responses,
+)
+from instructgpt.modeling.tokenizers import load_tokenizer
 
 logger = get_logger(__name__)
+
+ENSEMBLE_DIVERSITY = ("seed", "bootstrap")  # where an ensemble's members differ (`ensemble_diversity`)
 
 
 @dataclass
 class RMScriptArguments(ScriptArguments):
+    """Where the rankings come from, the shift's demonstrations, and the ensemble (``ensemble_size`` > 1)."""
+
     eval_fraction: float = field(
         default=0.0,
         metadata={
@@ -89,6 +111,36 @@ class RMScriptArguments(ScriptArguments):
     scoring_batch_size: int = field(
         default=32,
         metadata={"range": ">= 1", "help": "Sequences per forward pass when scoring demonstrations after training."},
+    )
+    ensemble_size: int = field(
+        default=1,
+        metadata={
+            "range": ">= 1",
+            "help": "Train this many reward models as one ensemble (Coste et al. 2023), saved under "
+            "`output_dir/members/<i>` with a manifest, and loaded by every consumer as one reward model whose score "
+            "aggregates the members' (`reward_aggregation`). 1: one reward model, as before.",
+        },
+    )
+    ensemble_diversity: list[str] = field(
+        default_factory=lambda: ["seed", "bootstrap"],
+        metadata={
+            "help": "Where the members' differences come from: `seed` (member i trains with `seed + i`: its own "
+            "score-head initialization and data order) and/or `bootstrap` (member i trains on a resample of the "
+            "training rankings, drawn with replacement, as many as there are). Eisenstein et al. 2023: seeds alone "
+            "make members that err together."
+        },
+    )
+    ensemble_aggregation: Literal["mean", "min", "mean_minus_std"] = field(
+        default="mean",
+        metadata={
+            "help": "The ensemble's default aggregation, stored in its manifest, for consumers whose recipe does "
+            "not choose one: `mean`, `min` (worst case) or `mean_minus_std` (uncertainty-weighted, with "
+            "`ensemble_std_coef`)."
+        },
+    )
+    ensemble_std_coef: float = field(
+        default=1.0,
+        metadata={"range": ">= 0", "help": "The default lambda of `mean_minus_std` stored in the manifest."},
     )
     gold_labeler: str | None = field(
         default=None,
@@ -303,10 +355,28 @@ def _load_splits(
     return train_rows, None
 
 
-def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
-    """Train, evaluate, normalize and save one reward model as the recipe describes; returns the final metrics."""
-    from transformers import set_seed
+@dataclass
+class RMData:
+    """What a reward model trains and is judged on, read and checked once (an ensemble's members share it)."""
 
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]] | None
+    demo_prompts: list[Prompt]
+    demo_responses: list[str]
+
+
+def load_rm_data(script_args: RMScriptArguments, training_args: Any, source: str) -> RMData:
+    train_rows, eval_rows = _load_splits(script_args, training_args, source)
+    demo_prompts: list[Prompt] = []
+    demo_responses: list[str] = []
+    if script_args.demonstrations_dataset:
+        demo_prompts, demo_responses = load_demonstration_pairs(script_args, source)
+    return RMData(train_rows, eval_rows, demo_prompts, demo_responses)
+
+
+def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, recipe: Recipe) -> dict[str, Any]:
+    """Train, evaluate, normalize and save the reward model (or the ensemble) the recipe describes; returns the
+    final metrics."""
     source = recipe.source
     model_path = check_model_path(model_args.model_name_or_path, "model_name_or_path", source)
     required(script_args.dataset, "dataset_name", source, "rankings or pairs: a .jsonl file or a Hub id")
@@ -316,15 +386,30 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
             f"{source}: `load_in_4bit`/`load_in_8bit` is not supported for the reward model (its merged weights "
             "would stay quantized, which PPO and evaluation cannot load); use LoRA in bf16 (use_peft: true) instead"
         )
+    if script_args.ensemble_size > 1:
+        return train_ensemble(script_args, training_args, model_args, recipe, model_path)
+    return train_reward_model(script_args, training_args, model_args, recipe, model_path)
+
+
+def train_reward_model(
+    script_args: RMScriptArguments,
+    training_args: Any,
+    model_args: Any,
+    recipe: Recipe,
+    model_path: str,
+    data: RMData | None = None,
+) -> dict[str, Any]:
+    """One reward model, through the Trainer lifecycle every stage shares (:class:`TrainerStage`); ``data``: the
+    rows already read (an ensemble's member), else they are read once the output directory is settled."""
+    from transformers import set_seed
+
+    source = recipe.source
     stage = TrainerStage("rm", training_args, recipe, script_args.if_output_exists, what="reward model")
     if (recovered := stage.begin()) is not None:
         return recovered
-
-    train_rows, eval_rows = _load_splits(script_args, training_args, source)
-    demo_prompts: list[Prompt] = []
-    demo_responses: list[str] = []
-    if script_args.demonstrations_dataset:
-        demo_prompts, demo_responses = load_demonstration_pairs(script_args, source)
+    data = data or load_rm_data(script_args, training_args, source)
+    train_rows, eval_rows = data.train_rows, data.eval_rows
+    demo_prompts, demo_responses = data.demo_prompts, data.demo_responses
 
     tokenizer = stage_tokenizer(model_path, script_args, model_args, source, training_args.trust_remote_code)
     cap_max_length(training_args, model_path, source, training_args.trust_remote_code)
@@ -427,6 +512,144 @@ def run_rm(script_args: RMScriptArguments, training_args: Any, model_args: Any, 
                 "held-out pairwise accuracy against the gold judge": metrics.get("eval_gold_pairwise_accuracy"),
             },
         ),
+    )
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ensembles
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bootstrap_rows(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A bootstrap resample of the training rankings: as many as there are, drawn uniformly with replacement
+    (Efron 1979), so each member sees about 63% of the distinct rankings, some of them more than once."""
+    return random.Random(seed).choices(rows, k=len(rows))
+
+
+def member_settings(
+    script_args: RMScriptArguments, training_args: Any, recipe: Recipe, index: int
+) -> tuple[RMScriptArguments, Any, Recipe]:
+    """The recipe of member ``index``: its own folder under ``output_dir/members/``, and ``seed + index`` where the
+    ensemble's diversity has `seed`. Members always resume (the ensemble's folder was already settled), never push
+    (the finished ensemble is pushed once), and log as their own dashboard run."""
+    member_dir = str(Path(training_args.output_dir) / "members" / str(index))
+    args = copy.deepcopy(training_args)
+    args.output_dir = member_dir
+    if "seed" in script_args.ensemble_diversity:
+        args.seed = training_args.seed + index
+    if training_args.run_name:
+        args.run_name = f"{training_args.run_name}-member-{index}"
+    member_args = dataclasses.replace(script_args, ensemble_size=1, if_output_exists="resume")
+    data = {**recipe.data, "output_dir": member_dir, "seed": args.seed, "ensemble_size": 1}
+    return member_args, args, Recipe(path=recipe.path, stage=recipe.stage, data=data, origin=recipe.origin)
+
+
+def evaluate_ensemble(output_dir: str, rows: list[dict[str, Any]], batch_size: int, source: str) -> dict[str, float]:
+    """Held-out pairwise accuracy of the ensemble under each aggregation, and the members' mean disagreement."""
+    metrics: dict[str, float] = {}
+    for aggregation in AGGREGATIONS:
+        model, tokenizer, _ = load_reward_model(output_dir, key="output_dir", source=source, aggregation=aggregation)
+        result = evaluate_rankings(model, tokenizer, rows, batch_size=batch_size)
+        metrics[f"eval_{aggregation}_pairwise_accuracy"] = result["pairwise_accuracy"]
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [response for row in rows for response in row["responses"]]
+    members = torch.tensor(score_members(model, tokenizer, prompts, responses, batch_size=batch_size))
+    metrics["eval_member_disagreement"] = disagreement(members).mean().item()
+    return metrics
+
+
+def train_ensemble(
+    script_args: RMScriptArguments, training_args: Any, model_args: Any, recipe: Recipe, model_path: str
+) -> dict[str, Any]:
+    """``ensemble_size`` reward models, one after another, each a complete run of :func:`train_reward_model` in
+    ``output_dir/members/<i>`` (so each resumes, and is normalized so the demonstrations average 0 for it), then
+    the manifest that makes the folder load as one reward model (:mod:`instructgpt.modeling.ensemble`), the
+    shared tokenizer, the card, and the marker, last.
+
+    An interrupted ensemble resumes where it stopped: finished members are kept, the interrupted one resumes
+    from its checkpoint. ``if_output_exists`` applies to the ensemble's folder as a whole.
+    """
+    source, out = recipe.source, Path(training_args.output_dir)
+    unknown = [d for d in script_args.ensemble_diversity if d not in ENSEMBLE_DIVERSITY]
+    if unknown or not script_args.ensemble_diversity:
+        raise InstructGPTError(
+            f"{source}: `ensemble_diversity`: {'unknown source ' + repr(unknown[0]) if unknown else 'empty'}; use "
+            f"any of {', '.join(ENSEMBLE_DIVERSITY)}"
+        )
+    prepare_output_dir(out, script_args.if_output_exists, source, stage="rm")
+    data = load_rm_data(script_args, training_args, source)
+    state = process_state()
+    mark_started(out, "rm")
+    push = take_push_to_hub(training_args)
+    members: list[dict[str, Any]] = []
+    for index in range(script_args.ensemble_size):
+        member_args, args, member_recipe = member_settings(script_args, training_args, recipe, index)
+        rows = data.train_rows
+        if "bootstrap" in script_args.ensemble_diversity:
+            rows = bootstrap_rows(rows, training_args.seed + index)
+        if is_complete(args.output_dir):
+            logger.info(f"ensemble member {index}: finished in {args.output_dir}; kept")
+            metrics = read_marker(args.output_dir).get("metrics", {})
+        else:
+            logger.info(f"ensemble member {index + 1} of {script_args.ensemble_size} ({args.output_dir})")
+            metrics = train_reward_model(
+                member_args, args, model_args, member_recipe, model_path, dataclasses.replace(data, train_rows=rows)
+            )
+        members.append(metrics)
+
+    manifest = EnsembleManifest(
+        members=tuple(f"members/{i}" for i in range(script_args.ensemble_size)),
+        diversity=tuple(script_args.ensemble_diversity),
+        aggregation=script_args.ensemble_aggregation,
+        std_coef=script_args.ensemble_std_coef,
+    )
+    metrics: dict[str, Any] = {
+        "ensemble_size": script_args.ensemble_size,
+        "member_reward_shifts": [m.get("reward_shift") for m in members],
+    }
+    if state.is_main_process:
+        with translating(f"rm saving the ensemble to {out}"):
+            load_tokenizer(str(out / manifest.members[0]), key="output_dir", source=source).save_pretrained(out)
+            atomic_write_json(out / ENSEMBLE_FILE, manifest.to_json())
+        if data.eval_rows:
+            metrics["member_eval_pairwise_accuracy"] = [m.get("eval_pairwise_accuracy") for m in members]
+            metrics.update(evaluate_ensemble(str(out), data.eval_rows, script_args.scoring_batch_size, source))
+            metrics["eval_pairwise_accuracy"] = metrics[f"eval_{manifest.aggregation}_pairwise_accuracy"]
+            each = [f"{a:.3f}" for a in metrics["member_eval_pairwise_accuracy"] if a is not None]
+            logger.info(
+                "ensemble held-out pairwise accuracy: "
+                + ", ".join(f"{a} {metrics[f'eval_{a}_pairwise_accuracy']:.3f}" for a in AGGREGATIONS)
+                + f"; members {', '.join(each)}; mean disagreement {metrics['eval_member_disagreement']:.3f}"
+            )
+        with translating(f"rm saving the ensemble to {out}"):
+            write_model_card(
+                out,
+                stage="rm",
+                title=f"reward-model ensemble of {script_args.ensemble_size}, InstructGPT step 2",
+                trainer="instructgpt on TRL's `RewardTrainer`, with InstructGPT's K-way ranking loss",
+                kind="reward",
+                base_model=model_path,
+                datasets=script_args.dataset_names,
+                example=data.train_rows[0]["prompt"],
+                example_response=data.train_rows[0]["responses"][0],
+                summary=f"An ensemble of {script_args.ensemble_size} reward models (members/<i>, each with its own "
+                f"shift so demonstrations average 0 for it), differing by {' and '.join(manifest.diversity)}. "
+                "`instructgpt.modeling.reward.load_reward_model` loads the folder as one reward model whose score "
+                f"is the `{manifest.aggregation}` of the members' (Coste et al. 2023).",
+                settings={"members": script_args.ensemble_size, "diversity": ", ".join(manifest.diversity)},
+                results={k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, float)},
+            )
+    finish_output(
+        out,
+        "rm",
+        recipe.data,
+        metrics,
+        what="reward-model ensemble",
+        is_main_process=state.is_main_process,
+        wait_for_everyone=state.wait_for_everyone,
+        push=push,
+        weights=False,
     )
     return metrics
 

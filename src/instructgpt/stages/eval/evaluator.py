@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from instructgpt.infra.log import get_logger
 from instructgpt.judges import is_pairwise
 from instructgpt.modeling import load_policy, warn_other_tokenizer
-from instructgpt.modeling.reward import load_reward_model, score_responses
+from instructgpt.modeling.ensemble import disagreement
+from instructgpt.modeling.reward import load_reward_model, score_members, score_responses
 from instructgpt.stages.eval.judging import build_labeler, labeler_details
 from instructgpt.stages.eval.samples import (
     Samples,
@@ -53,7 +56,14 @@ class Evaluator:
         self.labeler = None if self.pairwise is not None else judge
         self.reward = None
         if args.reward_model:
-            self.reward = load_reward_model(args.reward_model, device=device, key="--reward_model", source=source)
+            self.reward = load_reward_model(
+                args.reward_model,
+                device=device,
+                key="--reward_model",
+                source=source,
+                aggregation=args.reward_aggregation,
+                std_coef=args.reward_std_coef,
+            )
         self.ref_model = self.ref_tokenizer = self.ref_path = None
 
     def load_reference(self, path: str, key: str = "--reference") -> None:
@@ -118,6 +128,9 @@ class Evaluator:
             rm = score_responses(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
             out["rm_scores"] = rm
             out["rm_score"] = mean_or_none(rm)
+            if hasattr(model, "members"):  # an ensemble: how much its members disagree on this model's responses
+                members = score_members(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
+                out["rm_disagreement"] = disagreement(torch.tensor(members)).mean().item() if members else None
         return out
 
 

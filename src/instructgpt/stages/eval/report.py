@@ -27,6 +27,7 @@ METRIC_COLUMNS: list[tuple[str, str]] = [
     ("labeler_on_task", "on task"),
     ("labeler_off_topic", "off topic"),
     ("rm_score", "RM score (normalized)"),
+    ("rm_disagreement", "RM members' disagreement (std)"),
     ("kl_to_reference", "KL to reference (nats)"),
     ("response_tokens", "length (tokens)"),
     ("distinct_1", "distinct-1"),
@@ -263,15 +264,17 @@ def render_report(
         ]
         lines += judge_counts_table(results["judge"]["counts"]) + [""]
     lines += methods_table(results)
+    # a column no model has (the disagreement of a single reward model) is left out
+    columns = [(k, t) for k, t in METRIC_COLUMNS[1:] if any(k in results["metrics"][n] for n in names)]
     lines += [
         "## Per-model metrics",
         "",
-        "| model | " + " | ".join(t for _, t in METRIC_COLUMNS[1:]) + " |",
-        "|---" * len(METRIC_COLUMNS) + "|",
+        "| model | " + " | ".join(t for _, t in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for name in names:
         m = results["metrics"][name]
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in METRIC_COLUMNS[1:]) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in columns) + " |")
     lines.append("")
     if results.get("task_shares"):
         lines += (

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from instructgpt.arguments import RewardAggregationArguments
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.judges.llm import LLMJudgeSettings, default_cache_path
 from instructgpt.modeling import DEFAULT_PROMPT_TEMPLATE
@@ -23,7 +24,7 @@ class EvalError(InstructGPTError):
 
 
 @dataclass
-class EvalArguments:
+class EvalArguments(RewardAggregationArguments):
     """Settings of ``instructgpt eval`` (also the ``eval:`` mapping of a pipeline recipe)."""
 
     models: list[str] = field(

@@ -28,26 +28,27 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from instructgpt.arguments import ScriptArguments
+from instructgpt.arguments import RewardAggregationArguments, ScriptArguments
 from instructgpt.infra.validation import range_problems
 
 
 @dataclass
-class PPOScriptArguments(ScriptArguments):
+class PPOScriptArguments(ScriptArguments, RewardAggregationArguments):
     """Models and data of a PPO run. ``dataset_name`` holds the prompts (a ``prompt`` or ``messages`` column)."""
 
     reward_model_path: str | None = field(
         default=None,
         metadata={
-            "help": "The reward model (output_dir of `instructgpt-rm`): a sequence classifier with one output. It is "
-            "frozen, and its scores are normalised by the shift the RM stage stored with it."
+            "help": "The reward model (output_dir of `instructgpt-rm`): a sequence classifier with one output, or an "
+            "ensemble of them (read with `reward_aggregation`). It is frozen, and its scores are normalised by the "
+            "shift the RM stage stored with it (each member's own)."
         },
     )
     value_model_path: str | None = field(
         default=None,
         metadata={
             "help": "Where the value function starts from. Default: the reward model (InstructGPT initialises the "
-            "value function from the RM). Must share the policy's tokenizer."
+            "value function from the RM; an ensemble's first member). Must share the policy's tokenizer."
         },
     )
     ptx_dataset_name: str | None = field(

@@ -29,6 +29,7 @@ from transformers import AutoModelForSequenceClassification
 from instructgpt.infra.errors import InstructGPTError
 from instructgpt.modeling import load_tokenizer, lora_config, model_init_kwargs
 from instructgpt.modeling.config import load_pretrained
+from instructgpt.modeling.ensemble import member_paths
 from instructgpt.modeling.loading import load_causal_lm
 from instructgpt.modeling.reward import load_sequence_classifier, reward_shift
 from instructgpt.modeling.tokenizers import check_embeddings_cover, check_same_tokenizer
@@ -155,6 +156,17 @@ def sequence_scores(backbone: nn.Module, head: nn.Module, seqs: Sequences, pad_t
     return head(hidden[rows, reward_positions(seqs, pad_token_id)]).squeeze(-1).float()
 
 
+def member_rewards(
+    parts: list[tuple[nn.Module, nn.Module]], shifts: list[float], seqs: Sequences, pad_token_id: int | None
+) -> torch.Tensor:
+    """Each reward-model member's normalized score :math:`r_i - b_i` of the sequences, ``(B, N)``; the
+    aggregation of an ensemble (:func:`instructgpt.modeling.ensemble.aggregate_rewards`) reads these."""
+    return torch.stack(
+        [sequence_scores(backbone, head, seqs, pad_token_id) - shift for (backbone, head), shift in zip(parts, shifts)],
+        dim=-1,
+    )
+
+
 class PolicyAndValue(nn.Module):
     """Policy and value function as one module, so that one ``accelerator.prepare`` (one DDP / DeepSpeed engine, one
     optimizer) trains both and one forward call computes everything a PPO micro-batch needs, the ptx term included
@@ -255,11 +267,12 @@ class PPOModels:
     ref_model: nn.Module | None
     """The frozen SFT policy; None with LoRA, where the reference is the policy with its adapter disabled."""
     reward_model: nn.Module
-    reward_shift: float
-    """Subtracted from every raw score (:func:`instructgpt.modeling.reward.reward_shift`)."""
+    """The frozen reward model, or an ensemble's members as one ``ModuleList`` (prepared together)."""
+    reward_shifts: list[float]
+    """Each member's shift, subtracted from its raw scores (:func:`instructgpt.modeling.reward.reward_shift`)."""
     reward_pad_id: int | None
-    rm_parts: tuple[nn.Module, nn.Module]
-    """The reward model's backbone and score head (:func:`score_parts`)."""
+    rm_parts: list[tuple[nn.Module, nn.Module]]
+    """Each member's backbone and score head (:func:`score_parts`); one for a single reward model."""
     is_peft: bool
 
 
@@ -301,11 +314,16 @@ def load_models(
 
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=args.gradient_checkpointing)
         policy = get_peft_model(policy, peft_config)
-    reward_model = freeze(
-        load_pretrained(AutoModelForSequenceClassification, reward_path, key="reward_model_path", source=source, **init)
-    )
-    shift = reward_shift(reward_model)
-    reward_pad_id = reward_model.config.pad_token_id
+    # an ensemble's members (instructgpt.modeling.ensemble), each with its own shift; a single RM is one member
+    members = [
+        freeze(
+            load_pretrained(AutoModelForSequenceClassification, path, key="reward_model_path", source=source, **init)
+        )
+        for path in member_paths(reward_path, "reward_model_path", source)
+    ]
+    reward_model = members[0] if len(members) == 1 else nn.ModuleList(members)
+    shifts = [reward_shift(member) for member in members]
+    reward_pad_id = members[0].config.pad_token_id
     if reward_pad_id is None:
         reward_pad_id = tokenizer.pad_token_id
     # the value model is trained in full, so it is never loaded quantized
@@ -313,17 +331,17 @@ def load_models(
         value_path, model_args, args.trust_remote_code, quantize=False, source=source
     )
     for key, path, model in (
-        ("reward_model_path", reward_path, reward_model),
+        *(("reward_model_path", reward_path, member) for member in members),
         ("value_model_path", value_path, value_model),
     ):
         check_embeddings_cover(model, f"`{key}` ({path})", tokenizer, f"the policy ({policy_path})", source=source)
-    for model in (policy, value_model, reward_model, ref_model):
+    for model in (policy, value_model, *members, ref_model):
         if model is not None:
             disable_dropout(model)
             fuse_tanh_gelu(model)
     for model in (policy, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
-    rm_parts = score_parts(reward_model, "reward_model_path", reward_path)
+    rm_parts = [score_parts(member, "reward_model_path", reward_path) for member in members]
     both = PolicyAndValue(policy, value_model, "value_model_path", value_path)
     if args.gradient_checkpointing:
         both.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs or {"use_reentrant": False})
@@ -331,7 +349,7 @@ def load_models(
         model=both,
         ref_model=ref_model,
         reward_model=reward_model,
-        reward_shift=shift,
+        reward_shifts=shifts,
         reward_pad_id=reward_pad_id,
         rm_parts=rm_parts,
         is_peft=peft_config is not None,

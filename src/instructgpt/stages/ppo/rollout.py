@@ -62,6 +62,8 @@ class Batch:
     values: torch.Tensor
     scores: torch.Tensor
     ended: torch.Tensor
+    disagreement: torch.Tensor
+    """The reward-model members' spread on each response (0 for a single reward model)."""
     prompts: list[Any]
 
 
@@ -76,7 +78,7 @@ def join_chunks(chunks: list[dict[str, torch.Tensor]], pad_token_id: int) -> dic
     }
     for key in ("logprobs", "ref_logprobs", "values"):
         out[key] = pad_columns([c[key] for c in chunks], 0.0)
-    for key in ("scores", "ended"):
+    for key in ("scores", "ended", "disagreement"):
         out[key] = torch.cat([c[key] for c in chunks])
     return out
 

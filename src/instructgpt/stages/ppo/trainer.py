@@ -31,6 +31,7 @@ from instructgpt.infra.processes import no_accelerator, prepare_frozen_model
 from instructgpt.infra.tracking import StageTracker
 from instructgpt.losses import ppo as core
 from instructgpt.modeling import check_model_path
+from instructgpt.modeling.ensemble import aggregate_rewards, disagreement, member_paths, resolve_aggregation
 from instructgpt.modeling.reward import check_reward_model
 from instructgpt.stages.ppo import divergence, models, objective
 from instructgpt.stages.ppo import rollout as hf_rollout
@@ -105,7 +106,7 @@ class PPOTrainer:
             self.source,
         )
         self.model, self.ref_model, self.reward_model = loaded.model, loaded.ref_model, loaded.reward_model
-        self.reward_shift, self.reward_pad_id = loaded.reward_shift, loaded.reward_pad_id
+        self.reward_shifts, self.reward_pad_id = loaded.reward_shifts, loaded.reward_pad_id
         self.rm_parts, self.is_peft = loaded.rm_parts, loaded.is_peft
         self._build_optimization()
         self.progress = Progress()
@@ -136,7 +137,11 @@ class PPOTrainer:
         if not sa.reward_model_path:
             raise InstructGPTError(f"{source}: `reward_model_path` is required (the output_dir of instructgpt-rm)")
         check_reward_model(sa.reward_model_path, "reward_model_path", source)
-        self.value_path = sa.value_model_path or sa.reward_model_path
+        self.reward_aggregation, self.reward_std_coef = resolve_aggregation(
+            sa.reward_model_path, sa.reward_aggregation, sa.reward_std_coef, "reward_model_path", source
+        )
+        # InstructGPT: the value function starts from the reward model (an ensemble's first member)
+        self.value_path = sa.value_model_path or member_paths(sa.reward_model_path, "reward_model_path", source)[0]
         check_reward_model(self.value_path, "value_model_path" if sa.value_model_path else "reward_model_path", source)
         if not sa.dataset:
             raise InstructGPTError(f"{source}: `dataset_name` is required (the PPO prompts: a .jsonl file or a Hub id)")
@@ -196,6 +201,7 @@ class PPOTrainer:
         ref_logprobs = torch.zeros((batch, width), device=device)
         values = torch.zeros((batch, width), device=device)
         scores = torch.zeros(batch, device=device)
+        spread = torch.zeros(batch, device=device)
         value_parts = score_parts(self.unwrapped.value_model, "value_model_path", self.value_path)
         lengths = query_mask.sum(1) + samples.mask.sum(1)
         for idx in length_groups(lengths, self.args.per_device_train_batch_size):
@@ -208,15 +214,16 @@ class PPOTrainer:
                 ref_logprobs[idx, :w] = self._reference_logprobs(seqs, response_g).float()
                 # through the module, so that a benchmark's timers see these calls
                 values[idx, :w] = models.response_values(*value_parts, seqs).float()
-                scores[idx] = (
-                    models.sequence_scores(*self.rm_parts, seqs, self.reward_pad_id) - self.reward_shift
-                ).float()
+                members = models.member_rewards(self.rm_parts, self.reward_shifts, seqs, self.reward_pad_id).float()
+                scores[idx] = aggregate_rewards(members, self.reward_aggregation, self.reward_std_coef)
+                spread[idx] = disagreement(members)
         mask = samples.mask
         zero = torch.zeros((), device=mask.device)
         return {
             "ref_logprobs": torch.where(mask, ref_logprobs, zero),
             "values": torch.where(mask, values, zero),
             "scores": scores,
+            "disagreement": spread,
         }
 
     @torch.no_grad()
@@ -356,6 +363,10 @@ class PPOTrainer:
     # Safety checks, metrics, logging
     # ----------------------------------------------------------------------------------------------------------
 
+    def _ensemble_note(self) -> str:
+        members = len(self.reward_shifts)
+        return f" ({members} reward-model members, aggregated by {self.reward_aggregation})" if members > 1 else ""
+
     def _global_mean(self, value: torch.Tensor) -> float:
         return global_mean(self.accelerator, value)
 
@@ -377,6 +388,8 @@ class PPOTrainer:
         )
         if self.vllm is not None:  # this update's rollout: vLLM's copy against the trainer's
             metrics.update(self.vllm.gap_metrics())
+        if len(self.rm_parts) > 1:  # an ensemble: how far the members disagree on what the policy now writes
+            metrics["objective/rm_disagreement"] = self._global_mean(batch.disagreement.mean())
         return metrics
 
     def check_update(self, metrics: dict[str, float]) -> None:
@@ -485,7 +498,8 @@ class PPOTrainer:
             logger.info(
                 f"PPO: {total} updates of {self.batch_size} episodes ({acc.num_processes} process(es)), "
                 f"{args.num_ppo_epochs} epochs x {args.num_mini_batches} minibatches each; "
-                f"reward shift {self.reward_shift:+.4f}; {'LoRA policy' if self.is_peft else 'full policy'}"
+                f"reward shift {', '.join(f'{b:+.4f}' for b in self.reward_shifts)}{self._ensemble_note()}; "
+                f"{'LoRA policy' if self.is_peft else 'full policy'}"
             )
         summary: dict[str, Any] = {}
         if self.progress.global_step == 0 and self.eval_prompt_ids:
