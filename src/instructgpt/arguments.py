@@ -175,3 +175,36 @@ class ScriptArguments(DatasetMixtureArguments):
             "run is refused), `refuse` outright, or `overwrite` (the old directory is moved aside, never deleted)."
         },
     )
+
+
+@dataclass
+class OnlineRLArguments(ScriptArguments, RewardAggregationArguments):
+    """Models and data of an online RL run on TRL's trainers (RLOO, GRPO). ``dataset_name`` holds the prompts (a
+    ``prompt`` or ``messages`` column)."""
+
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reward model (output_dir of `instructgpt-rm`): a sequence classifier with one output, or an "
+            "ensemble of them (read with `reward_aggregation`). It is frozen, and its scores are normalized by the "
+            "shift the RM stage stored with it."
+        },
+    )
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={
+            "range": ">= 0",
+            "help": "Subtracted from the reward of a response that reaches `max_completion_length` without an EOS "
+            "token (>= 0; PPO's key), which teaches the policy to finish its answers. Null: no penalty.",
+        },
+    )
+    reward_batch_size: int = field(
+        default=32, metadata={"range": ">= 1", "help": "Sequences per forward pass of the reward model."}
+    )
+    save_policy_checkpoints: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the policy of every checkpoint (checkpoint-N/policy, loadable with AutoModelForCausalLM) "
+            "even after `save_total_limit` removes the older resume states, for reward-vs-KL plots over training."
+        },
+    )

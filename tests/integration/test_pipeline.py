@@ -90,10 +90,10 @@ def fake_stages(tmp_path, monkeypatch):
     (tmp_path / "fake_stage.py").write_text(FAKE_STAGE)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("fake_stage", None)
-    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"):
+    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo", "grpo"):
         monkeypatch.setitem(cli.STAGES, stage, "fake_stage")
     log = tmp_path / "calls.jsonl"
-    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"):
+    for stage in ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo", "grpo"):
         (tmp_path / f"{stage}.yaml").write_text(f"stage: {stage}\nsteps: 3\nlog: {log}\nrun_name: fake-{stage}\n")
 
     def calls() -> list[dict]:
@@ -229,16 +229,20 @@ def test_bad_pipeline_recipes_get_clear_errors(tmp_path, fake_stages):
 def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_path, fake_stages):
     from instructgpt.stages.pipeline.plan import Planner
 
-    extra = f"dpo: {tmp_path / 'dpo.yaml'}\nrloo: {tmp_path / 'rloo.yaml'}\nmethods: [ppo, dpo, rloo, best_of_4]\n"
+    extra = (
+        f"dpo: {tmp_path / 'dpo.yaml'}\nrloo: {tmp_path / 'rloo.yaml'}\ngrpo: {tmp_path / 'grpo.yaml'}\n"
+        "methods: [ppo, dpo, rloo, grpo, best_of_4]\n"
+    )
     recipe = write_pipeline(tmp_path, extra)
     run([str(recipe)])
     root = tmp_path / "run"
     by_stage = {c["stage"]: c for c in fake_stages()}
-    assert [c["stage"] for c in fake_stages()] == ["pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo"]
+    assert [c["stage"] for c in fake_stages()] == ["pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo", "grpo"]
     assert by_stage["dpo"]["model"] == by_stage["rloo"]["model"] == by_stage["ppo"]["model"] == str(root / "sft")
+    assert by_stage["grpo"]["model"] == str(root / "sft") and by_stage["grpo"]["reward_model"] == str(root / "rm")
     assert by_stage["dpo"]["data"] == by_stage["rm"]["data"] == str(root / "collect" / "rankings.jsonl")
     assert by_stage["rloo"]["reward_model"] == by_stage["ppo"]["reward_model"] == str(root / "rm")
-    assert is_complete(root / "dpo") and is_complete(root / "rloo")
+    assert is_complete(root / "dpo") and is_complete(root / "rloo") and is_complete(root / "grpo")
 
     # the evaluation sees every method next to base and SFT, and sweeps PPO's and RLOO's checkpoints
     args, parsed, per_stage = parse_args([str(recipe), "--eval", '{"prompts": "p.jsonl"}'])
@@ -249,9 +253,11 @@ def test_methods_start_from_the_same_sft_model_reward_model_and_rankings(tmp_pat
         f"ppo={root / 'ppo'}",
         f"dpo={root / 'dpo'}",
         f"rloo={root / 'rloo'}",
+        f"grpo={root / 'grpo'}",
         f"best_of_4=best_of_4:{root / 'sft'}",
     ]
-    assert settings["ppo_run"] == str(root / "ppo") and settings["checkpoint_runs"] == [f"rloo={root / 'rloo'}"]
+    assert settings["ppo_run"] == str(root / "ppo")
+    assert settings["checkpoint_runs"] == [f"rloo={root / 'rloo'}", f"grpo={root / 'grpo'}"]
 
     # an explicit list chooses among the recipes given; the others are named in the log, not run
     args, parsed, per_stage = parse_args([str(recipe), "--methods", "[dpo]"])

@@ -38,7 +38,7 @@ from instructgpt.infra.processes import process_state
 logger = get_logger(__name__)
 
 # stages that log through transformers' Trainer; every other stage logs through accelerate's trackers
-TRAINER_STAGES = ("pretrain", "sft", "rm", "dpo", "rloo")
+TRAINER_STAGES = ("pretrain", "sft", "rm", "dpo", "rloo", "grpo")
 GROUP_ENV = "WANDB_RUN_GROUP"  # the pipeline sets it so that one group ties a run's stages together
 IDENTITY_FILE = "trackers.json"
 

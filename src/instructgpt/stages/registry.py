@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "ppo": "instructgpt.stages.ppo.run",
     "dpo": "instructgpt.stages.dpo",
     "rloo": "instructgpt.stages.rloo",
+    "grpo": "instructgpt.stages.grpo",
     "eval": "instructgpt.stages.eval",
     "pipeline": "instructgpt.stages.pipeline",
 }

@@ -8,7 +8,14 @@ from typing import Any
 from instructgpt.infra.files import atomic_write_text
 from instructgpt.infra.log import get_logger
 from instructgpt.infra.parser import Recipe
-from instructgpt.stages.pipeline.settings import BEST_OF, PipelineArguments, PipelineError, Stage, StageSpec
+from instructgpt.stages.pipeline.settings import (
+    BEST_OF,
+    ONLINE_METHODS,
+    PipelineArguments,
+    PipelineError,
+    Stage,
+    StageSpec,
+)
 
 logger = get_logger(__name__)
 
@@ -145,22 +152,22 @@ class Planner:
                     inputs.append(rankings[0].parent)
                 stages.append(self.stage("dpo", "dpo", dpo_dir, wiring, inputs))
                 policies.append(("dpo", dpo_dir))
-            elif method == "rloo":
-                rloo_dir = root / "rloo"
+            elif method in ONLINE_METHODS:  # RLOO, GRPO: the SFT policy against the reward model, as PPO
+                online_dir = root / method
                 stages.append(
                     self.stage(
-                        "rloo",
-                        "rloo",
-                        rloo_dir,
+                        method,
+                        method,
+                        online_dir,
                         {
                             "model_name_or_path": str(sft_dir),
                             "reward_model_path": str(rm_dir),
-                            "output_dir": str(rloo_dir),
+                            "output_dir": str(online_dir),
                         },
                         [sft_dir, rm_dir],
                     )
                 )
-                policies.append(("rloo", rloo_dir))
+                policies.append((method, online_dir))
         policies.sort(key=lambda p: args.methods.index(p[0]) if p[0] in args.methods else -1)
         return stages, self.eval_settings(stages, sft, policies, rm_dir)
 
@@ -192,9 +199,9 @@ class Planner:
         ppo_runs = [p for n, p in policies if n.startswith("ppo")]
         if ppo_runs:
             settings["ppo_run"] = str(ppo_runs[-1])
-        rloo_runs = [f"{n}={p}" for n, p in policies if n == "rloo"]
-        if rloo_runs:
-            settings["checkpoint_runs"] = rloo_runs
+        online_runs = [f"{n}={p}" for n, p in policies if n in ONLINE_METHODS]  # their checkpoints' policies
+        if online_runs:
+            settings["checkpoint_runs"] = online_runs
         if "prompt_template" not in settings and sft_settings.get("prompt_template"):
             settings["prompt_template"] = sft_settings["prompt_template"]  # the base model reads prompts as SFT did
         if self.args.report_to is not None and "report_to" not in settings:

@@ -12,7 +12,7 @@ or embeds (a mapping; ``recipe: PATH`` inside it starts from a file and the othe
 3. ``ppo``: PPO against the reward model, KL-penalized towards the SFT policy;
 4. ``eval``: the base, SFT and PPO models on held-out prompts (:mod:`instructgpt.stages.eval`).
 
-``methods: [ppo, dpo, rloo, best_of_8]`` compares alternatives to step 3 on the same data (AlpacaFarm's table,
+``methods: [ppo, dpo, rloo, grpo, best_of_8]`` compares alternatives to step 3 on the same data (AlpacaFarm's table,
 Dubois et al. 2023): every method starts from the same SFT model; DPO trains on the same rankings the reward model
 did, RLOO and best-of-n use that reward model; the evaluation puts them all, with the SFT and base models, in one
 win-rate matrix and on one reward–KL frontier (PPO's and RLOO's checkpoints included).

@@ -13,8 +13,9 @@ from instructgpt.infra.parser import Recipe, RecipeParser, StageArgs, load_yaml
 from instructgpt.infra.validation import range_problems
 from instructgpt.stages import load_stage
 
-TRAINING_STAGES = ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo")
-TRAINED_METHODS = ("ppo", "dpo", "rloo")  # methods that are a training stage with a recipe key of the same name
+TRAINING_STAGES = ("pretrain", "sft", "collect", "rm", "ppo", "dpo", "rloo", "grpo")
+TRAINED_METHODS = ("ppo", "dpo", "rloo", "grpo")  # methods that are a training stage with a recipe key of that name
+ONLINE_METHODS = ("rloo", "grpo")  # the SFT policy against the reward model on TRL's trainers (infra/online_stage)
 BEST_OF = re.compile(r"best_of_(\d+)")
 StageSpec = str | dict[str, Any] | None
 
@@ -53,11 +54,14 @@ class PipelineArguments:
     rloo: StageSpec = _spec_field(
         "Stage recipe of RLOO (a method in `methods`): trained from the SFT model against the reward model."
     )
+    grpo: StageSpec = _spec_field(
+        "Stage recipe of GRPO (a method in `methods`): trained from the SFT model against the reward model."
+    )
     methods: list[str] | None = field(
         default=None,
         metadata={
             "help": "The alternatives to compare, each from the same SFT model, reward model and rankings: "
-            "`ppo`, `dpo`, `rloo` (each needs its stage recipe key) and `best_of_N` (N samples from the SFT "
+            "`ppo`, `dpo`, `rloo`, `grpo` (each needs its stage recipe key) and `best_of_N` (N samples from the SFT "
             "policy, the reward model's favourite kept; no training). Default: the methods whose recipes are "
             "given."
         },
@@ -119,7 +123,9 @@ class PipelineArguments:
                 if getattr(self, method) is None:
                     raise ValueError(f"`methods` lists {method} but `{method}` (its stage recipe) is not set")
             elif BEST_OF.fullmatch(method) is None or int(method[len("best_of_") :]) < 1:
-                raise ValueError(f"`methods`: unknown method {method!r}; expected ppo, dpo, rloo or best_of_N (N >= 1)")
+                raise ValueError(
+                    f"`methods`: unknown method {method!r}; expected ppo, dpo, rloo, grpo or best_of_N (N >= 1)"
+                )
             if method != "dpo" and self.rm is None:
                 raise ValueError(f"`methods`: {method} needs `rm` (the reward model it optimizes or picks with)")
         if len(set(self.methods)) != len(self.methods):
