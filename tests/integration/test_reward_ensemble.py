@@ -127,3 +127,20 @@ def test_ppo_trains_against_an_ensemble_and_logs_its_disagreement(ensemble, sft_
     assert logged and all(row["objective/rm_disagreement"] > 0 for row in logged)
     # the value function started from the first member (InstructGPT: from the reward model)
     assert is_complete(tmp_path / "ppo")
+
+
+def test_evaluation_scores_with_the_ensemble_and_reports_its_disagreement(ensemble, collected):
+    from types import SimpleNamespace
+
+    from instructgpt.stages.eval.evaluator import Evaluator
+
+    out, _ = ensemble
+    prompts, responses = sample_pairs(collected)
+    evaluator = Evaluator.__new__(Evaluator)
+    evaluator.labeler, evaluator.args = None, SimpleNamespace(batch_size=5)
+    evaluator.reward = load_reward_model(str(out), aggregation="min")
+    judged = evaluator.judge(prompts, responses)
+    model, tokenizer, _ = evaluator.reward
+    members = torch.tensor(score_members(model, tokenizer, prompts, responses))
+    torch.testing.assert_close(torch.tensor(judged["rm_scores"]), members.min(-1).values, rtol=0, atol=1e-5)
+    assert judged["rm_disagreement"] == pytest.approx(members.std(-1, unbiased=False).mean().item(), abs=1e-5)

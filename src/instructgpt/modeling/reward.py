@@ -229,6 +229,12 @@ def evaluate_rankings(
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
     responses = [text for r in rows for text in r["responses"]]
     flat = torch.tensor(score_responses(model, tokenizer, prompts, responses, batch_size=batch_size, shift=0.0))
+    return rankings_agreement(flat, rows)
+
+
+def rankings_agreement(flat: torch.Tensor, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Pairwise accuracy and Kendall's tau of rewards ``flat`` (every response of every ranking, in order) against
+    the rankings ``rows`` (best first)."""
     num_responses = torch.tensor([len(r["responses"]) for r in rows])
     return summarize_agreement(ranking_agreement(unflatten_rewards(flat, num_responses), num_responses))
 

@@ -57,13 +57,13 @@ from instructgpt.judges import make_labeler
 from instructgpt.losses import kway_ranking_loss, unflatten_rewards
 from instructgpt.metrics.ranking import RankingAgreementEval, pairwise_accuracy, ranking_agreement
 from instructgpt.modeling import cap_max_length, check_model_path, lora_config, stage_tokenizer
-from instructgpt.modeling.ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleManifest, disagreement
+from instructgpt.modeling.ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleManifest, aggregate_rewards, disagreement
 from instructgpt.modeling.lora import merge_adapter
 from instructgpt.modeling.reward import (
     NORMALIZATION_FILE,
-    evaluate_rankings,
     load_reward_model,
     load_sequence_classifier,
+    rankings_agreement,
     reward_input_ids,
     score_members,
     score_responses,
@@ -546,15 +546,18 @@ def member_settings(
 
 
 def evaluate_ensemble(output_dir: str, rows: list[dict[str, Any]], batch_size: int, source: str) -> dict[str, float]:
-    """Held-out pairwise accuracy of the ensemble under each aggregation, and the members' mean disagreement."""
-    metrics: dict[str, float] = {}
-    for aggregation in AGGREGATIONS:
-        model, tokenizer, _ = load_reward_model(output_dir, key="output_dir", source=source, aggregation=aggregation)
-        result = evaluate_rankings(model, tokenizer, rows, batch_size=batch_size)
-        metrics[f"eval_{aggregation}_pairwise_accuracy"] = result["pairwise_accuracy"]
+    """Held-out pairwise accuracy of the ensemble under each aggregation, and the members' mean disagreement: the
+    members score the held-out responses once, and each aggregation is applied to those scores."""
+    model, tokenizer, _ = load_reward_model(output_dir, key="output_dir", source=source)
     prompts = [row["prompt"] for row in rows for _ in row["responses"]]
     responses = [response for row in rows for response in row["responses"]]
     members = torch.tensor(score_members(model, tokenizer, prompts, responses, batch_size=batch_size))
+    metrics = {
+        f"eval_{aggregation}_pairwise_accuracy": rankings_agreement(
+            aggregate_rewards(members, aggregation, model.std_coef), rows
+        )["pairwise_accuracy"]
+        for aggregation in AGGREGATIONS
+    }
     metrics["eval_member_disagreement"] = disagreement(members).mean().item()
     return metrics
 

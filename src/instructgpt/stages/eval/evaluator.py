@@ -17,7 +17,7 @@ import torch
 from instructgpt.infra.log import get_logger
 from instructgpt.judges import is_pairwise
 from instructgpt.modeling import load_policy, warn_other_tokenizer
-from instructgpt.modeling.ensemble import disagreement
+from instructgpt.modeling.ensemble import aggregate_rewards, disagreement
 from instructgpt.modeling.reward import load_reward_model, score_members, score_responses
 from instructgpt.stages.eval.judging import build_labeler, labeler_details
 from instructgpt.stages.eval.samples import (
@@ -125,12 +125,16 @@ class Evaluator:
             out.update(labeler_details(self.labeler, prompts, texts))
         if self.reward is not None:
             model, tokenizer, _ = self.reward
-            rm = score_responses(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
+            if hasattr(model, "members"):  # an ensemble: its members score once; the aggregate and their spread
+                members = torch.tensor(
+                    score_members(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
+                ).reshape(len(texts), -1)
+                rm = aggregate_rewards(members, model.aggregation, model.std_coef).tolist()
+                out["rm_disagreement"] = disagreement(members).mean().item() if texts else None
+            else:
+                rm = score_responses(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
             out["rm_scores"] = rm
             out["rm_score"] = mean_or_none(rm)
-            if hasattr(model, "members"):  # an ensemble: how much its members disagree on this model's responses
-                members = score_members(model, tokenizer, list(prompts), list(texts), batch_size=self.args.batch_size)
-                out["rm_disagreement"] = disagreement(torch.tensor(members)).mean().item() if members else None
         return out
 
 
